@@ -1,0 +1,230 @@
+"""The one block-by-block calibration loop (every method runs through it).
+
+capture block-0 inputs (and each block's keyword inputs: masks, rotary embeddings) ->
+for each decoder block: for each sequential group of linears: hook them, run the calibration inputs
+through the block (stopping as soon as the group's linears have seen their inputs), accumulate H ->
+run the per-linear pipeline -> write the new weights back (the only place weights are written) ->
+propagate the calibration inputs through the processed block -> next block.
+Only the current block lives on the compute device; calibration activations stay on `offload`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .stats import HessianAccumulator, LayerStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where the decoder blocks live and which linears are processed, in which sequential groups
+    (a group's linears see the same inputs; later groups see the already-processed earlier ones)."""
+
+    blocks: str
+    sequential: tuple[tuple[str, ...], ...]
+
+    @property
+    def linears(self) -> tuple[str, ...]:
+        return tuple(n for grp in self.sequential for n in grp)
+
+
+_LLAMA_LIKE = Architecture(
+    blocks="model.layers",
+    sequential=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
+                ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",)))
+
+# config.model_type -> layout. Qwen3 and Gemma3 add q/k norms, which are not linears: same layout.
+ARCHITECTURES: dict[str, Architecture] = {t: _LLAMA_LIKE for t in (
+    "llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma2", "gemma")}
+
+
+def architecture_of(model: nn.Module) -> Architecture:
+    mt = model.config.model_type
+    if mt not in ARCHITECTURES:
+        raise ValueError(f"unsupported architecture {mt!r}; supported: {sorted(ARCHITECTURES)} "
+                         "(add an Architecture entry in astro/blockwise.py)")
+    return ARCHITECTURES[mt]
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """batch_size: calibration sequences per forward. true_sequential: process the groups of an
+    Architecture one after another (False: all linears from the block's unprocessed inputs).
+    device: where the current block runs. offload: where calibration activations wait."""
+
+    batch_size: int = 8
+    true_sequential: bool = True
+    device: str = "cpu"
+    offload: str = "cpu"
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"loop.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class LoopResult:
+    rows: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _StopCapture(Exception):
+    pass
+
+
+class _GroupDone(Exception):
+    pass
+
+
+class _Recorder(nn.Module):
+    """Stands in for a decoder block during capture: records its inputs and returns them unchanged.
+    The real block is held outside the module tree so moving the model does not move it."""
+
+    def __init__(self, block: nn.Module, on_call: Callable):
+        super().__init__()
+        object.__setattr__(self, "_block", block)
+        object.__setattr__(self, "_on_call", on_call)
+
+    def __getattr__(self, name):  # model code may read block attributes (e.g. attention_type)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_block"), name)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self._on_call(hidden_states, args, kwargs)
+        return hidden_states
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path)
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _to(obj, device):
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, arch: Architecture, input_ids: torch.Tensor, cfg: LoopConfig):
+    """Block-0 hidden states per chunk ([b, seq, d] on cfg.offload) and each block's keyword inputs,
+    recorded once per chunk size (they depend on positions and masks, not on token values)."""
+    blocks = get_module(model, arch.blocks)
+    originals = list(blocks)
+    chunks = list(torch.split(input_ids, cfg.batch_size))
+    hidden: list[torch.Tensor] = []
+    kwargs: dict[tuple[int, int], tuple] = {}   # (block index, chunk size) -> (args, kwargs)
+    n = len(originals)
+
+    def recorder(i):
+        def on_call(h, args, kw):
+            key = (i, h.shape[0])
+            if i == 0:
+                hidden.append(h.to(cfg.offload))
+            if key not in kwargs:
+                kwargs[key] = (args, {k: v for k, v in kw.items() if k != "past_key_values"})
+            if i == n - 1:
+                raise _StopCapture
+        return on_call
+
+    for i, blk in enumerate(originals):
+        blocks[i] = _Recorder(blk, recorder(i))
+    try:
+        model.to(cfg.device)
+        for chunk in chunks:
+            try:
+                model(input_ids=chunk.to(cfg.device), use_cache=False)
+            except _StopCapture:
+                pass
+    finally:
+        for i, blk in enumerate(originals):
+            blocks[i] = blk
+        model.to("cpu") if cfg.device != "cpu" else None
+    return hidden, kwargs
+
+
+@torch.no_grad()
+def run_blocks(model: nn.Module, input_ids: torch.Tensor, process: Callable[[str, torch.Tensor, LayerStats], tuple[torch.Tensor, dict]],
+               cfg: LoopConfig, arch: Architecture | None = None, progress: bool = True) -> LoopResult:
+    """Calibrate and process every linear of every block in order.
+
+    input_ids: [n, seq] calibration tokens. process(name, W [out, in] fp32, stats) -> (W_new, row).
+    """
+    arch = arch or architecture_of(model)
+    model.eval()
+    res = LoopResult()
+    tm = dict(capture=0.0, calibrate=0.0, process=0.0, propagate=0.0)
+    t0 = time.perf_counter()
+    hidden, kwargs = capture_inputs(model, arch, input_ids, cfg)
+    tm["capture"] = time.perf_counter() - t0
+
+    blocks = get_module(model, arch.blocks)
+    groups = arch.sequential if cfg.true_sequential else (arch.linears,)
+    for b, block in enumerate(tqdm(blocks, desc="blocks", disable=not progress)):
+        block.to(cfg.device)
+
+        def forward(h):
+            args, kw = kwargs[(b, h.shape[0])]
+            return block(h.to(cfg.device), *args, **kw)
+
+        for group in groups:
+            t = time.perf_counter()
+            linears = {name: block.get_submodule(name) for name in group}
+            accs = {name: HessianAccumulator(lin.in_features, device=cfg.device) for name, lin in linears.items()}
+            fired: set[str] = set()
+
+            def hook_for(name):
+                def hook(_module, args):
+                    accs[name].add(args[0])
+                    fired.add(name)
+                    if len(fired) == len(linears):
+                        raise _GroupDone  # the rest of the block is not needed for these statistics
+                return hook
+
+            handles = [lin.register_forward_pre_hook(hook_for(name)) for name, lin in linears.items()]
+            try:
+                for h in hidden:
+                    fired.clear()
+                    try:
+                        forward(h)
+                    except _GroupDone:
+                        pass
+            finally:
+                for hd in handles:
+                    hd.remove()
+            tm["calibrate"] += time.perf_counter() - t
+
+            t = time.perf_counter()
+            for name, lin in linears.items():
+                stats = accs.pop(name).result(f"block {b} {name}")
+                W_new, row = process(name, lin.weight.data.float(), stats)
+                lin.weight.data.copy_(W_new.to(lin.weight.dtype))
+                res.rows.append({"block": b, "linear": name, **row})
+            tm["process"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        hidden = [_first(forward(h)).to(cfg.offload) for h in hidden]
+        tm["propagate"] += time.perf_counter() - t
+        if cfg.device != "cpu":
+            block.to("cpu")
+    tm["total"] = time.perf_counter() - t0
+    res.timings = tm
+    return res

@@ -1,0 +1,92 @@
+"""Run configuration: documented, validated dataclasses built from plain dicts (e.g. Hydra's resolved
+config). Unknown keys are errors that name the key; values are validated by each dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+
+from .blockwise import LoopConfig
+from .methods import MethodConfig
+from .models import ModelConfig
+from .quantizer import QuantGrid
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """corpus: calibration corpus (train split). n_samples x seq_len random windows, seeded by seed."""
+
+    corpus: str = "wiki_offline"
+    n_samples: int = 128
+    seq_len: int = 2048
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n_samples < 1 or self.seq_len < 2:
+            raise ValueError(f"calib.n_samples must be >= 1 and calib.seq_len >= 2, got {self.n_samples}, {self.seq_len}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Perplexity on the corpus's test split, GPTQ protocol; max_windows caps the windows scored
+    (None = all; the cap is recorded in the result)."""
+
+    corpus: str = "wiki_offline"
+    seq_len: int = 2048
+    max_windows: int | None = None
+    batch_size: int = 1
+
+    def __post_init__(self):
+        if self.seq_len < 2 or self.batch_size < 1 or (self.max_windows is not None and self.max_windows < 1):
+            raise ValueError("eval.seq_len must be >= 2, eval.batch_size >= 1, eval.max_windows >= 1 or null")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    quant: QuantGrid = field(default_factory=QuantGrid)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+
+def _coerce(tp, value, key: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        return _coerce(next(a for a in args if a is not type(None)), value, key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ValueError(f"{key} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls, data, prefix: str = ""):
+    """Build dataclass `cls` from a mapping; unknown keys raise ValueError naming the full key."""
+    if data is None:
+        return cls()
+    if not isinstance(data, typing.Mapping):
+        raise ValueError(f"{prefix or cls.__name__} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ValueError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; allowed: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"{prefix}: {e}" if prefix else str(e)) from None
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,146 @@
+"""Per-linear pipelines: preprocess (none | MagR | Astro) -> quantize (none | RTN | GPTQ), plus the
+per-layer diagnostics row. The block loop calls `process_linear` for every linear; nothing here
+touches a module.
+
+Diagnostics use the calibration second moment H (token mean), so errors are per token:
+err = tr(dW H dW^T) = ||X dW^T||_F^2 / N (the GPTQ loss). The Thm 4.5 bound is reported in the same
+per-token Frobenius units: sqrt(g) / (2 (2^(b-1) - 1)) * sum_rows sum_k sqrt(sum_{c in k} H_cc) ||W_(row,k)||_inf,
+to be compared with sqrt(err) of RTN on the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .gptq import GPTQConfig, gptq
+from .quantizer import QuantGrid, QuantResult, pad_to_groups
+from .regularize import RegularizeConfig, reconstruct
+from .rtn import rtn
+from .stats import LayerStats
+
+# name -> (preprocess, quantizer); preprocess 'astro' = activation alpha, 'magr' = uniform alpha
+PIPELINES: dict[str, tuple[str | None, str | None]] = {
+    "fp": (None, None),
+    "rtn": (None, "rtn"),
+    "gptq": (None, "gptq"),
+    "magr_gptq": ("magr", "gptq"),
+    "astro_gptq": ("astro", "gptq"),
+    "magr_rtn": ("magr", "rtn"),
+    "astro_rtn": ("astro", "rtn"),
+    "astro": ("astro", None),   # reconstructed, unquantized (Table 4)
+    "magr": ("magr", None),
+}
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """name: one of PIPELINES. regularize: Astro/MagR settings (alpha is set by the pipeline: 'astro'
+    uses activation alpha, 'magr' uniform, unless alpha is given explicitly for ablations);
+    regularize.group_size None = the quantization group size. gptq: GPTQ settings."""
+
+    name: str = "astro_gptq"
+    beta: float = 1e-4
+    iters: int = 200
+    alpha: str | None = None
+    linf_group_size: int | None = None
+    gptq: GPTQConfig = field(default_factory=GPTQConfig)
+
+    def __post_init__(self):
+        if self.name not in PIPELINES:
+            raise ValueError(f"unknown method {self.name!r}; known: {sorted(PIPELINES)}")
+        self.regularize_config(128)  # validates beta/iters/alpha/group size early
+
+    @property
+    def preprocess(self) -> str | None:
+        return PIPELINES[self.name][0]
+
+    @property
+    def quantizer(self) -> str | None:
+        return PIPELINES[self.name][1]
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.name != "fp"
+
+    def regularize_config(self, quant_group_size: int) -> RegularizeConfig:
+        alpha = self.alpha or ("uniform" if self.preprocess == "magr" else "activation")
+        g = quant_group_size if self.linf_group_size is None else self.linf_group_size
+        return RegularizeConfig(beta=self.beta, iters=self.iters, alpha=alpha, group_size=g)
+
+
+@dataclass
+class LinearOutcome:
+    W: torch.Tensor                      # new weights [out, in] (fp32)
+    quant: QuantResult | None            # codes/scales/zeros when quantized
+    row: dict
+
+
+def h_error(dW: torch.Tensor, H: torch.Tensor) -> float:
+    """tr(dW H dW^T): mean over calibration tokens of the squared output error."""
+    return float(((dW @ H) * dW).sum(dtype=torch.float64))
+
+
+def thm45_bound(W: torch.Tensor, stats: LayerStats, grid: QuantGrid) -> float:
+    """Thm 4.5 bound on ||X W^T - X Q(W)^T||_F / sqrt(N) for RTN on `grid` (per-token units)."""
+    g = grid.group_len(W.shape[1])
+    xnorm = stats.group_sq_norms(g).clamp(min=0).sqrt()                 # [G]
+    linf = pad_to_groups(W, g, "zero").abs().amax(-1)                   # [out, G]
+    c = math.sqrt(g) / (2 * (2 ** (grid.bits - 1) - 1))
+    return c * float((linf * xnorm).sum(dtype=torch.float64))
+
+
+def group_linf_mean(W: torch.Tensor, g: int) -> list[float]:
+    """Per group k: mean over rows of ||W_(row,k)||_inf."""
+    return pad_to_groups(W, g, "zero").abs().amax(-1).mean(0).tolist()
+
+
+def _quantize(kind: str, W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig) -> QuantResult:
+    return rtn(W, grid) if kind == "rtn" else gptq(W, stats.H, grid, method.gptq)
+
+
+def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig) -> LinearOutcome:
+    """Run the method's pipeline on one linear W [out, in] and return the new weights and its row."""
+    W0 = W.float()
+    H = stats.H.to(W0.device)
+    g = grid.group_len(W0.shape[1])
+    row: dict = {"out_features": W0.shape[0], "in_features": W0.shape[1], "n_tokens": stats.n_tokens,
+                 "fallback": None}
+
+    t = time.perf_counter()
+    Wp = W0
+    if method.preprocess:
+        rcfg = method.regularize_config(grid.group_size)
+        reg = reconstruct(W0, stats, rcfg)
+        Wp = reg.W
+        row.update(pgd_obj_first=float(reg.objective[0]), pgd_obj_last=float(reg.objective[-1]),
+                   pgd_iters=int(reg.objective.numel() - 1), lambda_max=reg.lambda_max,
+                   alpha=reg.alpha.tolist(), linf_group_size=reg.group_size,
+                   err_reconstruct=h_error(Wp - W0, H))
+    row["t_regularize"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    qres = _quantize(method.quantizer, Wp, stats, grid, method) if method.quantizer else None
+    row["t_quantize"] = time.perf_counter() - t
+    W_new = qres.W_q if qres is not None else Wp
+    if qres is not None:
+        row.update(fallback=qres.fallback, dead_columns=qres.dead_columns)
+
+    # diagnostics (timed separately, not part of the method's cost)
+    t = time.perf_counter()
+    rtn_before = rtn(W0, grid).W_q
+    row.update(err=h_error(W_new - W0, H), err_rtn=h_error(rtn_before - W0, H),
+               bound_before=thm45_bound(W0, stats, grid),
+               max_abs_before=float(W0.abs().max()),
+               group_linf_before=group_linf_mean(W0, g))
+    row["rtn_fro_before"] = math.sqrt(row["err_rtn"])
+    if method.preprocess:
+        row.update(bound_after=thm45_bound(Wp, stats, grid),
+                   rtn_fro_after=math.sqrt(h_error(rtn(Wp, grid).W_q - Wp, H)),
+                   max_abs_after=float(Wp.abs().max()),
+                   group_linf_after=group_linf_mean(Wp, g))
+    row["t_diagnostics"] = time.perf_counter() - t
+    return LinearOutcome(W_new, qres, row)

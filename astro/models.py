@@ -1,0 +1,158 @@
+"""Load a causal LM by embedded name, local directory, GGUF file or hub id (safetensors only).
+
+Embedded models come from PyPI wheels (astro.assets) as GGUF files; they are dequantized once into a
+float32 safetensors copy in the cache and loaded from that copy afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .assets import SETUP_HINT, asset_path, cache_dir
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_ALTERNATIVE = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    asset: str
+    gguf: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel("smollm2-gguf", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": EmbeddedModel("gemma3-gguf", "gemma-3-270m-q4_k_m.gguf"),
+}
+TINY_RANDOM = "tiny-random-llama"
+
+
+class HubUnavailableError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """source: an embedded name (smollm2-135m, gemma3-270m, tiny-random-llama), a local directory, a
+    .gguf file, or a hub id. dtype: float32 (CPU) or bfloat16/float16 (GPU). trust_remote_code stays
+    off unless set. seed: initialisation seed of tiny-random-llama."""
+
+    source: str = "smollm2-135m"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+    def check_available(self) -> None:
+        """Fail fast (before any loading) when the model cannot be reached."""
+        src = self.source
+        if src in EMBEDDED:
+            if not (embedded_dir(src) / "config.json").exists():
+                asset_path(EMBEDDED[src].asset, EMBEDDED[src].gguf)  # raises with the fetch command
+                raise FileNotFoundError(f"{src} is fetched but not converted: {SETUP_HINT}")
+        elif src == TINY_RANDOM:
+            ModelConfig(EMBEDDED_ALTERNATIVE).check_available()  # borrows its tokenizer
+        elif src.endswith(".gguf") or os.path.isdir(src):
+            if not os.path.exists(src):
+                raise FileNotFoundError(f"model path {src} does not exist")
+        elif os.path.sep in src and src.startswith((".", "/", "~")):
+            raise FileNotFoundError(f"model path {src} does not exist")
+        elif "/" not in src:
+            raise ValueError(f"unknown model {src!r}: not an embedded name ({sorted(EMBEDDED) + [TINY_RANDOM]}), "
+                             "a local directory, a .gguf file or a hub id (org/name)")
+        elif hub_offline() and not _in_hub_cache(src):
+            raise HubUnavailableError(
+                f"model {src!r} needs the Hugging Face hub, which is offline here (HF_HUB_OFFLINE=1) and it is "
+                f"not in the local cache; use the embedded model model.source={EMBEDDED_ALTERNATIVE} instead")
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def embedded_dir(name: str) -> Path:
+    return cache_dir() / "models" / name
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF checkpoint to float32 safetensors (+ tokenizer) in out_dir, atomically."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    gmodel = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    config = gmodel.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the dequantized copy is a plain float checkpoint
+    config = AutoConfig.for_model(**config.to_dict())
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gmodel.state_dict())
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def prepare_embedded(asset_names: list[str]) -> list[str]:
+    """Convert every embedded model whose asset is among asset_names (once)."""
+    done = []
+    for name, spec in EMBEDDED.items():
+        if spec.asset in asset_names and not (embedded_dir(name) / "config.json").exists():
+            embedded_dir(name).parent.mkdir(parents=True, exist_ok=True)
+            convert_gguf(asset_path(spec.asset, spec.gguf), embedded_dir(name))
+            done.append(name)
+    return done
+
+
+def tiny_random_llama(seed: int = 0, vocab_size: int = 49152):
+    """A 2-block Llama (hidden 64, FFN 128, GQA 4/2 heads) with seeded random weights, for tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).float().eval()
+
+
+def load_model(cfg: ModelConfig):
+    """(model, tokenizer) in eval mode, weights on CPU."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    cfg.check_available()
+    src, dtype = cfg.source, _torch_dtype(cfg.dtype)
+    if src == TINY_RANDOM:
+        tok = AutoTokenizer.from_pretrained(embedded_dir(EMBEDDED_ALTERNATIVE))
+        return tiny_random_llama(cfg.seed, len(tok)).to(dtype), tok
+    common = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    if src in EMBEDDED:
+        path = embedded_dir(src)
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, **common)
+        tok = AutoTokenizer.from_pretrained(path)
+    elif src.endswith(".gguf"):
+        p = Path(src)
+        model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, **common)
+        tok = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+    else:
+        kw = dict(revision=cfg.revision) if cfg.revision else {}
+        model = AutoModelForCausalLM.from_pretrained(src, use_safetensors=True, **common, **kw)
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=cfg.trust_remote_code, **kw)
+    model.config.use_cache = False
+    return model.eval(), tok

@@ -1,0 +1,112 @@
+"""One quantization run (and several methods sharing one loaded model and corpus): validate ->
+load data -> load model -> block loop with the method's pipeline -> perplexity -> a result dict."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .blockwise import LoopResult, architecture_of, run_blocks
+from .config import RunConfig, to_dict
+from .data import check_corpus, load_corpus, sample_calibration, token_stream
+from .evaluate import PerplexityResult, perplexity
+from .methods import process_linear
+from .models import load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    config: dict
+    ppl: PerplexityResult | None
+    loop: LoopResult | None
+    timings: dict
+
+    def summary(self) -> dict:
+        rows = self.loop.rows if self.loop else []
+        fallbacks = [f"{r['block']}.{r['linear']}:{r['fallback']}" for r in rows if r.get("fallback")]
+        return {"method": self.config["method"]["name"],
+                "ppl": self.ppl.ppl if self.ppl else None,
+                "eval_windows": self.ppl.n_windows if self.ppl else None,
+                "eval_tokens": self.ppl.n_tokens_scored if self.ppl else None,
+                **{f"t_{k}": v for k, v in self.timings.items()},
+                "fallbacks": fallbacks}
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """Everything that can fail cheaply fails here, before any model or corpus is loaded."""
+    check_corpus(cfg.calib.corpus)
+    check_corpus(cfg.eval.corpus)
+    cfg.model.check_available()
+
+
+@dataclass
+class Session:
+    """A loaded model with a pristine CPU copy of its weights, and the token streams of a config."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    original: dict
+    calib_ids: torch.Tensor
+    eval_stream: torch.Tensor
+
+    @classmethod
+    def open(cls, cfg: RunConfig) -> "Session":
+        check_inputs(cfg)
+        calib_corpus, eval_corpus = load_corpus(cfg.calib.corpus), load_corpus(cfg.eval.corpus)
+        model, tok = load_model(cfg.model)
+        architecture_of(model)
+        for lin in architecture_of(model).linears:  # group size vs layer widths, before any work
+            cfg.quant.check_layer(model.get_submodule(f"{architecture_of(model).blocks}.0.{lin}").in_features)
+        stream = token_stream(tok, calib_corpus.train, calib_corpus.train_join)
+        calib = sample_calibration(stream, cfg.calib.n_samples, cfg.calib.seq_len, cfg.calib.seed)
+        evals = token_stream(tok, eval_corpus.test, eval_corpus.test_join)
+        original = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return cls(model, tok, original, calib, evals)
+
+    def reset(self) -> None:
+        self.model.load_state_dict(self.original)
+
+
+def quantize_model(model, calib_ids: torch.Tensor, cfg: RunConfig, progress: bool = True) -> LoopResult | None:
+    """Apply cfg.method to every linear of every block (in place). None for the 'fp' method."""
+    if not cfg.method.needs_calibration:
+        return None
+
+    def process(name, W, stats):
+        out = process_linear(W, stats, cfg.quant, cfg.method)
+        return out.W, out.row
+
+    return run_blocks(model, calib_ids, process, cfg.loop, progress=progress)
+
+
+def run(cfg: RunConfig, session: Session | None = None, progress: bool = True) -> RunResult:
+    """Quantize with cfg.method and evaluate perplexity. A given session is reset first and reused."""
+    t0 = time.perf_counter()
+    session = session or Session.open(cfg)
+    session.reset()
+    t_setup = time.perf_counter() - t0
+    t = time.perf_counter()
+    loop = quantize_model(session.model, session.calib_ids, cfg, progress)
+    t_quant = time.perf_counter() - t
+    ppl = perplexity(session.model, session.eval_stream, cfg.eval.seq_len, cfg.eval.max_windows,
+                     cfg.eval.batch_size, cfg.loop.device, progress)
+    timings = {"setup": t_setup, "quantization": t_quant, "evaluation": ppl.seconds}
+    if loop:
+        rows = loop.rows
+        timings.update(calibration=loop.timings["capture"] + loop.timings["calibrate"] + loop.timings["propagate"],
+                       regularize=sum(r["t_regularize"] for r in rows),
+                       quantize=sum(r["t_quantize"] for r in rows),
+                       diagnostics=sum(r["t_diagnostics"] for r in rows))
+    timings["total"] = time.perf_counter() - t0
+    log.info("%s: ppl %.3f, quantization %.1fs", cfg.method.name, ppl.ppl, t_quant)
+    return RunResult(to_dict(cfg), ppl, loop, timings)
+
+
+def with_method(cfg: RunConfig, name: str) -> RunConfig:
+    return dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, name=name))

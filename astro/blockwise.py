@@ -190,10 +190,20 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor, process: Callable[[str
             linears = {name: block.get_submodule(name) for name in group}
             accs = {name: HessianAccumulator(lin.in_features, device=cfg.device) for name, lin in linears.items()}
             fired: set[str] = set()
+            seen: dict[int, tuple[str, torch.Tensor]] = {}   # input tensors of this chunk (kept alive)
+            shared: dict[str, str] = {}   # linear -> linear that got the very same input tensor (q/k/v, gate/up)
 
             def hook_for(name):
                 def hook(_module, args):
-                    accs[name].add(args[0])
+                    x = args[0]
+                    owner = seen.get(id(x), (None,))[0]
+                    if owner is None:
+                        if name in shared:
+                            raise RuntimeError(f"block {b} {name}: input sharing changed between chunks")
+                        seen[id(x)] = (name, x)
+                        accs[name].add(x)
+                    elif shared.setdefault(name, owner) != owner:
+                        raise RuntimeError(f"block {b} {name}: input sharing changed between chunks")
                     fired.add(name)
                     if len(fired) == len(linears):
                         raise _GroupDone  # the rest of the block is not needed for these statistics
@@ -203,6 +213,7 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor, process: Callable[[str
             try:
                 for h in hidden:
                     fired.clear()
+                    seen.clear()
                     try:
                         forward(h)
                     except _GroupDone:
@@ -213,8 +224,9 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor, process: Callable[[str
             tm["calibrate"] += time.perf_counter() - t
 
             t = time.perf_counter()
+            stats_of = {name: accs[name].result(f"block {b} {name}") for name in linears if name not in shared}
             for name, lin in linears.items():
-                stats = accs.pop(name).result(f"block {b} {name}")
+                stats = stats_of[shared.get(name, name)]
                 W_new, row = process(name, lin.weight.data.float(), stats)
                 lin.weight.data.copy_(W_new.to(lin.weight.dtype))
                 res.rows.append({"block": b, "linear": name, **row})

@@ -62,28 +62,50 @@ class RegularizeResult:
     group_size: int
 
 
-def proj_l1_ball(v: torch.Tensor, radius: torch.Tensor | float) -> torch.Tensor:
-    """Euclidean projection of each vector v[..., :] onto {x : ||x||_1 <= radius} (sort-based, Alg. 1).
+def l1_threshold(a: torch.Tensor, radius: torch.Tensor, topk: int | None = None) -> torch.Tensor:
+    """theta >= 0 with sum_i max(a_i - theta, 0) = radius for each vector a[..., :] >= 0 outside the
+    radius-ball, 0 for vectors inside it (sort-based rule of Alg. 1).
+
+    theta = (sum of the rho largest a - radius) / rho, rho = max{j : u_j > (cumsum(u)_j - radius) / j} for
+    u = a sorted descending; the condition holds exactly on a prefix of j. With topk=k only the k largest
+    entries are sorted; groups whose rho may exceed k (condition still true at j = k) are redone with the
+    full sort, so the result is the same as the full sort's.
+    """
+    g = a.shape[-1]
+    k = g if topk is None else min(topk, g)
+    u = torch.topk(a, k, dim=-1, sorted=True).values if k < g else torch.sort(a, dim=-1, descending=True).values
+    css = torch.cumsum(u, dim=-1)
+    j = torch.arange(1, k + 1, dtype=a.dtype, device=a.device)
+    cond = u * j > css - radius.unsqueeze(-1)
+    rho = cond.sum(-1, keepdim=True).clamp(min=1)
+    theta = ((css.gather(-1, rho - 1) - radius.unsqueeze(-1)) / rho.to(a.dtype)).squeeze(-1)
+    if k < g:
+        redo = cond[..., -1]
+        if redo.any():
+            theta[redo] = l1_threshold(a[redo], radius[redo])
+    inside = a.sum(-1) <= radius
+    return torch.where(inside, torch.zeros_like(theta), theta)
+
+
+def proj_l1_ball(v: torch.Tensor, radius: torch.Tensor | float, topk: int | None = None) -> torch.Tensor:
+    """Euclidean projection of each vector v[..., :] onto {x : ||x||_1 <= radius} (Alg. 1).
 
     radius broadcasts against v.shape[:-1] and must be >= 0. Vectors already inside are returned as is.
     """
     radius = torch.as_tensor(radius, dtype=v.dtype, device=v.device).expand(v.shape[:-1])
     a = v.abs()
-    u = torch.sort(a, dim=-1, descending=True).values
-    css = torch.cumsum(u, dim=-1)
-    j = torch.arange(1, v.shape[-1] + 1, dtype=v.dtype, device=v.device)
-    # rho = largest j with u_j > (css_j - r) / j  (always true for j = 1 when ||v||_1 > r >= 0)
-    cond = u * j > css - radius.unsqueeze(-1)
-    rho = cond.sum(-1, keepdim=True).clamp(min=1)
-    theta = (css.gather(-1, rho - 1) - radius.unsqueeze(-1)) / rho.to(v.dtype)
-    inside = (css[..., -1] <= radius).unsqueeze(-1)
-    return torch.where(inside, v, torch.sign(v) * torch.clamp(a - theta, min=0))
+    theta = l1_threshold(a, radius, topk).unsqueeze(-1)
+    return torch.sign(v) * torch.clamp(a - theta, min=0)
 
 
-def prox_linf(v: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
-    """prox of tau * ||.||_inf on the last dim: v - tau proj_{B1}(v / tau) = v - proj_{B1(tau)}(v).
-    tau = 0 returns v."""
-    return v - proj_l1_ball(v, tau)
+def prox_linf(v: torch.Tensor, tau: torch.Tensor | float, topk: int | None = 4) -> torch.Tensor:
+    """prox of tau * ||.||_inf on the last dim (Moreau): v - tau proj_{B1}(v / tau) = v - proj_{B1(tau)}(v),
+    i.e. v clipped to [-theta, theta] with theta the L1-ball threshold (0 inside the ball). tau = 0 returns v.
+    topk: partial sort size (exact, see l1_threshold); None sorts every group fully."""
+    tau = torch.as_tensor(tau, dtype=v.dtype, device=v.device).expand(v.shape[:-1])
+    a = v.abs()
+    theta = l1_threshold(a, tau, topk).unsqueeze(-1)
+    return torch.sign(v) * torch.minimum(a, theta)
 
 
 def group_alpha(stats: LayerStats, group_len: int, mode: str) -> torch.Tensor:

@@ -1,0 +1,20 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import pytest  # noqa: E402
+
+from astro.config import CalibConfig, EvalConfig, RunConfig  # noqa: E402
+from astro.methods import MethodConfig  # noqa: E402
+from astro.models import ModelConfig  # noqa: E402
+from astro.quantizer import QuantGrid  # noqa: E402
+
+
+@pytest.fixture
+def tiny_cfg():
+    """Astro+GPTQ on the 2-block random Llama, sized to run in about a second."""
+    return RunConfig(model=ModelConfig("tiny-random-llama"), calib=CalibConfig(n_samples=8, seq_len=64, seed=0),
+                     eval=EvalConfig(seq_len=64, max_windows=6, batch_size=2), quant=QuantGrid(3, 32),
+                     method=MethodConfig("astro_gptq", beta=1e-3, iters=40))

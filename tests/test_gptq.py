@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from astro.gptq import CholeskyError, GPTQConfig, gptq
+from astro.methods import h_error
+from astro.quantizer import QuantGrid, find_params, expand, dequantize
+from astro.rtn import rtn
+
+
+def _correlated(seed, n_out=32, n_in=128, tokens=1024):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(tokens, n_in, generator=g) @ torch.randn(n_in, n_in, generator=g) * 0.2
+    X = X * torch.exp(torch.randn(n_in, generator=g))
+    return torch.randn(n_out, n_in, generator=g), X.T @ X / tokens
+
+
+@pytest.mark.parametrize("group_size", [32, -1, 48])
+@pytest.mark.parametrize("sym", [False, True])
+def test_identity_hessian_equals_rtn(group_size, sym):
+    W, _ = _correlated(0)
+    grid = QuantGrid(3, group_size, sym)
+    q = gptq(W, torch.eye(W.shape[1]), grid, GPTQConfig(block_size=40))
+    assert torch.equal(q.W_q, rtn(W, grid).W_q)
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_gptq_beats_rtn_on_correlated_inputs(act_order, bits):
+    W, H = _correlated(bits)
+    grid = QuantGrid(bits, 32)
+    err_g = h_error(gptq(W, H, grid, GPTQConfig(act_order=act_order)).W_q - W, H)
+    err_r = h_error(rtn(W, grid).W_q - W, H)
+    assert err_g < 0.8 * err_r
+
+
+def test_act_order_static_groups_keep_the_contiguous_grid():
+    W, H = _correlated(7)
+    grid = QuantGrid(3, 32)
+    ref = find_params(W, grid)
+    for act_order in (False, True):
+        q = gptq(W, H, grid, GPTQConfig(act_order=act_order, static_groups=True))
+        assert torch.equal(q.qparams.scale, ref.scale) and torch.equal(q.qparams.zero, ref.zero)
+        assert torch.equal(q.qparams.g_idx, torch.arange(128) // 32)
+        scale, zero = expand(q.qparams)
+        assert torch.equal(dequantize(q.codes.float(), scale, zero), q.W_q)  # every weight on its group's grid
+
+
+def test_act_order_dynamic_groups_g_idx_reconstructs():
+    W, H = _correlated(8)
+    q = gptq(W, H, QuantGrid(4, 32), GPTQConfig(act_order=True))
+    scale, zero = expand(q.qparams)
+    assert torch.allclose(dequantize(q.codes.float(), scale, zero), q.W_q)
+    assert torch.bincount(q.qparams.g_idx).tolist() == [32] * 4
+
+
+def test_cholesky_failure_raises_or_falls_back_recorded():
+    H = torch.tensor([[1.0, 3.0], [3.0, 1.0]])  # indefinite: eigenvalues 4 and -2
+    W = torch.randn(3, 2)
+    grid = QuantGrid(4, -1)
+    with pytest.raises(CholeskyError, match="more_damping"):
+        gptq(W, H, grid)
+    q = gptq(W, H, grid, GPTQConfig(on_cholesky_failure="more_damping", max_damp_tries=3))
+    assert q.fallback == "damp_percent=10"
+    assert gptq(W, torch.eye(2), grid, GPTQConfig(on_cholesky_failure="more_damping")).fallback is None
+
+
+def test_dead_columns_zeroed_and_counted():
+    W, H = _correlated(9)
+    H[5, :] = 0
+    H[:, 5] = 0
+    q = gptq(W, H, QuantGrid(4, 32))
+    assert q.dead_columns == 1

@@ -1,0 +1,132 @@
+import pytest
+import torch
+
+from astro.regularize import RegularizeConfig, l1_threshold, proj_l1_ball, prox_linf, reconstruct
+from astro.stats import LayerStats
+
+
+def bisection_projection(v: torch.Tensor, r: float) -> torch.Tensor:
+    """Reference: theta by bisection on sum max(|v| - theta, 0) = r (float64)."""
+    v = v.double()
+    a = v.abs()
+    if a.sum() <= r:
+        return v
+    lo, hi = 0.0, float(a.max())
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if (a - mid).clamp(min=0).sum() > r:
+            lo = mid
+        else:
+            hi = mid
+    return torch.sign(v) * (a - (lo + hi) / 2).clamp(min=0)
+
+
+def _cases():
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(40):
+        n = int(torch.randint(1, 70, (1,), generator=g))
+        v = torch.randn(n, generator=g, dtype=torch.float64)
+        out.append((v, float(torch.rand(1, generator=g)) * float(v.abs().sum()) * 1.2))
+    out.append((torch.tensor([1.0, 1.0, 1.0, -1.0], dtype=torch.float64), 2.0))      # ties
+    out.append((torch.tensor([3.0, 3.0, 0.5, 0.5, -3.0], dtype=torch.float64), 1.0))  # ties at the top
+    out.append((torch.tensor([0.1, -0.2, 0.05], dtype=torch.float64), 5.0))          # inside the ball
+    out.append((torch.zeros(5, dtype=torch.float64), 0.0))
+    return out
+
+
+@pytest.mark.parametrize("topk", [None, 1, 4])
+def test_l1_projection_matches_bisection(topk):
+    for v, r in _cases():
+        ref = bisection_projection(v, r)
+        got = proj_l1_ball(v, r, topk=topk)
+        assert torch.allclose(got, ref, atol=1e-9), (v, r)
+
+
+def test_inside_ball_returned_unchanged():
+    v = torch.tensor([[0.1, -0.2, 0.3]])
+    assert torch.equal(proj_l1_ball(v, 1.0), v)
+    assert torch.equal(prox_linf(v, 1.0), torch.zeros_like(v))
+
+
+def test_partial_sort_equals_full_sort_batched():
+    torch.manual_seed(3)
+    V = torch.randn(200, 9, 64)
+    tau = torch.rand(200, 9) * torch.logspace(-4, 1, 9)  # from barely clipping to everything inside
+    full = prox_linf(V, tau, topk=None)
+    for k in (1, 2, 4, 16):
+        assert torch.allclose(prox_linf(V, tau, topk=k), full, atol=1e-6)
+    assert torch.equal(l1_threshold(V.abs(), tau, 4) > 0, l1_threshold(V.abs(), tau) > 0)
+
+
+@pytest.mark.parametrize("tau", [1e-3, 0.1, 1.0, 10.0])
+def test_prox_moreau_identity_and_optimality(tau):
+    torch.manual_seed(1)
+    V = torch.randn(50, 32, dtype=torch.float64)
+    P = prox_linf(V, tau)
+    # Moreau: prox_{tau ||.||inf}(v) + tau * proj_{B1}(v / tau) = v
+    assert torch.allclose(P + tau * proj_l1_ball(V / tau, 1.0), V, atol=1e-12)
+    # optimality: (v - p) / tau is a subgradient of ||.||_inf at p:
+    # ||v - p||_1 <= tau and <v - p, p> = tau ||p||_inf
+    S = V - P
+    assert (S.abs().sum(-1) <= tau * (1 + 1e-9)).all()
+    assert torch.allclose((S * P).sum(-1), tau * P.abs().amax(-1), atol=1e-10)
+
+
+def _problem(seed=0, n_out=16, n_in=64, tokens=512):
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.exp(torch.randn(n_in, generator=g))                   # channel outliers
+    X = torch.randn(tokens, n_in, generator=g) @ (torch.eye(n_in) + 0.3 * torch.randn(n_in, n_in, generator=g))
+    X = X * scales
+    W = torch.randn(n_out, n_in, generator=g) * 0.05
+    return W, LayerStats(X.T @ X / tokens, tokens)
+
+
+def test_beta_zero_returns_w_unchanged():
+    W, st = _problem()
+    res = reconstruct(W, st, RegularizeConfig(beta=0.0, iters=50, group_size=16))
+    assert torch.equal(res.W, W)
+
+
+@pytest.mark.parametrize("alpha", ["activation", "uniform"])
+def test_objective_never_increases(alpha):
+    W, st = _problem(1)
+    res = reconstruct(W, st, RegularizeConfig(beta=1e-3, iters=300, alpha=alpha, group_size=16))
+    obj = res.objective
+    assert (obj[1:] <= obj[:-1] * (1 + 1e-6) + 1e-12).all()
+    assert obj[-1] < obj[0]
+
+
+def test_larger_beta_never_increases_weighted_group_linf():
+    W, st = _problem(2)
+    vals = []
+    for beta in [0.0, 1e-5, 1e-4, 1e-3, 1e-2]:
+        res = reconstruct(W, st, RegularizeConfig(beta=beta, iters=3000, group_size=16))
+        linf = res.W.reshape(16, 4, 16).abs().amax(-1)
+        vals.append(float((linf * res.alpha).sum()))
+    assert all(b <= a * (1 + 1e-4) for a, b in zip(vals, vals[1:])), vals
+    assert vals[-1] < 0.9 * vals[0]
+
+
+def test_high_alpha_groups_shrink_more():
+    """A high-activation group whose channels are redundant (rank-1 block: a flat direction, Thm 4.3)
+    shrinks much more than a low-activation, full-rank group."""
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(2048, 1, generator=g)
+    X = torch.cat([8.0 * z.expand(-1, 16) + 0.01 * torch.randn(2048, 16, generator=g),
+                   torch.randn(2048, 16, generator=g)], dim=1)
+    W = torch.randn(32, 32, generator=g) * 0.05
+    st = LayerStats(X.T @ X / 2048, 2048)
+    res = reconstruct(W, st, RegularizeConfig(beta=1e-3, iters=500, group_size=16))
+    assert res.alpha[0] > 3 * res.alpha[1]
+    before = W.reshape(32, 2, 16).abs().amax(-1).mean(0)
+    after = res.W.reshape(32, 2, 16).abs().amax(-1).mean(0)
+    reduction = 1 - after / before
+    assert reduction[0] > 2 * reduction[1] and reduction[0] > 0.2
+
+
+def test_partial_group_and_per_channel_supported():
+    W, st = _problem(5, n_in=40)
+    for gsz in (16, -1):  # 40 = 16 + 16 + 8
+        res = reconstruct(W, st, RegularizeConfig(beta=1e-3, iters=100, group_size=gsz))
+        assert res.W.shape == W.shape and res.objective[-1] < res.objective[0]

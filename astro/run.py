@@ -60,9 +60,9 @@ class Session:
         check_inputs(cfg)
         calib_corpus, eval_corpus = load_corpus(cfg.calib.corpus), load_corpus(cfg.eval.corpus)
         model, tok = load_model(cfg.model)
-        architecture_of(model)
-        for lin in architecture_of(model).linears:  # group size vs layer widths, before any work
-            cfg.quant.check_layer(model.get_submodule(f"{architecture_of(model).blocks}.0.{lin}").in_features)
+        arch = architecture_of(model)
+        for lin in arch.linears:  # group size vs layer widths, before any calibration work
+            cfg.quant.check_layer(model.get_submodule(f"{arch.blocks}.0.{lin}").in_features)
         stream = token_stream(tok, calib_corpus.train, calib_corpus.train_join)
         calib = sample_calibration(stream, cfg.calib.n_samples, cfg.calib.seq_len, cfg.calib.seed)
         evals = token_stream(tok, eval_corpus.test, eval_corpus.test_join)

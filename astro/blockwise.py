@@ -166,7 +166,7 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor, process: Callable[[str
                cfg: LoopConfig, arch: Architecture | None = None, progress: bool = True) -> LoopResult:
     """Calibrate and process every linear of every block in order.
 
-    input_ids: [n, seq] calibration tokens. process(name, W [out, in] fp32, stats) -> (W_new, row).
+    input_ids: [n, seq] calibration tokens. process(qualified module name, W [out, in] fp32, stats) -> (W_new, row).
     """
     arch = arch or architecture_of(model)
     model.eval()
@@ -227,7 +227,7 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor, process: Callable[[str
             stats_of = {name: accs[name].result(f"block {b} {name}") for name in linears if name not in shared}
             for name, lin in linears.items():
                 stats = stats_of[shared.get(name, name)]
-                W_new, row = process(name, lin.weight.data.float(), stats)
+                W_new, row = process(f"{arch.blocks}.{b}.{name}", lin.weight.data.float(), stats)
                 lin.weight.data.copy_(W_new.to(lin.weight.dtype))
                 res.rows.append({"block": b, "linear": name, **row})
             tm["process"] += time.perf_counter() - t

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -14,7 +15,7 @@ from .blockwise import LoopResult, architecture_of, run_blocks
 from .config import RunConfig, to_dict
 from .data import check_corpus, load_corpus, sample_calibration, token_stream
 from .evaluate import PerplexityResult, perplexity
-from .methods import process_linear
+from .methods import LinearOutcome, process_linear
 from .models import load_model
 
 log = logging.getLogger(__name__)
@@ -73,13 +74,17 @@ class Session:
         self.model.load_state_dict(self.original)
 
 
-def quantize_model(model, calib_ids: torch.Tensor, cfg: RunConfig, progress: bool = True) -> LoopResult | None:
-    """Apply cfg.method to every linear of every block (in place). None for the 'fp' method."""
+def quantize_model(model, calib_ids: torch.Tensor, cfg: RunConfig, progress: bool = True,
+                   on_linear: Callable[[str, LinearOutcome], None] | None = None) -> LoopResult | None:
+    """Apply cfg.method to every linear of every block (in place). None for the 'fp' method.
+    on_linear(module name, outcome) sees every linear's full outcome (e.g. export keeps the codes)."""
     if not cfg.method.needs_calibration:
         return None
 
     def process(name, W, stats):
         out = process_linear(W, stats, cfg.quant, cfg.method)
+        if on_linear is not None:
+            on_linear(name, out)
         return out.W, out.row
 
     return run_blocks(model, calib_ids, process, cfg.loop, progress=progress)

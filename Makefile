@@ -1,4 +1,5 @@
 # Two commands do all set-up on a fresh machine:  make quickstart  |  make test
+# Experiments: make help (every target), make experiments (what each reproduces), SCALE=embedded|paper.
 SHELL := /bin/bash
 PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
@@ -7,10 +8,17 @@ export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE ?= offline
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help setup quickstart test test-all bench clean-cache
+SCALE ?= embedded
+RUN := $(PY) -m experiments.run
+# $(call sweep,<experiment>): the experiment's grid at $(SCALE); finished runs are skipped (resumable)
+sweep = $(RUN) -m experiment=$(1) scale=$(SCALE) $(ARGS)
 
-help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
+.PHONY: help setup quickstart test test-all bench clean-cache run sweep experiments \
+	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
+	reproduce-table7 figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha
+
+help:  ## list the targets (experiment targets take SCALE=embedded|paper, default embedded, and ARGS='overrides')
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 20
 
 .venv/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv .venv
@@ -31,3 +39,50 @@ bench: setup  ## per-layer method times at SmolLM2 shapes; PGD iteration cost vs
 
 clean-cache:  ## remove the fetched assets and converted models ($$ASTRO_CACHE or ~/.cache/astro)
 	rm -rf "$${ASTRO_CACHE:-$$HOME/.cache/astro}"
+
+run: setup  ## one run: make run ARGS='model=smollm2-135m quant=w3g64 method=astro_gptq method.beta=3e-5'
+	$(RUN) $(ARGS)
+
+sweep: setup  ## any sweep: make sweep ARGS='model=smollm2-135m method=gptq,astro_gptq quant=w2g64,w3g64'
+	$(RUN) -m $(ARGS)
+
+experiments:  ## list the experiment configs with the artifact each reproduces
+	@grep -h '^  artifact:' conf/experiment/*.yaml | sed -E 's/^  artifact: "?//; s/"$$//'
+
+reproduce-table1: setup  ## Table 1: PPL, methods x models x (W2 g64, W3 g128, W4 g128)
+	$(call sweep,table1)
+
+reproduce-table2: setup  ## Table 2: zero/few-shot accuracy at W3 (FP, MagR, Astro)
+	$(call sweep,table2)
+
+reproduce-table3: setup  ## Table 3: beta sweep x alpha mode (activation vs uniform), Astro+GPTQ W3
+	$(call sweep,table3)
+
+reproduce-table4: setup  ## Table 4: PPL of the reconstructed, unquantized weights vs FP
+	$(call sweep,table4)
+
+reproduce-table5: setup  ## Table 5: per-group max|w| before/after Astro in one layer
+	$(call sweep,table5)
+
+reproduce-table6: setup  ## Table 6: second model family (LLaMA-3.1-8B; embedded: gemma3-270m) at W3
+	$(call sweep,table6)
+
+reproduce-table7: setup  ## Table 7: Astro on RTN (RTN, MagR+RTN, Astro+RTN)
+	$(call sweep,table7)
+
+figures: fig1-outliers fig2-landscape fig3-efficiency  ## all three figures
+
+fig1-outliers: setup  ## Figure 1: weight/activation magnitudes of one layer, before and after Astro
+	$(call sweep,fig1_outliers)
+
+fig2-landscape: setup  ## Figure 2: loss landscape around the original and reconstructed weights
+	$(call sweep,fig2_landscape)
+
+fig3-efficiency: setup  ## Figure 3: PPL vs total quantization time per method
+	$(call sweep,fig3_efficiency)
+
+sweep-beta: setup  ## the paper's beta grid (5e-6 ... 5e-4) x alpha activation|uniform (shares Table 3's records)
+	$(call sweep,sweep_beta)
+
+ablation-alpha: setup  ## activation vs uniform alpha_k at W2, W3, W4
+	$(call sweep,ablation_alpha)

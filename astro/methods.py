@@ -43,7 +43,7 @@ class MethodConfig:
     regularize.group_size None = the quantization group size. gptq: GPTQ settings."""
 
     name: str = "astro_gptq"
-    beta: float = 1e-4
+    beta: float = 5e-5
     iters: int = 200
     alpha: str | None = None
     linf_group_size: int | None = None
@@ -135,7 +135,8 @@ def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: 
     row.update(err=h_error(W_new - W0, H), err_rtn=h_error(rtn_before - W0, H),
                bound_before=thm45_bound(W0, stats, grid),
                max_abs_before=float(W0.abs().max()),
-               group_linf_before=group_linf_mean(W0, g))
+               group_linf_before=group_linf_mean(W0, g),
+               group_xnorm=stats.group_sq_norms(g).clamp(min=0).sqrt().tolist())  # ||X^(k)||_F / sqrt(N)
     row["rtn_fro_before"] = math.sqrt(row["err_rtn"])
     if method.preprocess:
         row.update(bound_after=thm45_bound(Wp, stats, grid),

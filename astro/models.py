@@ -41,15 +41,23 @@ class HubUnavailableError(RuntimeError):
 class ModelConfig:
     """source: an embedded name (smollm2-135m, gemma3-270m, tiny-random-llama), a local directory, a
     .gguf file, or a hub id. dtype: float32 (CPU) or bfloat16/float16 (GPU). trust_remote_code stays
-    off unless set. seed: initialisation seed of tiny-random-llama."""
+    off unless set. seed: initialisation seed of tiny-random-llama. layer_widths: the in_features of
+    the model's linears, when known (conf/model/*.yaml), so the quantization grid is checked against
+    them before anything loads; the loaded model's real widths are checked again after loading."""
 
     source: str = "smollm2-135m"
     dtype: str = "float32"
     trust_remote_code: bool = False
     revision: str | None = None
     seed: int = 0
+    layer_widths: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        if self.layer_widths is not None:
+            widths = tuple(self.layer_widths)
+            if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+                raise ValueError(f"model.layer_widths must be a non-empty list of positive ints, got {self.layer_widths!r}")
+            object.__setattr__(self, "layer_widths", widths)
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 

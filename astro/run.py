@@ -23,27 +23,53 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunResult:
+    """config: the RunConfig as a dict. timings (seconds): setup (load or reuse the session),
+    calibration (capture + statistics + propagation forwards), reconstruction (Astro/MagR),
+    quantization (RTN/GPTQ), diagnostics (our per-layer error rows, not part of any method),
+    pipeline (wall time of the whole block loop), method (pipeline - diagnostics: what the method
+    costs, Fig. 3's x axis), evaluation, total."""
+
     config: dict
     ppl: PerplexityResult | None
     loop: LoopResult | None
     timings: dict
 
+    @property
+    def rows(self) -> list[dict]:
+        return self.loop.rows if self.loop else []
+
+    def fallbacks(self) -> list[str]:
+        return [f"{r['block']}.{r['linear']}:{r['fallback']}" for r in self.rows if r.get("fallback")]
+
+    def metrics(self) -> dict:
+        p = self.ppl
+        return {"ppl": p.ppl if p else None, "nll": p.nll if p else None,
+                "eval_windows": p.n_windows if p else None, "eval_windows_available": p.n_windows_available if p else None,
+                "eval_seq_len": p.seq_len if p else None, "eval_tokens": p.n_tokens_scored if p else None,
+                "n_fallbacks": len(self.fallbacks())}
+
     def summary(self) -> dict:
-        rows = self.loop.rows if self.loop else []
-        fallbacks = [f"{r['block']}.{r['linear']}:{r['fallback']}" for r in rows if r.get("fallback")]
-        return {"method": self.config["method"]["name"],
-                "ppl": self.ppl.ppl if self.ppl else None,
-                "eval_windows": self.ppl.n_windows if self.ppl else None,
-                "eval_tokens": self.ppl.n_tokens_scored if self.ppl else None,
-                **{f"t_{k}": v for k, v in self.timings.items()},
-                "fallbacks": fallbacks}
+        return {"method": self.config["method"]["name"], **self.metrics(),
+                **{f"t_{k}": v for k, v in self.timings.items()}, "fallbacks": self.fallbacks()}
 
 
 def check_inputs(cfg: RunConfig) -> None:
     """Everything that can fail cheaply fails here, before any model or corpus is loaded."""
     check_corpus(cfg.calib.corpus)
     check_corpus(cfg.eval.corpus)
+    check_widths(cfg, cfg.model.layer_widths or ())
     cfg.model.check_available()
+
+
+def check_widths(cfg: RunConfig, widths) -> None:
+    """The quantization grid and the penalty's groups must fit every linear's in_features."""
+    for w in widths:
+        if cfg.method.quantizer is not None:
+            cfg.quant.check_layer(w)
+        if cfg.method.preprocess is not None:
+            g = cfg.method.regularize_config(cfg.quant.group_len(w)).group_size
+            if g > w:
+                raise ValueError(f"method.linf_group_size={g} is larger than a layer's in_features={w}")
 
 
 @dataclass
@@ -62,8 +88,8 @@ class Session:
         calib_corpus, eval_corpus = load_corpus(cfg.calib.corpus), load_corpus(cfg.eval.corpus)
         model, tok = load_model(cfg.model)
         arch = architecture_of(model)
-        for lin in arch.linears:  # group size vs layer widths, before any calibration work
-            cfg.quant.check_layer(model.get_submodule(f"{arch.blocks}.0.{lin}").in_features)
+        # the real widths, before any calibration work
+        check_widths(cfg, {model.get_submodule(f"{arch.blocks}.0.{lin}").in_features for lin in arch.linears})
         stream = token_stream(tok, calib_corpus.train, calib_corpus.train_join)
         calib = sample_calibration(stream, cfg.calib.n_samples, cfg.calib.seq_len, cfg.calib.seed)
         evals = token_stream(tok, eval_corpus.test, eval_corpus.test_join)
@@ -101,15 +127,15 @@ def run(cfg: RunConfig, session: Session | None = None, progress: bool = True) -
     t_quant = time.perf_counter() - t
     ppl = perplexity(session.model, session.eval_stream, cfg.eval.seq_len, cfg.eval.max_windows,
                      cfg.eval.batch_size, cfg.loop.device, progress)
-    timings = {"setup": t_setup, "quantization": t_quant, "evaluation": ppl.seconds}
-    if loop:
-        rows = loop.rows
-        timings.update(calibration=loop.timings["capture"] + loop.timings["calibrate"] + loop.timings["propagate"],
-                       regularize=sum(r["t_regularize"] for r in rows),
-                       quantize=sum(r["t_quantize"] for r in rows),
-                       diagnostics=sum(r["t_diagnostics"] for r in rows))
+    rows = loop.rows if loop else []
+    calibration = (loop.timings["capture"] + loop.timings["calibrate"] + loop.timings["propagate"]) if loop else 0.0
+    diagnostics = sum(r["t_diagnostics"] for r in rows)
+    timings = {"setup": t_setup, "calibration": calibration,
+               "reconstruction": sum(r["t_regularize"] for r in rows),
+               "quantization": sum(r["t_quantize"] for r in rows), "diagnostics": diagnostics,
+               "pipeline": t_quant, "method": t_quant - diagnostics, "evaluation": ppl.seconds}
     timings["total"] = time.perf_counter() - t0
-    log.info("%s: ppl %.3f, quantization %.1fs", cfg.method.name, ppl.ppl, t_quant)
+    log.info("%s: ppl %.3f, quantization pipeline %.1fs", cfg.method.name, ppl.ppl, t_quant)
     return RunResult(to_dict(cfg), ppl, loop, timings)
 
 

@@ -39,12 +39,12 @@ def table(cfg: RunConfig, summaries: list[dict]) -> str:
             f"{cfg.calib.n_samples} x {cfg.calib.seq_len} {cfg.calib.corpus} (seed {cfg.calib.seed}); "
             f"PPL on {cfg.eval.corpus} test, {summaries[0]['eval_windows']} windows x {cfg.eval.seq_len} "
             f"({summaries[0]['eval_tokens']} tokens scored); beta={cfg.method.beta:g}, {cfg.method.iters} PGD iters")
-    lines = [head, "", "| method | PPL | quant time (s) | calibration (s) | regularize (s) | quantize (s) | fallbacks |",
+    lines = [head, "", "| method | PPL | quant time (s) | calibration (s) | reconstruction (s) | quantizer (s) | fallbacks |",
              "|---|---|---|---|---|---|---|"]
     for s in summaries:
         f = lambda k: f"{s[k]:.1f}" if s.get(k) is not None else "-"  # noqa: E731
-        lines.append(f"| {LABELS[s['method']]} | {s['ppl']:.3f} | {f('t_quantization')} | {f('t_calibration')} | "
-                     f"{f('t_regularize')} | {f('t_quantize')} | {len(s['fallbacks'])} |")
+        lines.append(f"| {LABELS[s['method']]} | {s['ppl']:.3f} | {f('t_method')} | {f('t_calibration')} | "
+                     f"{f('t_reconstruction')} | {f('t_quantization')} | {len(s['fallbacks'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -64,7 +64,7 @@ def main(hcfg: DictConfig) -> None:
         summaries.append(res.summary())
         records.append({"summary": res.summary(), "config": res.config,
                         "rows": res.loop.rows if res.loop else [], "loop_timings": res.loop.timings if res.loop else {}})
-        log.info("run end: %s ppl=%.3f quant=%.1fs", m, res.ppl.ppl, res.timings["quantization"])
+        log.info("run end: %s ppl=%.3f quant=%.1fs", m, res.ppl.ppl, res.timings["method"])
     text = table(cfg, summaries)
     atomic_write(output.with_suffix(".md"), text)
     atomic_write(output.with_suffix(".json"), json.dumps(records, indent=1))

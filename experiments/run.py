@@ -1,0 +1,117 @@
+"""The runner: one Hydra entry point for single runs and sweeps.
+
+  python -m experiments.run model=smollm2-135m quant=w3g64 method=astro_gptq method.beta=3e-5
+  python -m experiments.run -m experiment=table3 scale=embedded           # the experiment's grid
+  python -m experiments.run -m experiment=table3 hydra/launcher=joblib    # parallel on this machine
+  python -m experiments.run -m experiment=table1 scale=paper hydra/launcher=slurm   # a SLURM cluster
+
+Each job validates its config (unknown keys and bad values fail before anything loads), skips at once
+when the results store already holds its record, otherwise quantizes, evaluates, writes the record
+atomically and logs it to W&B. Jobs of one process reuse the loaded model and token streams.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from astro.config import RunConfig, from_dict
+from astro.results import ResultStore, canonical_config, environment, now_iso, run_key
+from astro.run import Session, check_inputs, run
+from astro.tracking import TrackingConfig, log_record
+
+log = logging.getLogger("astro.runner")
+
+NON_RUN_KEYS = ("store", "tracking", "experiment")
+_session_cache: dict[str, Session] = {}
+
+
+def split_config(raw: dict) -> tuple[RunConfig, dict]:
+    """Separate the RunConfig (validated; unknown keys name themselves) from runner settings."""
+    raw = dict(raw)
+    extras = {k: raw.pop(k) for k in NON_RUN_KEYS if k in raw}
+    store = dict(extras.get("store") or {})
+    unknown = sorted(set(store) - {"root", "skip_existing"})
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join('store.' + k for k in unknown)}; allowed: root, skip_existing")
+    extras["store"] = store
+    extras["tracking"] = from_dict(TrackingConfig, extras.get("tracking"), "tracking")
+    return from_dict(RunConfig, raw), extras
+
+
+def describe(cfg: RunConfig) -> str:
+    q, m = cfg.quant, cfg.method
+    s = f"{cfg.model.source} {m.name}"
+    if m.quantizer or m.preprocess:
+        s += f" W{q.bits} g{q.group_size}{' sym' if q.sym else ''}"
+    if m.preprocess:
+        s += f" beta={m.beta:g} alpha={m.regularize_config(128).alpha} iters={m.iters}"
+    return s
+
+
+def _session(cfg: RunConfig) -> Session:
+    """Reuse the loaded model and token streams across jobs of one process (the basic launcher)."""
+    ident = repr((cfg.model, cfg.calib, cfg.eval.corpus))
+    if ident not in _session_cache:
+        _session_cache.clear()
+        _session_cache[ident] = Session.open(cfg)
+    return _session_cache[ident]
+
+
+def context() -> dict:
+    """Hydra's view of this job: the experiment, the group choices and the overrides."""
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return {}
+    return {"choices": {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")},
+            "overrides": list(hc.overrides.task), "job_dir": hc.runtime.output_dir,
+            "job_num": hc.job.get("num"), "launcher": hc.runtime.choices.get("hydra/launcher")}
+
+
+def run_job(raw: dict) -> dict:
+    """One job: validate, skip if recorded, run, record, track. Returns a short summary."""
+    cfg, extras = split_config(raw)
+    check_inputs(cfg)
+    store = ResultStore(Path(extras["store"].get("root", "results/store")))
+    key = run_key(cfg)
+    exp = (extras.get("experiment") or {}).get("name", "single")
+    if extras["store"].get("skip_existing", True) and store.exists(key):
+        log.info("skip %s [%s]: record exists at %s", describe(cfg), key, store.path(key))
+        return {"key": key, "skipped": True}
+    log.info("run start %s [%s] (experiment %s)", describe(cfg), key, exp)
+    started = now_iso()
+    t0 = time.perf_counter()
+    session = _session(cfg)
+    t_open = time.perf_counter() - t0
+    res = run(cfg, session)
+    res.timings["setup"] += t_open  # loading the model and corpora (0 when an earlier job of this process did)
+    res.timings["total"] += t_open
+    ctx = context()
+    record = {"schema": 1, "key": key, "status": "complete", "name": f"{exp}:{describe(cfg)}",
+              "started": started, "finished": now_iso(), "experiment": exp,
+              "scale": ctx.get("choices", {}).get("scale"),
+              "config": res.config, "canonical": canonical_config(cfg), "context": ctx,
+              "metrics": res.metrics(), "timings": res.timings,
+              "loop_timings": res.loop.timings if res.loop else {}, "fallbacks": res.fallbacks(),
+              "rows": res.rows, "env": environment(cfg.loop.device), "wall_seconds": time.perf_counter() - t0}
+    path = store.write(record)
+    job_dir = Path(ctx.get("job_dir") or store.run_dir(key))
+    mode = log_record(record, extras["tracking"].wandb, job_dir, group=exp)
+    log.info("run end %s [%s]: ppl %.3f, method %.1fs, total %.1fs -> %s (wandb: %s)", describe(cfg), key,
+             res.metrics()["ppl"], res.timings["method"], res.timings["total"], path, mode)
+    return {"key": key, "skipped": False, "ppl": res.metrics()["ppl"]}
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(hcfg: DictConfig) -> dict:
+    return run_job(OmegaConf.to_container(hcfg, resolve=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""The Hydra configs: every experiment composes at both scales, resolves to the grid it claims, and
+every grid point is a valid run config that passes the pre-load checks; bad values name their key."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from astro.config import RunConfig
+from astro.methods import MethodConfig
+from astro.results import canonical_config, run_key
+from astro.run import check_widths
+from experiments.run import split_config
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+PAPER_MODELS = {"llama2-7b", "llama2-13b", "llama2-70b"}
+EMBEDDED_MODELS = {"smollm2-135m", "gemma3-270m"}
+MAIN_METHODS = {"fp", "rtn", "gptq", "magr_gptq", "astro_gptq"}
+BETAS = {5e-6, 1e-5, 3e-5, 5e-5, 1e-4, 5e-4}
+
+# What each artifact must sweep, from the paper (../shared/astro-paper.md): per scale, the set of
+# models, of (bits, group size) settings and of methods, plus extra axes.
+W_PAPER = {(2, 64), (3, 128), (4, 128)}
+W_EMB = {(2, 64), (3, 64), (4, 64)}
+CLAIMS = {
+    "table1": {"paper": (PAPER_MODELS, W_PAPER, MAIN_METHODS), "embedded": (EMBEDDED_MODELS, W_EMB, MAIN_METHODS)},
+    "table2": {"paper": (PAPER_MODELS, {(3, 128)}, {"fp", "magr_gptq", "astro_gptq"}),
+               "embedded": (EMBEDDED_MODELS, {(3, 64)}, {"fp", "magr_gptq", "astro_gptq"})},
+    "table3": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
+    "table4": {"paper": (PAPER_MODELS, {(3, 128)}, {"fp", "astro"}), "embedded": (EMBEDDED_MODELS, {(3, 64)}, {"fp", "astro"})},
+    "table5": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
+    "table6": {"paper": ({"llama3.1-8b"}, {(3, 128)}, {"fp", "magr_gptq", "astro_gptq"}),
+               "embedded": ({"gemma3-270m"}, {(3, 64)}, {"fp", "magr_gptq", "astro_gptq"})},
+    "table7": {"paper": ({"llama2-7b"}, {(3, 128)}, {"rtn", "magr_rtn", "astro_rtn"}),
+               "embedded": ({"smollm2-135m"}, {(3, 64)}, {"rtn", "magr_rtn", "astro_rtn"})},
+    "fig1_outliers": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
+    "fig2_landscape": {"paper": ({"llama2-7b"}, {(3, 128)}, {"fp", "astro"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"fp", "astro"})},
+    "fig3_efficiency": {s: (m, w, {"rtn", "gptq", "magr_rtn", "astro_rtn", "magr_gptq", "astro_gptq"})
+                        for s, m, w in (("paper", {"llama2-7b"}, {(3, 128)}), ("embedded", {"smollm2-135m"}, {(3, 64)}))},
+    "sweep_beta": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
+    "ablation_alpha": {"paper": ({"llama2-7b"}, W_PAPER, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, W_EMB, {"astro_gptq"})},
+}
+EXTRA_AXES = {  # experiment -> {override key: expected set of values}
+    "table3": {"method.beta": BETAS, "method.alpha": {"activation", "uniform"}},
+    "sweep_beta": {"method.beta": BETAS, "method.alpha": {"activation", "uniform"}},
+    "ablation_alpha": {"method.alpha": {"activation", "uniform"}},
+}
+
+
+@pytest.fixture(scope="module")
+def hydra_conf():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def _compose(overrides, hydra_cfg=False):
+    return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_cfg)
+
+
+def _axes(experiment: str, scale: str) -> list[list[str]]:
+    """The sweep's axes as Hydra's basic sweeper reads them: one list of `key=value` per key."""
+    hc = _compose([f"experiment={experiment}", f"scale={scale}"], hydra_cfg=True)
+    params = OmegaConf.to_container(hc.hydra.sweeper.params, resolve=True) or {}
+    return [[f"{k}={v}" for v in str(val).split(",")] for k, val in params.items()]
+
+
+def _grid(experiment: str, scale: str) -> list[list[str]]:
+    """Every job's overrides (the cartesian product, as the basic sweeper expands it)."""
+    return [list(p) for p in itertools.product(*_axes(experiment, scale))]
+
+
+def _covering_jobs(experiment: str, scale: str) -> list[list[str]]:
+    """The first job plus, per axis, one job for each other value (every option composed in context,
+    without composing the whole product: a compose costs ~0.1-0.3 s here)."""
+    axes = _axes(experiment, scale)
+    first = [a[0] for a in axes]
+    jobs = [first]
+    for i, axis in enumerate(axes):
+        jobs += [first[:i] + [v] + first[i + 1:] for v in axis[1:]]
+    return jobs
+
+
+@functools.lru_cache(maxsize=None)
+def _run_config_cached(overrides: tuple[str, ...]) -> RunConfig:
+    raw = OmegaConf.to_container(_compose(overrides), resolve=True)
+    cfg, _ = split_config(raw)
+    return cfg
+
+
+def _run_config(overrides) -> RunConfig:
+    return _run_config_cached(tuple(overrides))
+
+
+def test_every_experiment_has_a_claim():
+    assert set(EXPERIMENTS) - {"single"} == set(CLAIMS)
+
+
+@pytest.mark.parametrize("scale", ["paper", "embedded"])
+@pytest.mark.parametrize("experiment", sorted(CLAIMS))
+def test_experiment_grid(hydra_conf, experiment, scale):
+    models, settings, methods = CLAIMS[experiment][scale]
+    jobs = _covering_jobs(experiment, scale)
+    seen_models, seen_settings, seen_methods, seen_extra = set(), set(), set(), {}
+    for job in jobs:
+        over = dict(o.split("=", 1) for o in job)
+        cfg = _run_config([f"experiment={experiment}", f"scale={scale}", *job])
+        check_widths(cfg, cfg.model.layer_widths)  # the pre-load grid check, for every point
+        seen_models.add(over["model"])
+        seen_settings.add((cfg.quant.bits, cfg.quant.group_size))
+        seen_methods.add(cfg.method.name)
+        for k in EXTRA_AXES.get(experiment, {}):
+            value = cfg.method.beta if k == "method.beta" else cfg.method.alpha
+            seen_extra.setdefault(k, set()).add(value)
+        if scale == "paper":
+            assert (cfg.calib.corpus, cfg.calib.n_samples, cfg.calib.seq_len) == ("wikitext2", 128, 2048)
+            assert (cfg.eval.corpus, cfg.eval.seq_len, cfg.eval.max_windows) == ("wikitext2", 2048, None)
+            assert cfg.method.iters == 200 and cfg.loop.device == "cuda"
+        else:
+            assert cfg.calib.corpus == "wiki_offline" and cfg.eval.corpus == "wiki_offline"
+            assert cfg.loop.device == "cpu" and cfg.eval.max_windows is not None
+    assert (seen_models, seen_settings, seen_methods) == (models, settings, methods)
+    for k, expected in EXTRA_AXES.get(experiment, {}).items():
+        assert seen_extra[k] == expected, k
+    assert len(_grid(experiment, scale)) == len(models) * len(settings) * len(methods) * \
+        math.prod(len(v) for v in EXTRA_AXES.get(experiment, {}).values())
+
+
+def test_table1_paper_grid_size(hydra_conf):
+    assert len(_grid("table1", "paper")) == 3 * 3 * 5
+
+
+def test_table3_and_sweep_beta_share_records(hydra_conf):
+    assert _grid("table3", "embedded") == _grid("sweep_beta", "embedded")
+    keys = {run_key(_run_config(["experiment=table3", "scale=embedded", *j])) for j in _grid("table3", "embedded")[::5]}
+    assert len(keys) == 3  # distinct grid points are distinct records
+
+
+def test_method_schema_matches_dataclass():
+    schema = yaml.safe_load((CONF / "schema" / "method.yaml").read_text())
+    assert schema == dataclasses.asdict(MethodConfig())
+
+
+def test_model_widths_match_models(hydra_conf):
+    from astro.models import tiny_random_llama
+    from astro.blockwise import architecture_of
+    m = tiny_random_llama(vocab_size=128)
+    arch = architecture_of(m)
+    widths = {m.get_submodule(f"{arch.blocks}.0.{lin}").in_features for lin in arch.linears}
+    assert set(_run_config(["model=tiny-random-llama"]).model.layer_widths) == widths
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("quant.bits=9", "bits"),
+    ("quant.group_size=0", "group_size"),
+    ("method.beta=-1", "beta"),
+    ("method.gptq.damp_percent=-0.5", "damp_percent"),
+    ("+method.betta=1", "method.betta"),
+    ("+calib.samples=3", "calib.samples"),
+    ("+store.rot=x", "store.rot"),
+    ("+tracking.wandb.projekt=x", "tracking.wandb.projekt"),
+    ("tracking.wandb.mode=sometimes", "tracking.wandb.mode"),
+    ("model.dtype=int8", "model.dtype"),
+    ("eval.batch_size=0", "eval"),
+    ("+bogus=1", "bogus"),
+])
+def test_bad_values_name_their_key(hydra_conf, override, needle):
+    with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
+        _run_config([override])
+
+
+def test_invalid_combination_fails_before_loading(hydra_conf):
+    cfg = _run_config(["model=smollm2-135m", "quant.group_size=1024"])
+    with pytest.raises(ValueError, match="larger than the layer's in_features=576"):
+        check_widths(cfg, cfg.model.layer_widths)
+
+
+def test_unknown_group_option_is_an_error(hydra_conf):
+    with pytest.raises(Exception, match="nonexistent"):
+        _compose(["method=nonexistent"])
+
+
+def test_run_key_ignores_what_cannot_change_numbers(hydra_conf):
+    k = lambda *o: run_key(_run_config(o))  # noqa: E731
+    assert k("method=gptq") == k("method=gptq", "method.beta=1e-3", "method.iters=7")
+    assert k("method=fp") == k("method=fp", "quant=w2g64")
+    assert k("method=astro_gptq") == k("method=astro_gptq", "method.alpha=activation")
+    assert k("method=astro_gptq") != k("method=astro_gptq", "method.beta=1e-3")
+    assert k("method=astro_gptq") != k("method=magr_gptq")
+    assert k("method=rtn") == k("method=rtn", "method.gptq.act_order=true")
+    assert k("method=gptq") != k("method=gptq", "method.gptq.act_order=true")
+    assert k("method=astro_gptq") != k("method=astro_gptq", "quant=w4g64")
+    assert "store" not in canonical_config(_run_config([])) and "tracking" not in canonical_config(_run_config([]))
+
+
+@pytest.mark.parametrize("launcher,target", [
+    ("basic", "BasicLauncher"), ("local_parallel", "JoblibLauncher"),
+    ("slurm", "SlurmLauncher"), ("local_submitit", "LocalLauncher")])
+def test_launchers_are_one_override(hydra_conf, launcher, target):
+    hc = _compose([f"hydra/launcher={launcher}"], hydra_cfg=True)
+    assert hc.hydra.launcher._target_.endswith(target)

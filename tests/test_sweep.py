@@ -1,0 +1,110 @@
+"""The runner as a user drives it (a subprocess per sweep): records are written once, a re-run skips
+them, a deleted record is redone alone, a killed run leaves no record, and submitit's local executor
+(the cluster launcher's code path) runs jobs for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from astro.results import ResultStore
+
+ROOT = Path(__file__).resolve().parents[1]
+# small enough for seconds per job on the tiny random model
+TINY = ["model=tiny-random-llama", "calib.n_samples=4", "calib.seq_len=64", "eval.seq_len=64",
+        "eval.max_windows=2", "tracking.wandb.mode=disabled"]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+
+
+def _sweep(tmp: Path, *overrides: str, timeout: int = 300) -> str:
+    cmd = [sys.executable, "-m", "experiments.run", "-m", *TINY, f"store.root={tmp / 'store'}",
+           f"hydra.sweep.dir={tmp / 'multirun'}", *overrides]
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    return log
+
+
+def _keys(tmp: Path) -> set[str]:
+    return {r["key"] for r in ResultStore(tmp / "store").records()}
+
+
+def test_two_point_multirun_records_skips_and_resumes(tmp_path):
+    log = _sweep(tmp_path, "method=rtn,gptq")
+    assert log.count("run start") == 2
+    keys = _keys(tmp_path)
+    assert len(keys) == 2
+    store = ResultStore(tmp_path / "store")
+    for k in keys:
+        rec = store.read(k)
+        assert rec["status"] == "complete" and rec["config"]["model"]["source"] == "tiny-random-llama"
+        assert rec["metrics"]["ppl"] > 1 and rec["metrics"]["eval_windows"] == 2
+        assert rec["rows"] and {"block", "linear", "err", "err_rtn"} <= set(rec["rows"][0])
+        assert set(rec["timings"]) >= {"calibration", "reconstruction", "quantization", "evaluation", "total"}
+        assert rec["env"]["versions"]["torch"] and "git_commit" in rec["env"]
+        assert rec["context"]["choices"]["method"] in ("rtn", "gptq")
+    mtimes = {k: store.path(k).stat().st_mtime_ns for k in keys}
+
+    log = _sweep(tmp_path, "method=rtn,gptq")  # everything recorded: no work
+    assert log.count("run start") == 0 and log.count("skip ") == 2
+    assert {k: store.path(k).stat().st_mtime_ns for k in keys} == mtimes
+
+    gone = sorted(keys)[0]
+    store.path(gone).unlink()
+    log = _sweep(tmp_path, "method=rtn,gptq")  # only the deleted one is redone
+    assert log.count("run start") == 1 and log.count("skip ") == 1
+    assert _keys(tmp_path) == keys
+    kept = sorted(keys)[1]
+    assert store.path(kept).stat().st_mtime_ns == mtimes[kept]
+
+
+def test_killed_run_leaves_no_record(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.run", *TINY, "method=gptq", "calib.n_samples=512", "calib.seq_len=256",
+           f"store.root={tmp_path / 'store'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    seen = []
+    try:
+        for line in proc.stdout:  # wait until the run has started, then kill it mid-way
+            seen.append(line)
+            if "run start" in line:
+                break
+        time.sleep(3.0)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert any("run start" in s for s in seen), "".join(seen)[-2000:]
+    assert proc.returncode == -signal.SIGKILL  # it was still working when killed
+    assert not list((tmp_path / "store").glob("**/record.json")) and _keys(tmp_path) == set()
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    store = ResultStore(tmp_path)
+    rec = {"key": "k1", "status": "complete", "rows": [{"x": object()}]}  # not serializable: fails mid-write
+    with pytest.raises(TypeError):
+        store.write(rec)
+    assert not store.exists("k1") and list(tmp_path.rglob("*")) in ([], [tmp_path / "k1"])
+    with pytest.raises(ValueError, match="complete"):
+        store.write({"key": "k2", "status": "running"})
+    store.write({"key": "k3", "status": "complete", "metrics": {"ppl": float("nan")}})
+    assert json.loads(store.path("k3").read_text())["key"] == "k3"
+
+
+def test_submitit_local_launcher_runs_jobs(tmp_path):
+    log = _sweep(tmp_path, "method=rtn", "quant=w3g64,w4g64", "hydra/launcher=local_submitit",
+                 "hydra.launcher.timeout_min=10", timeout=600)
+    recs = list(ResultStore(tmp_path / "store").records())
+    assert len(recs) == 2, log[-2000:]
+    assert {r["config"]["quant"]["bits"] for r in recs} == {3, 4}
+    assert {r["context"]["launcher"] for r in recs} == {"local_submitit"}

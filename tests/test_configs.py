@@ -210,3 +210,11 @@ def test_run_key_ignores_what_cannot_change_numbers(hydra_conf):
 def test_launchers_are_one_override(hydra_conf, launcher, target):
     hc = _compose([f"hydra/launcher={launcher}"], hydra_cfg=True)
     assert hc.hydra.launcher._target_.endswith(target)
+
+
+@pytest.mark.parametrize("scale", ["paper", "embedded"])
+def test_output_dirs_resolve_before_any_job(hydra_conf, scale):
+    # the sweeper reads hydra.sweep.dir before HydraConfig exists: no ${hydra:...} allowed there
+    hc = _compose(["experiment=table1", f"scale={scale}"], hydra_cfg=True)
+    sweep_dir = hc.hydra.sweep.dir
+    assert sweep_dir.startswith(f"multirun/table1/{scale}/")

@@ -12,8 +12,10 @@ SCALE ?= embedded
 RUN := $(PY) -m experiments.run
 # $(call sweep,<experiment>): the experiment's grid at $(SCALE); finished runs are skipped (resumable)
 sweep = $(RUN) -m experiment=$(1) scale=$(SCALE) $(ARGS)
+# $(call analyze,<module>): the analysis script, reading only the results store (same ARGS: same grid)
+analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 
-.PHONY: help setup quickstart test test-all bench clean-cache run sweep experiments \
+.PHONY: help setup quickstart test test-all bench clean-cache run sweep experiments status \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
 	reproduce-table7 figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha
 
@@ -46,29 +48,37 @@ run: setup  ## one run: make run ARGS='model=smollm2-135m quant=w3g64 method=ast
 sweep: setup  ## any sweep: make sweep ARGS='model=smollm2-135m method=gptq,astro_gptq quant=w2g64,w3g64'
 	$(RUN) -m $(ARGS)
 
+status:  ## which points of an experiment's grid are recorded: make status EXP=table1 [SCALE=paper]
+	$(PY) -m experiments.grid $(EXP) --scale $(SCALE) $(ARGS)
+
 experiments:  ## list the experiment configs with the artifact each reproduces
 	@grep -h '^  artifact:' conf/experiment/*.yaml | sed -E 's/^  artifact: "?//; s/"$$//'
 
 reproduce-table1: setup  ## Table 1: PPL, methods x models x (W2 g64, W3 g128, W4 g128)
 	$(call sweep,table1)
+	$(call analyze,table1)
 
 reproduce-table2: setup  ## Table 2: zero/few-shot accuracy at W3 (FP, MagR, Astro)
 	$(call sweep,table2)
 
 reproduce-table3: setup  ## Table 3: beta sweep x alpha mode (activation vs uniform), Astro+GPTQ W3
 	$(call sweep,table3)
+	$(call analyze,table3)
 
 reproduce-table4: setup  ## Table 4: PPL of the reconstructed, unquantized weights vs FP
 	$(call sweep,table4)
+	$(call analyze,table4)
 
 reproduce-table5: setup  ## Table 5: per-group max|w| before/after Astro in one layer
 	$(call sweep,table5)
+	$(call analyze,table5)
 
 reproduce-table6: setup  ## Table 6: second model family (LLaMA-3.1-8B; embedded: gemma3-270m) at W3
 	$(call sweep,table6)
 
 reproduce-table7: setup  ## Table 7: Astro on RTN (RTN, MagR+RTN, Astro+RTN)
 	$(call sweep,table7)
+	$(call analyze,table7)
 
 figures: fig1-outliers fig2-landscape fig3-efficiency  ## all three figures
 
@@ -80,9 +90,11 @@ fig2-landscape: setup  ## Figure 2: loss landscape around the original and recon
 
 fig3-efficiency: setup  ## Figure 3: PPL vs total quantization time per method
 	$(call sweep,fig3_efficiency)
+	$(call analyze,fig3_efficiency)
 
 sweep-beta: setup  ## the paper's beta grid (5e-6 ... 5e-4) x alpha activation|uniform (shares Table 3's records)
 	$(call sweep,sweep_beta)
+	$(call analyze,table3)
 
 ablation-alpha: setup  ## activation vs uniform alpha_k at W2, W3, W4
 	$(call sweep,ablation_alpha)

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from omegaconf import OmegaConf
 
 from astro.config import RunConfig
 from astro.methods import MethodConfig
 from astro.results import canonical_config, run_key
 from astro.run import check_widths
+from experiments.grid import Composer
 from experiments.run import split_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -59,10 +59,8 @@ EXTRA_AXES = {  # experiment -> {override key: expected set of values}
 
 @pytest.fixture(scope="module")
 def hydra_conf():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
+    with Composer() as c:
+        yield c
 
 
 def _compose(overrides, hydra_cfg=False):
@@ -70,10 +68,7 @@ def _compose(overrides, hydra_cfg=False):
 
 
 def _axes(experiment: str, scale: str) -> list[list[str]]:
-    """The sweep's axes as Hydra's basic sweeper reads them: one list of `key=value` per key."""
-    hc = _compose([f"experiment={experiment}", f"scale={scale}"], hydra_cfg=True)
-    params = OmegaConf.to_container(hc.hydra.sweeper.params, resolve=True) or {}
-    return [[f"{k}={v}" for v in str(val).split(",")] for k, val in params.items()]
+    return Composer().axes(experiment, scale)  # needs the module's initialised Hydra (hydra_conf)
 
 
 def _grid(experiment: str, scale: str) -> list[list[str]]:
@@ -105,6 +100,14 @@ def _run_config(overrides) -> RunConfig:
 
 def test_every_experiment_has_a_claim():
     assert set(EXPERIMENTS) - {"single"} == set(CLAIMS)
+
+
+def test_grid_points_match_the_sweep(hydra_conf):
+    pts = hydra_conf.points("table7", "embedded")
+    assert [p.config.method.name for p in pts] == ["rtn", "magr_rtn", "astro_rtn"]
+    assert len({p.key for p in pts}) == 3 and all(p.choices["model"] == "smollm2-135m" for p in pts)
+    with pytest.raises(ValueError, match="unknown experiment"):
+        hydra_conf.axes("table9", "embedded")
 
 
 @pytest.mark.parametrize("scale", ["paper", "embedded"])

@@ -1,0 +1,161 @@
+"""Shared by every table/figure script: an experiment's grid joined with the results store, the paper's
+reported numbers, and writers for Markdown / LaTeX / CSV tables and PNG / PDF figures.
+
+Numbers come only from run records (astro/results.py) and analysis/reported.yaml. A grid point without
+a record stays in the table as an explicit "missing" cell. Several records that differ only in the
+calibration seed are one cell: mean +- std over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from astro.results import ResultStore, atomic_write_text, canonical_config
+from experiments.grid import SCALES, Composer
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+MISSING = "missing"
+LABELS = {"fp": "FP", "rtn": "RTN", "gptq": "GPTQ", "awq": "AWQ", "omniquant": "OmniQuant",
+          "spinquant": "SpinQuant", "magr_gptq": "MagR+GPTQ", "astro_gptq": "Astro+GPTQ", "magr_rtn": "MagR+RTN",
+          "astro_rtn": "Astro+RTN", "astro": "Astro (reconstructed, unquantized)", "magr": "MagR (unquantized)"}
+# Embedded scale stands in for the paper's models and settings (conf/grid/*/embedded.yaml say why).
+STAND_IN_MODEL = {"smollm2-135m": "llama2-7b", "gemma3-270m": "llama2-13b"}
+STAND_IN_QUANT = {"w2g64": "w2g64", "w3g64": "w3g128", "w4g64": "w4g128"}
+
+
+def reported() -> dict:
+    return yaml.safe_load((HERE / "reported.yaml").read_text())
+
+
+def seedless_key(canonical: dict) -> str:
+    """Records that differ only in calib.seed share this key (their mean +- std is one cell)."""
+    c = copy.deepcopy(canonical)
+    (c.get("calib") or {}).pop("seed", None)
+    return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Cell:
+    """One grid point: its overrides and the records (one per seed) found for it."""
+
+    choices: dict
+    config: object
+    key: str
+    records: list
+
+    @property
+    def status(self) -> str:
+        return "recorded" if self.records else MISSING
+
+    def values(self, path: str) -> list[float]:
+        out = []
+        for r in self.records:
+            v = r
+            for p in path.split("."):
+                v = v.get(p) if isinstance(v, dict) else None
+            if v is not None:
+                out.append(float(v))
+        return out
+
+    def mean_std(self, path: str) -> tuple[float | None, float | None, int]:
+        v = self.values(path)
+        if not v:
+            return None, None, 0
+        m = sum(v) / len(v)
+        sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None
+        return m, sd, len(v)
+
+    def fmt(self, path: str, digits: int = 2) -> str:
+        m, sd, n = self.mean_std(path)
+        if n == 0:
+            return MISSING
+        if not math.isfinite(m):
+            return "NaN"
+        s = f"{m:.{digits}f}" if abs(m) < 1e5 else f"{m:.3g}"
+        return s + (f" ± {sd:.{digits}f} (n={n})" if sd is not None else "")
+
+
+def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...] = ()) -> list[Cell]:
+    """The experiment's grid points at `scale` (plus extra overrides), each with its records."""
+    by_seedless: dict[str, list] = {}
+    for rec in store.records():
+        by_seedless.setdefault(seedless_key(rec["canonical"]), []).append(rec)
+    with Composer() as c:
+        points = c.points(experiment, scale, extra)
+    out, seen = [], set()
+    for p in points:  # points that differ only in calib.seed are one cell (mean +- std over seeds)
+        sk = seedless_key(canonical_config(p.config))
+        ident = (sk, tuple(sorted((k, v) for k, v in p.choices.items() if k != "calib.seed")))
+        if ident not in seen:
+            seen.add(ident)
+            out.append(Cell(p.choices, p.config, p.key, by_seedless.get(sk, [])))
+    return out
+
+
+def fmt_reported(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and math.isnan(v):
+        return "NaN"
+    if abs(v) >= 1e4:
+        return f"{v:.1e}"
+    return f"{v:.2f}" if round(v, 2) == v else f"{v:g}"  # the value as the paper prints it
+
+
+def markdown(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False, disable_numparse=True)  # cells are already formatted strings
+
+
+def write_table(df: pd.DataFrame, name: str, scale: str, caption: str, out: Path) -> list[Path]:
+    """<out>/<name>_<scale>.{md,tex,csv}, written atomically; the caption leads the Markdown file."""
+    base = out / f"{name}_{scale}"
+    md = f"**{name}** ({scale} scale). {caption}\n\n{markdown(df)}\n"
+    tex = df.to_latex(index=False, caption=caption.replace("%", r"\%"), label=f"tab:{name}_{scale}", escape=True)
+    paths = [base.with_suffix(".md"), base.with_suffix(".tex"), base.with_suffix(".csv")]
+    for p, text in zip(paths, (md, tex, df.to_csv(index=False))):
+        atomic_write_text(p, text)
+    log.info("wrote %s", ", ".join(str(p) for p in paths))
+    return paths
+
+
+def save_figure(fig, name: str, scale: str, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}_{scale}.png", out / f"{name}_{scale}.pdf"]
+    for p in paths:
+        tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        tmp.replace(p)
+    log.info("wrote %s", ", ".join(str(p) for p in paths))
+    return paths
+
+
+def data_caption(cs: list[Cell], scale: str) -> str:
+    """Which corpus, calibration and evaluation sizes the measured numbers come from."""
+    cfg = cs[0].config
+    ev = cfg.eval
+    windows = f"{ev.max_windows} windows" if ev.max_windows else "all windows"
+    return (f"Measured: {cfg.calib.corpus} calibration {cfg.calib.n_samples} x {cfg.calib.seq_len}, "
+            f"perplexity on {ev.corpus} test ({windows} x {ev.seq_len}); "
+            f"{'paper-scale models' if scale == 'paper' else 'embedded stand-ins for the paper models'}. "
+            f"Reported: the paper's numbers (LLaMA-2, WikiText-2, seq 2048).")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--scale", default="embedded", choices=SCALES)
+    ap.add_argument("--store", default="results/store", type=Path)
+    ap.add_argument("--out", default=None, type=Path, help="default: results/tables or results/figures")
+    ap.add_argument("overrides", nargs="*", help="the sweep's extra overrides (the make target's ARGS)")
+    return ap

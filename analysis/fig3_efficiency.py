@@ -1,0 +1,65 @@
+"""Figure 3: perplexity vs total quantization time, one point per method (log time axis), and the
+quantization-time table: every method's time per stage.
+
+  python -m analysis.fig3_efficiency --scale embedded      (make fig3-efficiency)
+Time is the record's `method` timing: the block loop's wall time minus our per-layer diagnostics
+(calibration forwards + reconstruction + quantization + propagation), on the machine in the record.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from astro.results import ResultStore
+
+from .common import LABELS, cells, data_caption, markdown, parser, save_figure, write_table
+
+STAGES = ("calibration", "reconstruction", "quantization", "method", "evaluation")
+
+
+def time_table(cs) -> pd.DataFrame:
+    rows = []
+    for c in cs:
+        env = (c.records[0].get("env") or {}) if c.records else {}
+        rows.append({"method": LABELS[c.config.method.name], "PPL": c.fmt("metrics.ppl"),
+                     **{f"{s} (s)": c.fmt(f"timings.{s}", 1) for s in STAGES},
+                     "device": env.get("gpu") or (f"{env.get('device')} x{env.get('torch_threads')} threads" if env else "-")})
+    return pd.DataFrame(rows)
+
+
+def figure(cs, scale: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for c in cs:
+        if not c.records:
+            continue
+        t, ppl = c.mean_std("timings.method")[0], c.mean_std("metrics.ppl")[0]
+        name = c.config.method.name
+        ax.scatter([t], [ppl], s=60, marker="*" if name.startswith("astro") else "o", zorder=3)
+        ax.annotate(LABELS[name], (t, ppl), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    missing = [LABELS[c.config.method.name] for c in cs if not c.records]
+    cfg = cs[0].config
+    ax.set(xscale="log", xlabel="total quantization time (s, log)", ylabel="perplexity",
+           title=f"{cfg.model.source} W{cfg.quant.bits} g{cfg.quant.group_size} ({scale})"
+           + (f"\nmissing: {', '.join(missing)}" if missing else ""))
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def main(argv=None) -> None:
+    a = parser(__doc__.splitlines()[0]).parse_args(argv)
+    cs = cells("fig3_efficiency", a.scale, ResultStore(a.store), tuple(a.overrides))
+    df = time_table(cs)
+    write_table(df, "quant_time", a.scale, "Quantization time per stage (seconds). " + data_caption(cs, a.scale),
+                a.out or a.store.parent / "tables")
+    save_figure(figure(cs, a.scale), "fig3_efficiency", a.scale, a.out or a.store.parent / "figures")
+    print(markdown(df))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main()

@@ -1,0 +1,70 @@
+"""Table 3: Astro+GPTQ perplexity over the beta grid, alpha_k from activations (eq. 11) vs uniform.
+Also the figure of PPL vs beta (both alpha modes, ours and reported).
+
+  python -m analysis.table3 --scale embedded      (make reproduce-table3 / make sweep-beta)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from astro.results import ResultStore
+
+from .common import cells, data_caption, fmt_reported, markdown, parser, reported, save_figure, write_table
+
+ALPHA_LABEL = {"activation": "alpha_k from activations (Astro)", "uniform": "uniform alpha_k = 1"}
+
+
+def build(cs) -> pd.DataFrame:
+    rep = reported()["table3"]
+    betas = sorted({c.config.method.beta for c in cs})
+    rows = []
+    for alpha in ("activation", "uniform"):
+        mine = {c.config.method.beta: c for c in cs if c.config.method.alpha == alpha}
+        rows.append({"alpha_k": ALPHA_LABEL[alpha], **{f"beta={b:g}": mine[b].fmt("metrics.ppl") if b in mine else "not in grid"
+                                                        for b in betas}})
+        rows.append({"alpha_k": f"reported: {ALPHA_LABEL[alpha]}",
+                     **{f"beta={b:g}": fmt_reported(rep[alpha].get(b)) for b in betas}})
+    return pd.DataFrame(rows)
+
+
+def figure(cs, scale: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rep = reported()["table3"]
+    fig, (ax, axr) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for alpha, style in (("activation", "o-"), ("uniform", "s--")):
+        pts = sorted((c.config.method.beta, c.mean_std("metrics.ppl")[0]) for c in cs
+                     if c.config.method.alpha == alpha and c.records)
+        if pts:
+            ax.plot(*zip(*pts), style, label=ALPHA_LABEL[alpha])
+        rp = sorted(rep[alpha].items())
+        axr.plot(*zip(*rp), style, label=ALPHA_LABEL[alpha])
+    cfg = cs[0].config
+    ax.set(xscale="log", xlabel="beta", ylabel="perplexity",
+           title=f"measured: {cfg.model.source} W{cfg.quant.bits} g{cfg.quant.group_size} ({scale})")
+    axr.set(xscale="log", yscale="log", xlabel="beta", ylabel="perplexity", title="reported: LLaMA-2-7B W3 g128")
+    for a in (ax, axr):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    return fig
+
+
+def main(argv=None) -> None:
+    a = parser(__doc__.splitlines()[0]).parse_args(argv)
+    cs = cells("table3", a.scale, ResultStore(a.store), tuple(a.overrides))
+    df = build(cs)
+    cfg = cs[0].config
+    caption = (f"Astro+GPTQ perplexity vs beta, {cfg.model.source} W{cfg.quant.bits} g{cfg.quant.group_size}, "
+               f"{cfg.method.iters} PGD iterations. " + data_caption(cs, a.scale))
+    write_table(df, "table3", a.scale, caption, a.out or a.store.parent / "tables")
+    save_figure(figure(cs, a.scale), "table3_beta", a.scale, (a.out or a.store.parent / "figures"))
+    print(markdown(df))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main()

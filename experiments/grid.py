@@ -1,0 +1,111 @@
+"""An experiment's grid, outside a Hydra run: the job overrides its sweep expands to, each point's
+validated RunConfig and record key, and which points the results store already holds.
+
+  python -m experiments.grid sweep_beta --scale embedded     # the points and their status
+
+Analysis uses the same expansion to find each table cell's record (and to label missing ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from astro.config import RunConfig
+from astro.results import ResultStore, run_key
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SCALES = ("embedded", "paper")
+
+
+def experiments() -> list[str]:
+    return sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    overrides: tuple[str, ...]     # the job's sweep overrides, e.g. ("model=smollm2-135m", "method=gptq")
+    choices: dict                  # override key -> value, e.g. {"model": "smollm2-135m", "method.beta": "5e-06"}
+    config: RunConfig
+    key: str
+
+
+class Composer:
+    """Hydra's compose API over conf/ (one initialisation for many compositions)."""
+
+    def __enter__(self):
+        GlobalHydra.instance().clear()
+        self._ctx = initialize_config_dir(config_dir=str(CONF), version_base="1.3")
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+        GlobalHydra.instance().clear()
+
+    def axes(self, experiment: str, scale: str) -> list[list[str]]:
+        """The sweep's axes as the basic sweeper reads them: one list of `key=value` per key."""
+        if experiment not in experiments():
+            raise ValueError(f"unknown experiment {experiment!r}; known: {experiments()}")
+        if scale not in SCALES:
+            raise ValueError(f"unknown scale {scale!r}; known: {SCALES}")
+        hc = compose(config_name="config", overrides=[f"experiment={experiment}", f"scale={scale}"],
+                     return_hydra_config=True)
+        params = OmegaConf.to_container(hc.hydra.sweeper.params, resolve=True) or {}
+        return [[f"{k}={v}" for v in str(val).split(",")] for k, val in params.items()]
+
+    def raw(self, overrides) -> dict:
+        return OmegaConf.to_container(compose(config_name="config", overrides=list(overrides)), resolve=True)
+
+    def run_config(self, overrides) -> RunConfig:
+        from experiments.run import split_config
+        return split_config(self.raw(overrides))[0]
+
+    def points(self, experiment: str, scale: str, extra: tuple[str, ...] = ()) -> list[GridPoint]:
+        """Every job of the sweep (the cartesian product, as Hydra's basic sweeper expands it).
+        extra: the command line's further overrides; `k=a,b` ones become axes too, hydra/* ones (the
+        launcher and its settings) do not change a run and are dropped."""
+        axes = self.axes(experiment, scale)
+        fixed = []
+        for o in extra:
+            if o.lstrip("+~").startswith("hydra"):
+                continue
+            k, _, v = o.partition("=")
+            is_axis = any(a[0].split("=", 1)[0] == k for a in axes)
+            if "," in v and not v.startswith(("[", "{", "'", '"')):
+                axes = [a for a in axes if a[0].split("=", 1)[0] != k] + [[f"{k}={x}" for x in v.split(",")]]
+            elif is_axis:  # pin the axis to one value (it stays in the point's choices)
+                axes = [[o] if a[0].split("=", 1)[0] == k else a for a in axes]
+            else:
+                fixed.append(o)
+        out = []
+        for job in itertools.product(*axes):
+            cfg = self.run_config([f"experiment={experiment}", f"scale={scale}", *job, *fixed])
+            out.append(GridPoint(tuple(job), dict(o.split("=", 1) for o in job), cfg, run_key(cfg)))
+        return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("experiment", choices=experiments())
+    ap.add_argument("--scale", default="embedded", choices=SCALES)
+    ap.add_argument("--store", default="results/store")
+    ap.add_argument("overrides", nargs="*", help="extra overrides applied to every point (as in ARGS)")
+    a = ap.parse_args(argv)
+    store = ResultStore(Path(a.store))
+    with Composer() as c:
+        pts = c.points(a.experiment, a.scale, tuple(a.overrides))
+    done = sum(store.exists(p.key) for p in pts)
+    for p in pts:
+        print(f"{'done   ' if store.exists(p.key) else 'missing'} {p.key}  {' '.join(p.overrides)}")
+    print(f"{a.experiment} ({a.scale}): {done}/{len(pts)} points recorded in {store.root}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Analysis scripts on a fixture results store built from tiny-model runs: every script writes its
+files, a grid point without a record is a labelled gap, reported values are exactly reported.yaml's."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import fig3_efficiency, table1, table3, table4, table5, table7
+from analysis.common import reported
+from astro.results import ResultStore
+from experiments.grid import Composer
+from experiments.run import run_job
+
+TINY = ("model=tiny-random-llama", "calib.n_samples=4", "calib.seq_len=64", "eval.seq_len=64",
+        "eval.max_windows=2", "method.iters=5", "tracking.wandb.mode=disabled")
+# the points we run; every other grid point must show up as missing
+RUN = {
+    "table1": [("quant=w3g64", "method=fp"), ("quant=w3g64", "method=gptq"), ("quant=w3g64", "method=astro_gptq")],
+    "table3": [("method.beta=5e-5", "method.alpha=activation"), ("method.beta=5e-4", "method.alpha=uniform")],
+    "table4": [("method=fp",), ("method=astro",)],
+    "table7": [("method=rtn",), ("method=astro_rtn",)],
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    with Composer() as c:
+        for exp, points in RUN.items():
+            for p in points:
+                raw = c.raw([f"experiment={exp}", "scale=embedded", *TINY, *p, f"store.root={root}"])
+                run_job(raw)
+    return root
+
+
+def recs_any(method: str, store: Path) -> float:
+    return next(r["metrics"]["ppl"] for r in ResultStore(store).records() if r["config"]["method"]["name"] == method)
+
+
+def _run(mod, store: Path, out: Path, *extra):
+    mod.main(["--scale", "embedded", "--store", str(store), "--out", str(out), *TINY, *extra])
+
+
+def test_table1(store, tmp_path):
+    _run(table1, store, tmp_path)
+    df = pd.read_csv(tmp_path / "table1_embedded.csv", dtype=str, keep_default_na=False)
+    md = (tmp_path / "table1_embedded.md").read_text()
+    assert "wiki_offline" in md and (tmp_path / "table1_embedded.tex").exists()
+    row = df.set_index("method")
+    col = "tiny-random-llama w3g64"
+    recs = {r["config"]["method"]["name"]: r for r in ResultStore(store).records() if r["experiment"] == "table1"}
+    assert row.loc["GPTQ", col] == f"{recs['gptq']['metrics']['ppl']:.2f}"
+    assert row.loc["RTN", col] == f"{recs_any('rtn', store):.2f}"  # table7's RTN run is the same computation
+    assert row.loc["MagR+GPTQ", col] == "missing" and row.loc["GPTQ", "tiny-random-llama w2g64"] == "missing"
+    assert row.loc["AWQ", col] == "not run"
+
+
+def test_table1_reported_values_are_verbatim(store, tmp_path):
+    _run(table1, store, tmp_path, "model=smollm2-135m")  # the stand-in mapping: smollm2 -> LLaMA-2-7B
+    df = pd.read_csv(tmp_path / "table1_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
+    rep = reported()["table1"]["llama2-7b"]
+    for method, label in (("rtn", "RTN"), ("astro_gptq", "Astro+GPTQ"), ("spinquant", "SpinQuant")):
+        for ours, theirs in (("w2g64", "w2g64"), ("w3g64", "w3g128"), ("w4g64", "w4g128")):
+            v = float(df.loc[label, f"reported llama2-7b {theirs}"])
+            assert math.isclose(v, rep[method][theirs], rel_tol=0.01), (method, theirs)
+        assert df.loc[label, "smollm2-135m w3g64"] in ("missing", "not run")
+
+
+def test_table3(store, tmp_path):
+    _run(table3, store, tmp_path)
+    df = pd.read_csv(tmp_path / "table3_embedded.csv", dtype=str, keep_default_na=False).set_index("alpha_k")
+    act = df.loc["alpha_k from activations (Astro)"]
+    assert act["beta=5e-05"] != "missing" and act["beta=1e-05"] == "missing"
+    assert df.loc["uniform alpha_k = 1", "beta=0.0005"] != "missing"
+    assert df.loc["reported: uniform alpha_k = 1", "beta=0.0005"] == "36.41"
+    assert (tmp_path / "table3_beta_embedded.png").stat().st_size > 1000
+
+
+def test_table4_and_table7(store, tmp_path):
+    _run(table4, store, tmp_path)
+    df = pd.read_csv(tmp_path / "table4_embedded.csv", dtype=str, keep_default_na=False)
+    assert df.loc[0, "change"] != "missing" and df.loc[0, "reported original"] == "-"  # no paper counterpart
+    _run(table4, store, tmp_path, "model=smollm2-135m,gemma3-270m")
+    df = pd.read_csv(tmp_path / "table4_embedded.csv", dtype=str, keep_default_na=False).set_index("model")
+    assert df.loc["smollm2-135m", "change"] == "missing"
+    assert list(df["reported reconstructed"]) == ["5.48", "4.88"] and list(df["reported original"]) == ["5.47", "4.88"]
+    _run(table7, store, tmp_path)
+    df = pd.read_csv(tmp_path / "table7_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
+    assert df.loc["MagR+RTN", "PPL"] == "missing" and df.loc["Astro+RTN", "PPL"] != "missing"
+    assert df.loc["MagR+RTN", "reported (llama2-7b W3 g128)"] == "-"  # tiny model: no paper counterpart
+    _run(table7, store, tmp_path, "model=smollm2-135m")
+    df = pd.read_csv(tmp_path / "table7_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
+    assert list(df["reported (llama2-7b W3 g128)"]) == ["6.66", "6.48", "6.40"] and set(df["PPL"]) == {"missing"}
+
+
+def test_table5_group_statistics(store, tmp_path):
+    _run(table5, store, tmp_path, "--block", "1", "--linear", "mlp.down_proj")
+    df = pd.read_csv(tmp_path / "table5_embedded.csv", dtype=str, keep_default_na=False)
+    alphas = [float(a) for a in df["alpha_k"]]
+    assert alphas[0] >= alphas[1] >= alphas[2] > 0  # highest, median, lowest activation groups
+    assert list(df["reported alpha_k"]) == ["3.305", "0.721", "0.248"]
+
+
+def test_fig3_and_time_table(store, tmp_path):
+    _run(fig3_efficiency, store, tmp_path)
+    df = pd.read_csv(tmp_path / "quant_time_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
+    assert df.loc["GPTQ", "PPL"] != "missing" and df.loc["MagR+GPTQ", "PPL"] == "missing"
+    assert df.loc["GPTQ", "method (s)"] != "missing"
+    assert (tmp_path / "fig3_efficiency_embedded.pdf").exists()

@@ -9,6 +9,8 @@ import typing
 from dataclasses import dataclass, field
 
 from .blockwise import LoopConfig
+from .data import BOS_MODES
+from .evaluate import TaskEvalConfig
 from .methods import MethodConfig
 from .models import ModelConfig
 from .quantizer import QuantGrid
@@ -30,17 +32,25 @@ class CalibConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Perplexity on the corpus's test split, GPTQ protocol; max_windows caps the windows scored
-    (None = all; the cap is recorded in the result)."""
+    """Perplexity on the corpus's test split with the GPTQ/OmniQuant protocol of that corpus
+    (astro.data.eval_tokens: wikitext2 and embedded corpora joined, c4 = 256 seeded windows, c4_new = the
+    first 256 windows of 1100 joined documents); max_windows caps the windows scored (None = all; the cap and
+    the protocol are recorded in the result). bos: auto (per-window BOS only for models that need it, e.g.
+    Gemma; else as the reference: the tokenizer's defaults on the joined text) | tokenizer | window | none.
+    lm_eval: zero/few-shot tasks (astro.evaluate.TaskEvalConfig; no tasks = none run)."""
 
     corpus: str = "wiki_offline"
     seq_len: int = 2048
     max_windows: int | None = None
     batch_size: int = 1
+    bos: str = "auto"
+    lm_eval: TaskEvalConfig = field(default_factory=TaskEvalConfig)
 
     def __post_init__(self):
         if self.seq_len < 2 or self.batch_size < 1 or (self.max_windows is not None and self.max_windows < 1):
             raise ValueError("eval.seq_len must be >= 2, eval.batch_size >= 1, eval.max_windows >= 1 or null")
+        if self.bos not in BOS_MODES:
+            raise ValueError(f"eval.bos must be one of {BOS_MODES}, got {self.bos!r}")
 
 
 @dataclass(frozen=True)

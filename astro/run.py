@@ -13,7 +13,7 @@ import torch
 
 from .blockwise import LoopResult, architecture_of, run_blocks
 from .config import RunConfig, to_dict
-from .data import check_corpus, load_corpus, sample_calibration, token_stream
+from .data import EvalTokens, check_corpus, eval_tokens, load_corpus, sample_calibration, token_stream
 from .evaluate import PerplexityResult, perplexity
 from .methods import LinearOutcome, process_linear
 from .models import load_model
@@ -80,7 +80,7 @@ class Session:
     tokenizer: object
     original: dict
     calib_ids: torch.Tensor
-    eval_stream: torch.Tensor
+    eval_stream: EvalTokens
 
     @classmethod
     def open(cls, cfg: RunConfig) -> "Session":
@@ -92,7 +92,8 @@ class Session:
         check_widths(cfg, {model.get_submodule(f"{arch.blocks}.0.{lin}").in_features for lin in arch.linears})
         stream = token_stream(tok, calib_corpus.train, calib_corpus.train_join)
         calib = sample_calibration(stream, cfg.calib.n_samples, cfg.calib.seq_len, cfg.calib.seed)
-        evals = token_stream(tok, eval_corpus.test, eval_corpus.test_join)
+        evals = eval_tokens(tok, eval_corpus, cfg.eval.seq_len, cfg.eval.bos, cfg.eval.corpus,
+                            getattr(model.config, "model_type", None))
         original = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return cls(model, tok, original, calib, evals)
 

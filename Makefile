@@ -48,6 +48,9 @@ run: setup  ## one run: make run ARGS='model=smollm2-135m quant=w3g64 method=ast
 sweep: setup  ## any sweep: make sweep ARGS='model=smollm2-135m method=gptq,astro_gptq quant=w2g64,w3g64'
 	$(RUN) -m $(ARGS)
 
+proxy-tasks: setup  ## generate the offline PROXY tasks (wiki_lastword, wiki_nextsent_mc) into $$ASTRO_CACHE/tasks
+	$(PY) -m astro.proxy_tasks $(ARGS)
+
 status:  ## which points of an experiment's grid are recorded: make status EXP=table1 [SCALE=paper]
 	$(PY) -m experiments.grid $(EXP) --scale $(SCALE) $(ARGS)
 
@@ -84,6 +87,9 @@ figures: fig1-outliers fig2-landscape fig3-efficiency  ## all three figures
 
 fig1-outliers: setup  ## Figure 1: weight/activation magnitudes of one layer, before and after Astro
 	$(call sweep,fig1_outliers)
+	$(PY) -m experiments.outliers --scale $(SCALE) $(ARGS)
+	$(call analyze,fig1_outliers)
+	$(call analyze,fig_bound)
 
 fig2-landscape: setup  ## Figure 2: loss landscape around the original and reconstructed weights
 	$(call sweep,fig2_landscape)

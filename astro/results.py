@@ -39,6 +39,7 @@ _REGULARIZE_FIELDS = ("beta", "iters", "alpha", "linf_group_size", "solver", "to
 KEY_STABLE_DEFAULTS: dict[tuple[str, ...], object] = {
     ("method", "solver"): "pgd",
     ("method", "tol"): None,
+    ("eval", "bos"): "auto",
 }
 
 
@@ -56,6 +57,8 @@ def canonical_config(cfg: RunConfig) -> dict:
     if not cfg.method.needs_calibration:  # nothing is calibrated; only where evaluation runs matters
         d.pop("calib", None)
         d["loop"] = {"device": cfg.loop.device}
+    if not cfg.eval.lm_eval.tasks:  # no zero-shot evaluation: its settings cannot change a number
+        d["eval"].pop("lm_eval", None)
     for path, value in KEY_STABLE_DEFAULTS.items():
         node = d
         for p in path[:-1]:

@@ -14,7 +14,7 @@ import torch
 from .blockwise import LoopResult, architecture_of, run_blocks
 from .config import RunConfig, to_dict
 from .data import EvalTokens, check_corpus, eval_tokens, load_corpus, sample_calibration, token_stream
-from .evaluate import PerplexityResult, perplexity
+from .evaluate import PerplexityResult, TaskResult, check_tasks, evaluate_tasks, perplexity
 from .methods import LinearOutcome, process_linear
 from .models import load_model
 
@@ -33,6 +33,7 @@ class RunResult:
     ppl: PerplexityResult | None
     loop: LoopResult | None
     timings: dict
+    tasks: TaskResult | None = None
 
     @property
     def rows(self) -> list[dict]:
@@ -46,6 +47,8 @@ class RunResult:
         return {"ppl": p.ppl if p else None, "nll": p.nll if p else None,
                 "eval_windows": p.n_windows if p else None, "eval_windows_available": p.n_windows_available if p else None,
                 "eval_seq_len": p.seq_len if p else None, "eval_tokens": p.n_tokens_scored if p else None,
+                "eval_protocol": p.protocol if p else None,
+                **(self.tasks.metrics() if self.tasks else {}),
                 "n_fallbacks": len(self.fallbacks())}
 
     def summary(self) -> dict:
@@ -58,6 +61,8 @@ def check_inputs(cfg: RunConfig) -> None:
     check_corpus(cfg.calib.corpus)
     check_corpus(cfg.eval.corpus)
     check_widths(cfg, cfg.model.layer_widths or ())
+    if cfg.eval.lm_eval.tasks:
+        check_tasks(cfg.eval.lm_eval)
     cfg.model.check_available()
 
 
@@ -128,16 +133,19 @@ def run(cfg: RunConfig, session: Session | None = None, progress: bool = True) -
     t_quant = time.perf_counter() - t
     ppl = perplexity(session.model, session.eval_stream, cfg.eval.seq_len, cfg.eval.max_windows,
                      cfg.eval.batch_size, cfg.loop.device, progress)
+    tasks = (evaluate_tasks(session.model, session.tokenizer, cfg.eval.lm_eval, cfg.loop.device)
+             if cfg.eval.lm_eval.tasks else None)
     rows = loop.rows if loop else []
     calibration = (loop.timings["capture"] + loop.timings["calibrate"] + loop.timings["propagate"]) if loop else 0.0
     diagnostics = sum(r["t_diagnostics"] for r in rows)
     timings = {"setup": t_setup, "calibration": calibration,
                "reconstruction": sum(r["t_regularize"] for r in rows),
                "quantization": sum(r["t_quantize"] for r in rows), "diagnostics": diagnostics,
-               "pipeline": t_quant, "method": t_quant - diagnostics, "evaluation": ppl.seconds}
+               "pipeline": t_quant, "method": t_quant - diagnostics, "evaluation": ppl.seconds,
+               "tasks": tasks.seconds["total"] if tasks else 0.0}
     timings["total"] = time.perf_counter() - t0
     log.info("%s: ppl %.3f, quantization pipeline %.1fs", cfg.method.name, ppl.ppl, t_quant)
-    return RunResult(to_dict(cfg), ppl, loop, timings)
+    return RunResult(to_dict(cfg), ppl, loop, timings, tasks)
 
 
 def with_method(cfg: RunConfig, name: str) -> RunConfig:

@@ -99,7 +99,8 @@ def run_job(raw: dict) -> dict:
               "config": res.config, "canonical": canonical_config(cfg), "context": ctx,
               "metrics": res.metrics(), "timings": res.timings,
               "loop_timings": res.loop.timings if res.loop else {}, "fallbacks": res.fallbacks(),
-              "rows": res.rows, "env": environment(cfg.loop.device), "wall_seconds": time.perf_counter() - t0}
+              "rows": res.rows, "tasks": res.tasks.to_dict() if res.tasks else None,
+              "env": environment(cfg.loop.device), "wall_seconds": time.perf_counter() - t0}
     path = store.write(record)
     job_dir = Path(ctx.get("job_dir") or store.run_dir(key))
     mode = log_record(record, extras["tracking"].wandb, job_dir, group=exp)

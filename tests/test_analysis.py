@@ -111,3 +111,22 @@ def test_fig3_and_time_table(store, tmp_path):
     assert df.loc["GPTQ", "PPL"] != "missing" and df.loc["MagR+GPTQ", "PPL"] == "missing"
     assert df.loc["GPTQ", "method (s)"] != "missing"
     assert (tmp_path / "fig3_efficiency_embedded.pdf").exists()
+
+
+def test_bound_figure(store, tmp_path):
+    from analysis import fig_bound
+    fig_bound.main(["--scale", "embedded", "--store", str(store), "--out", str(tmp_path), "--experiment", "table3", *TINY])
+    assert (tmp_path / "fig_bound_embedded.png").stat().st_size > 1000
+
+
+def test_fig1_probe_and_figure(store, tmp_path):
+    from analysis import fig1_outliers
+    from experiments import outliers
+    args = ["--scale", "embedded", "--store", str(store), "--block", "1", "--linear", "mlp.down_proj", *TINY]
+    outliers.main(args)
+    probe = [r for r in ResultStore(store).records() if r.get("kind") == "probe:fig1"]
+    assert len(probe) == 1 and probe[0]["probe"]["objective_last"] <= probe[0]["probe"]["objective_first"]
+    outliers.main(args)  # the record exists: nothing is redone
+    assert len([r for r in ResultStore(store).records() if r.get("kind") == "probe:fig1"]) == 1
+    fig1_outliers.main(["--scale", "embedded", "--store", str(store), "--out", str(tmp_path), *TINY])
+    assert (tmp_path / "fig1_outliers_embedded.png").stat().st_size > 1000

@@ -126,6 +126,8 @@ def test_experiment_grid(hydra_conf, experiment, scale):
         for k in EXTRA_AXES.get(experiment, {}):
             value = cfg.method.beta if k == "method.beta" else cfg.method.alpha
             seen_extra.setdefault(k, set()).add(value)
+        if experiment in ("table2", "table6"):  # the zero/few-shot tables evaluate tasks
+            assert cfg.eval.lm_eval.tasks == (("paper",) if scale == "paper" else ("proxy",))
         if scale == "paper":
             assert (cfg.calib.corpus, cfg.calib.n_samples, cfg.calib.seq_len) == ("wikitext2", 128, 2048)
             assert (cfg.eval.corpus, cfg.eval.seq_len, cfg.eval.max_windows) == ("wikitext2", 2048, None)

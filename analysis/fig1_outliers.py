@@ -1,0 +1,78 @@
+"""Figure 1: |W| (output x input channel) and |X| (token x input channel) of one layer, with the
+highest-activation input groups marked, and |W| after Astro beside the original (same colour scale).
+
+  python -m analysis.fig1_outliers --scale embedded      (make fig1-outliers runs the probe first)
+Reads the probe record written by experiments/outliers.py (kind 'probe:fig1') and its arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+
+from astro.results import ResultStore, canonical_config
+from experiments.grid import Composer
+
+from .common import parser, save_figure
+
+
+def find_probe(store: ResultStore, canonical: dict, block=None, linear=None) -> dict:
+    want = json.loads(json.dumps({"probe": "fig1", **canonical}))  # as stored (tuples become lists)
+    found = [r for r in store.records() if r.get("kind") == "probe:fig1" and r["canonical"] == want
+             and (block is None or r["probe"]["block"] == block) and (linear is None or r["probe"]["linear"] == linear)]
+    if not found:
+        raise SystemExit("no Figure 1 probe record for this configuration: run `make fig1-outliers` "
+                         "(or python -m experiments.outliers) first")
+    return max(found, key=lambda r: r["started"])
+
+
+def figure(arr, rec: dict, title: str, top: int = 3):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    W, Wa, X = (np.abs(arr[k].astype(np.float32)) for k in ("W", "W_astro", "X"))
+    g = rec["probe"]["group_size"]
+    alpha = arr["alpha"]
+    hot = np.argsort(alpha)[::-1][:top]                      # the highest-activation groups
+    vmax = float(np.quantile(W, 0.999))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), constrained_layout=True)
+    for ax, M, name in ((axes[0], W, "|W| original"), (axes[1], Wa, "|W'| after Astro")):
+        im = ax.imshow(M, aspect="auto", cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set(xlabel="input channel", ylabel="output channel",
+               title=f"{name}  (max {M.max():.3f}, 99.9% {np.quantile(M, 0.999):.3f})")
+    fig.colorbar(im, ax=axes[:2], shrink=0.8, label="|w| (clipped at the original's 99.9% quantile)")
+    im = axes[2].imshow(X, aspect="auto", cmap="viridis", interpolation="nearest", vmax=float(np.quantile(X, 0.999)))
+    axes[2].set(xlabel="input channel", ylabel="token (sample)", title=f"|X| (max {X.max():.2f})")
+    fig.colorbar(im, ax=axes[2], shrink=0.8)
+    for ax in axes:
+        for k in hot:
+            ax.axvspan(k * g, min((k + 1) * g, W.shape[1]) - 1, color="cyan", alpha=0.12, lw=0)
+    chan = np.argsort(X.max(0))[::-1][:top]               # the outlier activation channels
+    axes[2].plot(chan, np.full(len(chan), -0.5), "rv", ms=8, clip_on=False, label="largest |x| channels")
+    axes[2].legend(loc="upper right", fontsize=8)
+    fig.suptitle(title + f"\nshaded: the {top} input groups with the largest alpha_k "
+                 f"({', '.join(f'{alpha[k]:.2f}' for k in hot)})", fontsize=10)
+    return fig
+
+
+def main(argv=None) -> None:
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--block", type=int, default=None)
+    ap.add_argument("--linear", default=None)
+    a = ap.parse_args(argv)
+    with Composer() as c:
+        cfg = [p for p in c.points("fig1_outliers", a.scale, tuple(a.overrides)) if p.config.method.preprocess][0].config
+    store = ResultStore(a.store)
+    rec = find_probe(store, canonical_config(cfg), a.block, a.linear)
+    arr = np.load(store.run_dir(rec["key"]) / rec["probe"]["arrays"])
+    p = rec["probe"]
+    title = (f"{cfg.model.source} block {p['block']} {p['linear']} {p['shape'][0]}x{p['shape'][1]}; Astro beta={p['beta']:g}, "
+             f"{p['iters']} iterations, groups of {p['group_size']}; X from {p['n_tokens']} calibration tokens ({a.scale})")
+    save_figure(figure(arr, rec, title), "fig1_outliers", a.scale, a.out or a.store.parent / "figures")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main()

@@ -1,0 +1,118 @@
+"""Figure 1 probe: one linear's weights and input activations, before and after Astro's reconstruction.
+
+  python -m experiments.outliers --scale embedded [--block 15 --linear self_attn.q_proj] [overrides...]
+
+The run configuration is the fig1_outliers experiment's (model, calibration data, quant group size, Astro
+settings) plus any overrides. Activations X are those of the full-precision model on the calibration
+tokens (the layer's inputs before anything is quantized, as the paper's figure shows them); H = X^T X / N
+from all of them, and Astro (eq. 12) is solved for this one layer. The probe writes a record
+(kind 'probe:fig1') and the arrays (float16: W, W', a sample of X's rows) into the results store;
+analysis/fig1_outliers.py only plots them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from astro.blockwise import architecture_of, get_module
+from astro.config import to_dict
+from astro.regularize import reconstruct
+from astro.results import ResultStore, atomic_write_text, canonical_config, environment, now_iso
+from astro.run import Session
+from astro.stats import HessianAccumulator
+from experiments.grid import SCALES, Composer
+
+log = logging.getLogger("astro.probe.fig1")
+
+
+class _Captured(Exception):
+    pass
+
+
+def layer_inputs(model, arch, ids: torch.Tensor, block: int, linear: str, batch: int) -> torch.Tensor:
+    """Inputs [tokens, in] of one linear over all calibration sequences (the forward stops there)."""
+    module = get_module(model, f"{arch.blocks}.{block}.{linear}")
+    chunks = []
+
+    def hook(_m, args):
+        chunks.append(args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu())
+        raise _Captured
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad():
+            for i in range(0, ids.shape[0], batch):
+                try:
+                    model(ids[i:i + batch])
+                except _Captured:
+                    pass
+    finally:
+        handle.remove()
+    return torch.cat(chunks)
+
+
+def probe_key(run_canonical: dict, block: int, linear: str, sample: int) -> str:
+    blob = json.dumps({"kind": "probe:fig1", "run": run_canonical, "block": block, "linear": linear, "sample": sample},
+                      sort_keys=True)
+    return "fig1-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", default="embedded", choices=SCALES)
+    ap.add_argument("--store", default="results/store", type=Path)
+    ap.add_argument("--block", type=int, default=None, help="default: the middle block")
+    ap.add_argument("--linear", default="self_attn.q_proj")
+    ap.add_argument("--sample", type=int, default=512, help="rows of X kept for the figure")
+    ap.add_argument("--force", action="store_true", help="recompute even if the probe's record exists")
+    ap.add_argument("overrides", nargs="*")
+    a = ap.parse_args(argv)
+    with Composer() as c:
+        point = [p for p in c.points("fig1_outliers", a.scale, tuple(a.overrides)) if p.config.method.preprocess][0]
+    cfg = point.config
+    session = Session.open(cfg)
+    model, arch = session.model, architecture_of(session.model)
+    block = a.block if a.block is not None else len(get_module(model, arch.blocks)) // 2
+    key = probe_key(canonical_config(cfg), block, a.linear, a.sample)
+    store = ResultStore(a.store)
+    if store.exists(key) and not a.force:
+        log.info("probe record exists: %s", store.path(key))
+        return
+    t0 = time.perf_counter()
+    X = layer_inputs(model, arch, session.calib_ids, block, a.linear, cfg.loop.batch_size)   # [N, in]
+    W = get_module(model, f"{arch.blocks}.{block}.{a.linear}").weight.detach().float()       # [out, in]
+    acc = HessianAccumulator(X.shape[1])
+    acc.add(X)
+    stats = acc.result(f"block {block} {a.linear}")
+    g = cfg.quant.group_len(W.shape[1])
+    reg = reconstruct(W, stats, cfg.method.regularize_config(g))
+    run_dir = store.run_dir(key)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows = torch.linspace(0, X.shape[0] - 1, min(a.sample, X.shape[0])).round().long()
+    tmp = run_dir / ".arrays.tmp.npz"
+    np.savez_compressed(tmp, W=W.half().numpy(), W_astro=reg.W.half().numpy(), X=X[rows].half().numpy(),
+                        alpha=reg.alpha.numpy(), group_xnorm=stats.group_sq_norms(g).clamp(min=0).sqrt().numpy())
+    tmp.replace(run_dir / "arrays.npz")
+    record = {"schema": 1, "key": key, "status": "complete", "kind": "probe:fig1", "experiment": "fig1_outliers",
+              "scale": a.scale, "started": now_iso(), "config": to_dict(cfg),
+              "canonical": {"probe": "fig1", **canonical_config(cfg)},
+              "probe": {"block": block, "linear": a.linear, "n_tokens": int(X.shape[0]), "sample_rows": int(len(rows)),
+                        "shape": list(W.shape), "group_size": g, "beta": cfg.method.beta, "iters": cfg.method.iters,
+                        "alpha_mode": cfg.method.regularize_config(g).alpha, "objective_first": float(reg.objective[0]),
+                        "objective_last": float(reg.objective[-1]), "arrays": "arrays.npz"},
+              "metrics": {}, "timings": {"total": time.perf_counter() - t0}, "env": environment(cfg.loop.device)}
+    store.write(record)
+    log.info("wrote %s (block %d %s, %d tokens)", store.path(key), block, a.linear, X.shape[0])
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main()

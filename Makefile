@@ -63,6 +63,7 @@ reproduce-table1: setup  ## Table 1: PPL, methods x models x (W2 g64, W3 g128, W
 
 reproduce-table2: setup  ## Table 2: zero/few-shot accuracy at W3 (FP, MagR, Astro)
 	$(call sweep,table2)
+	$(call analyze,table2)
 
 reproduce-table3: setup  ## Table 3: beta sweep x alpha mode (activation vs uniform), Astro+GPTQ W3
 	$(call sweep,table3)
@@ -78,6 +79,7 @@ reproduce-table5: setup  ## Table 5: per-group max|w| before/after Astro in one 
 
 reproduce-table6: setup  ## Table 6: second model family (LLaMA-3.1-8B; embedded: gemma3-270m) at W3
 	$(call sweep,table6)
+	$(call analyze,table2) --table table6
 
 reproduce-table7: setup  ## Table 7: Astro on RTN (RTN, MagR+RTN, Astro+RTN)
 	$(call sweep,table7)

@@ -130,3 +130,16 @@ def test_fig1_probe_and_figure(store, tmp_path):
     assert len([r for r in ResultStore(store).records() if r.get("kind") == "probe:fig1"]) == 1
     fig1_outliers.main(["--scale", "embedded", "--store", str(store), "--out", str(tmp_path), *TINY])
     assert (tmp_path / "fig1_outliers_embedded.png").stat().st_size > 1000
+
+
+def test_table2_proxy_tasks(store, tmp_path):
+    from analysis import table2
+    with Composer() as c:  # one FP run with the proxy tasks (few items: seconds on the tiny model)
+        run_job(c.raw(["experiment=table2", "scale=embedded", *TINY, "method=fp", "eval=proxy", f"store.root={store}",
+                       "eval.lm_eval.limit_per_task={wiki_lastword: 8, wiki_nextsent_mc: 8}"]))
+    _run(table2, store, tmp_path, "eval.lm_eval.limit_per_task={wiki_lastword: 8, wiki_nextsent_mc: 8}")
+    df = pd.read_csv(tmp_path / "table2_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
+    assert "wiki_nextsent_mc acc_norm (PROXY)" in df.columns
+    v = df.loc["FP", "wiki_nextsent_mc acc (PROXY)"]
+    assert "±" in v and 0 <= float(v.split(" ± ")[0]) <= 100
+    assert set(df.loc["Astro+GPTQ"]) - {"tiny-random-llama", "measured"} == {"missing"}

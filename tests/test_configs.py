@@ -157,6 +157,14 @@ def test_method_schema_matches_dataclass():
     assert schema == dataclasses.asdict(MethodConfig())
 
 
+def test_eval_schema_matches_dataclass():
+    from astro.config import EvalConfig
+    schema = yaml.safe_load((CONF / "schema" / "eval.yaml").read_text())
+    d = dataclasses.asdict(EvalConfig())
+    d["lm_eval"]["tasks"] = list(d["lm_eval"]["tasks"])
+    assert schema == {k: v for k, v in d.items() if k not in ("corpus", "seq_len")}
+
+
 def test_model_widths_match_models(hydra_conf):
     from astro.models import tiny_random_llama
     from astro.blockwise import architecture_of

@@ -95,6 +95,8 @@ fig1-outliers: setup  ## Figure 1: weight/activation magnitudes of one layer, be
 
 fig2-landscape: setup  ## Figure 2: loss landscape around the original and reconstructed weights
 	$(call sweep,fig2_landscape)
+	$(PY) -m experiments.landscape --scale $(SCALE) $(ARGS)
+	$(call analyze,fig2_landscape)
 
 fig3-efficiency: setup  ## Figure 3: PPL vs total quantization time per method
 	$(call sweep,fig3_efficiency)

@@ -143,3 +143,21 @@ def test_table2_proxy_tasks(store, tmp_path):
     v = df.loc["FP", "wiki_nextsent_mc acc (PROXY)"]
     assert "±" in v and 0 <= float(v.split(" ± ")[0]) <= 100
     assert set(df.loc["Astro+GPTQ"]) - {"tiny-random-llama", "measured"} == {"missing"}
+
+
+def test_fig2_landscape_probe_and_figure(store, tmp_path):
+    from analysis import fig2_landscape
+    from experiments import landscape
+    args = ["--scale", "embedded", "--store", str(store), "--grid", "3", "--a-range", "-1", "1", "--line", "7",
+            "--windows", "1", *TINY]
+    landscape.main(args)
+    rec = next(r for r in ResultStore(store).records() if r.get("kind") == "probe:fig2")
+    p = rec["probe"]
+    assert len(p["plane_eval_nll"]) == 3 and len(p["plane_eval_nll"][0]) == 3 and p["relative_step"] > 0
+    # the plane's (a=0, b=0) and the line's t=0 are both W0; (a=1, b=0) and t=1 are both W_astro
+    assert p["t"][1] == 0 and p["t"][5] == 1 and p["a"] == [-1, 0, 1] and p["b"][1] == 0
+    assert p["plane_eval_nll"][1][1] == pytest.approx(p["line_eval_nll"][1], rel=1e-6)
+    assert p["plane_calib_nll"][1][2] == pytest.approx(p["line_calib_nll"][5], rel=1e-6)
+    assert all(math.isfinite(v) for v in p["line_eval_nll"] + p["line_calib_nll"])
+    fig2_landscape.main(["--scale", "embedded", "--store", str(store), "--out", str(tmp_path), *TINY])
+    assert (tmp_path / "fig2_landscape_embedded.png").stat().st_size > 1000

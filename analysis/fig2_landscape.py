@@ -1,0 +1,72 @@
+"""Figure 2: loss landscape around the original weights, in the plane through the Astro-reconstructed
+point (filter-normalised random second direction), and the loss along the line original -> reconstructed.
+
+  python -m analysis.fig2_landscape --scale embedded      (make fig2-landscape runs the probe first)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from astro.results import ResultStore, canonical_config
+from experiments.grid import Composer
+
+from .common import parser, save_figure
+
+
+def find_probe(store: ResultStore, canonical: dict) -> dict:
+    want = json.loads(json.dumps({"probe": "fig2", **canonical}))
+    found = [r for r in store.records() if r.get("kind") == "probe:fig2" and r["canonical"] == want]
+    if not found:
+        raise SystemExit("no Figure 2 probe record for this configuration: run `make fig2-landscape` "
+                         "(or python -m experiments.landscape) first")
+    return max(found, key=lambda r: r["started"])
+
+
+def figure(rec: dict, title: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    p = rec["probe"]
+    A, B = np.array(p["a"]), np.array(p["b"])
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), constrained_layout=True)
+    for ax, key, name in ((axes[0], "plane_eval_nll", "held-out"), (axes[1], "plane_calib_nll", "calibration")):
+        Z = np.array(p[key])
+        cs = ax.contourf(A, B, Z, levels=20, cmap="viridis")
+        ax.contour(A, B, Z, levels=10, colors="w", linewidths=0.4)
+        fig.colorbar(cs, ax=ax, label="mean token NLL")
+        ax.plot([0], [0], "wo", ms=8, mec="k", label="original W0")
+        ax.plot([1], [0], "r*", ms=14, mec="k", label="Astro reconstructed")
+        ax.set(xlabel="a (along W_astro - W0)", ylabel=f"b (random, {p['d2_norm']}-normalised)",
+               title=f"{name} loss on the plane")
+        ax.legend(fontsize=8, loc="upper left")
+    ax = axes[2]
+    ax.plot(p["t"], p["line_eval_nll"], "o-", label="held-out")
+    ax.plot(p["t"], p["line_calib_nll"], "s--", label="calibration")
+    for x, lab in ((0, "W0"), (1, "W_astro")):
+        ax.axvline(x, color="k", lw=0.7, ls=":")
+        ax.annotate(lab, (x, ax.get_ylim()[1]), fontsize=8, ha="center", va="bottom")
+    ax.set(xlabel="t: W0 + t (W_astro - W0)", ylabel="mean token NLL", title="the straight line")
+    ax.legend(fontsize=8)
+    fig.suptitle(title + f"\n||W_astro - W0|| / ||W0|| = {p['relative_step']:.4f}; "
+                 f"{p['eval_tokens_per_loss']} held-out and {p['calib_tokens_per_loss']} calibration tokens per loss",
+                 fontsize=10)
+    return fig
+
+
+def main(argv=None) -> None:
+    a = parser(__doc__.splitlines()[0]).parse_args(argv)
+    with Composer() as c:
+        cfg = [p for p in c.points("fig2_landscape", a.scale, tuple(a.overrides)) if p.config.method.name == "astro"][0].config
+    rec = find_probe(ResultStore(a.store), canonical_config(cfg))
+    m = cfg.method
+    title = (f"{cfg.model.source}: Astro reconstruction (beta={m.beta:g}, {m.iters} iterations, groups of "
+             f"{cfg.quant.group_size}), unquantized ({a.scale})")
+    save_figure(figure(rec, title), "fig2_landscape", a.scale, a.out or a.store.parent / "figures")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main()

@@ -15,7 +15,7 @@ sweep = $(RUN) -m experiment=$(1) scale=$(SCALE) $(ARGS)
 # $(call analyze,<module>): the analysis script, reading only the results store (same ARGS: same grid)
 analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 
-.PHONY: help setup quickstart test test-all bench clean-cache run sweep experiments status \
+.PHONY: help setup setup-gemma quickstart test test-all bench clean-cache run sweep experiments status \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
 	reproduce-table7 figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha
 
@@ -29,6 +29,9 @@ help:  ## list the targets (experiment targets take SCALE=embedded|paper, defaul
 
 setup: .venv/.installed  ## create .venv, install pinned requirements, fetch + verify the embedded assets (idempotent)
 	$(PY) -m astro.assets fetch
+
+setup-gemma: setup  ## fetch + convert gemma3-270m (Gemma terms; the embedded second model of Tables 1, 2, 4, 6)
+	$(PY) -m astro.assets fetch gemma3-gguf
 
 quickstart: setup  ## the main job: FP/RTN/GPTQ/MagR+GPTQ/Astro+GPTQ on SmolLM2-135M, W3 g64 (~15 min, 2 cores)
 	$(PY) -m experiments.quickstart $(ARGS)
@@ -57,11 +60,11 @@ status:  ## which points of an experiment's grid are recorded: make status EXP=t
 experiments:  ## list the experiment configs with the artifact each reproduces
 	@grep -h '^  artifact:' conf/experiment/*.yaml | sed -E 's/^  artifact: "?//; s/"$$//'
 
-reproduce-table1: setup  ## Table 1: PPL, methods x models x (W2 g64, W3 g128, W4 g128)
+reproduce-table1: setup $(if $(filter embedded,$(SCALE)),setup-gemma)  ## Table 1: PPL, methods x models x (W2 g64, W3 g128, W4 g128)
 	$(call sweep,table1)
 	$(call analyze,table1)
 
-reproduce-table2: setup  ## Table 2: zero/few-shot accuracy at W3 (FP, MagR, Astro)
+reproduce-table2: setup $(if $(filter embedded,$(SCALE)),setup-gemma)  ## Table 2: zero/few-shot accuracy at W3 (FP, MagR, Astro)
 	$(call sweep,table2)
 	$(call analyze,table2)
 
@@ -69,7 +72,7 @@ reproduce-table3: setup  ## Table 3: beta sweep x alpha mode (activation vs unif
 	$(call sweep,table3)
 	$(call analyze,table3)
 
-reproduce-table4: setup  ## Table 4: PPL of the reconstructed, unquantized weights vs FP
+reproduce-table4: setup $(if $(filter embedded,$(SCALE)),setup-gemma)  ## Table 4: PPL of the reconstructed, unquantized weights vs FP
 	$(call sweep,table4)
 	$(call analyze,table4)
 
@@ -77,7 +80,7 @@ reproduce-table5: setup  ## Table 5: per-group max|w| before/after Astro in one 
 	$(call sweep,table5)
 	$(call analyze,table5)
 
-reproduce-table6: setup  ## Table 6: second model family (LLaMA-3.1-8B; embedded: gemma3-270m) at W3
+reproduce-table6: setup $(if $(filter embedded,$(SCALE)),setup-gemma)  ## Table 6: second model family (LLaMA-3.1-8B; embedded: gemma3-270m) at W3
 	$(call sweep,table6)
 	$(call analyze,table2) --table table6
 

@@ -2,7 +2,7 @@
 adaptive restart) converge on Astro's per-layer objective (eq. 12), per iteration and per second.
 
 A benchmark, not a test: it reports what it measured on this machine. Problems: H captured from the embedded
-SmolLM2-135M (one H per input: q/k/v share one, o, gate/up share one, down) in a few blocks, plus a seeded
+SmolLM2-135M (one H per input: q/k/v share one, o, gate/up share one, down) in --blocks, plus a seeded
 synthetic 64 x 256 layer with log-normal channel scales. For each problem and beta of the paper's grid it runs
 pgd for --pgd-iters and fista for --ref-iters (the fista run is also the reference: best = the lowest objective
 either run reaches), then reports iterations and seconds to come within 1% and 0.1% of best, the gap after 200
@@ -17,7 +17,9 @@ problem for 5000 iterations and reports how far the shorter reference's best is 
 whether any threshold iteration count moves. H is cached under $ASTRO_CACHE/bench_solver/.
 
 Usage: python -m benchmarks.solver [--blocks 15] [--rows 16] [--ref-iters 2000] [--pgd-iters 2000]
-                                   [--ref-check o:1e-4:5000] [--no-embedded] [--out results/bench_solver]
+                                   [--ref-check o:1e-4:5000] [--no-embedded | --no-synthetic]
+                                   [--out results/bench_solver] [--from-json results/bench_solver.json]
+Measured: ~8.5 min with default settings at load average 6-7 on 2 cores (+ ~2.5 min for the first capture).
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def capture(blocks: list[int], n_samples: int, seq_len: int, seed: int) -> list[
         for b in blocks:
             for kind, linears in KINDS.items():
                 parts = [seen[f"model.layers.{b}.{lin}"] for lin in linears]
-                assert all(torch.equal(p[1].H, parts[0][1].H) for p in parts), "linears of a kind share one input"
+                if not all(torch.equal(p[1].H, parts[0][1].H) for p in parts):
+                    raise RuntimeError(f"block {b}: the {kind} linears do not share one input")
                 data[f"b{b}.{kind}"] = dict(W=torch.cat([p[0] for p in parts]), H=parts[0][1].H,
                                             n_tokens=parts[0][1].n_tokens)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -326,6 +329,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: least noise on a shared machine)")
     ap.add_argument("--no-embedded", action="store_true", help="synthetic problems only (no model needed)")
     ap.add_argument("--no-synthetic", action="store_true", help="captured layers only")
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"captured kinds to run, of {','.join(KINDS)}")
     ap.add_argument("--out", default="results/bench_solver", help="writes OUT.md, OUT.json, OUT.png, OUT.pdf")
     ap.add_argument("--from-json", metavar="JSON", help="only rewrite OUT.md and the figure from an earlier run's JSON")
     args = ap.parse_args(argv)
@@ -346,8 +350,11 @@ def main(argv=None) -> None:
         ModelConfig("smollm2-135m").check_available()  # names the set-up command before any work
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
-    problems = ((capture(blocks, n_samples, seq_len, args.seed) if blocks else [])
-                + ([] if args.no_synthetic else [synthetic(args.seed)]))
+    kinds = args.kinds.split(",")
+    if set(kinds) - set(KINDS):
+        ap.error(f"--kinds: unknown {sorted(set(kinds) - set(KINDS))}; known: {list(KINDS)}")
+    problems = [p for p in capture(blocks, n_samples, seq_len, args.seed) if p.kind in kinds] if blocks else []
+    problems += [] if args.no_synthetic else [synthetic(args.seed)]
     if not problems:
         ap.error("--no-embedded and --no-synthetic leave nothing to run")
     t_capture = time.perf_counter() - t0

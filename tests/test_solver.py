@@ -137,3 +137,11 @@ def test_per_layer_row_records_the_solver(solver):
     assert row["solver"] == solver and 0 < row["iters_used"] < 400
     assert row["obj_last"] < row["obj_first"] and row["t_regularize"] > 0
     assert row["restarts"] == 0 or solver == "fista"
+
+
+def test_fista_through_the_block_loop(tiny_cfg):
+    from astro.run import run
+    cfg = dataclasses.replace(tiny_cfg, method=dataclasses.replace(tiny_cfg.method, solver="fista", tol=1e-3))
+    rows = run(cfg, progress=False).loop.rows
+    assert len(rows) == 14 and all(r["solver"] == "fista" for r in rows)
+    assert all(0 < r["iters_used"] <= cfg.method.iters and r["obj_last"] < r["obj_first"] for r in rows)

@@ -40,19 +40,23 @@ PIPELINES: dict[str, tuple[str | None, str | None]] = {
 class MethodConfig:
     """name: one of PIPELINES. regularize: Astro/MagR settings (alpha is set by the pipeline: 'astro'
     uses activation alpha, 'magr' uniform, unless alpha is given explicitly for ablations);
-    regularize.group_size None = the quantization group size. gptq: GPTQ settings."""
+    linf_group_size None = the quantization group size. iters: the most solver iterations; solver: 'pgd'
+    (the paper's) or 'fista' (accelerated); tol: stop when one iteration's change is below tol times the decrease so far (None = all iters),
+    see astro.regularize. gptq: GPTQ settings."""
 
     name: str = "astro_gptq"
     beta: float = 5e-5
     iters: int = 200
     alpha: str | None = None
     linf_group_size: int | None = None
+    solver: str = "pgd"
+    tol: float | None = None
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
 
     def __post_init__(self):
         if self.name not in PIPELINES:
             raise ValueError(f"unknown method {self.name!r}; known: {sorted(PIPELINES)}")
-        self.regularize_config(128)  # validates beta/iters/alpha/group size early
+        self.regularize_config(128)  # validates beta/iters/alpha/group size/solver/tol early
 
     @property
     def preprocess(self) -> str | None:
@@ -69,7 +73,8 @@ class MethodConfig:
     def regularize_config(self, quant_group_size: int) -> RegularizeConfig:
         alpha = self.alpha or ("uniform" if self.preprocess == "magr" else "activation")
         g = quant_group_size if self.linf_group_size is None else self.linf_group_size
-        return RegularizeConfig(beta=self.beta, iters=self.iters, alpha=alpha, group_size=g)
+        return RegularizeConfig(beta=self.beta, iters=self.iters, alpha=alpha, group_size=g,
+                                solver=self.solver, tol=self.tol)
 
 
 @dataclass
@@ -116,8 +121,8 @@ def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: 
         rcfg = method.regularize_config(grid.group_size)
         reg = reconstruct(W0, stats, rcfg)
         Wp = reg.W
-        row.update(pgd_obj_first=float(reg.objective[0]), pgd_obj_last=float(reg.objective[-1]),
-                   pgd_iters=int(reg.objective.numel() - 1), lambda_max=reg.lambda_max,
+        row.update(solver=reg.solver, iters_used=reg.iters_used, restarts=reg.restarts,
+                   obj_first=float(reg.objective[0]), obj_last=float(reg.objective[-1]), lambda_max=reg.lambda_max,
                    alpha=reg.alpha.tolist(), linf_group_size=reg.group_size,
                    err_reconstruct=h_error(Wp - W0, H))
     row["t_regularize"] = time.perf_counter() - t

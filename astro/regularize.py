@@ -7,17 +7,31 @@ Per layer (torch layout W [out, in], groups of g consecutive input channels), wi
 Astro: alpha_k = ||X^(k)||_F / mean_i ||X^(i)||_F (eq. 11), ||X^(k)||_F^2 = N * sum_{c in k} H_cc.
 MagR: alpha_k = 1 (and usually one group per row).
 
-Proximal gradient with step 1 (= 1 / lambda_max(Hn)):
+Proximal gradient with step 1 (= 1 / lambda_max(Hn)), solver 'pgd' (the paper's, sec. 4.3):
     V = W' - (W' - W) Hn
     W'_(row,k) = prox_{tau_k ||.||_inf}(V_(row,k)) = V_(row,k) - tau_k proj_{L1 ball}(V_(row,k) / tau_k),
     tau_k = beta * alpha_k  (Moreau decomposition; Alg. 1 projection).
 Normalising H makes beta scale-free: the paper's unnormalised step eta = 1/lambda_max(X^T X) is the
 same iteration with beta_raw = beta * lambda_max. Everything is batched over rows and groups.
+
+Solver 'fista' (not in the paper): the same prox step taken from an extrapolated point
+Y = W'_k + m_k (W'_k - W'_{k-1}), m_k = (theta_k - 1) / theta_{k+1}, theta_{k+1} = (1 + sqrt(1 + 4 theta_k^2)) / 2
+(Beck & Teboulle 2009), with one scalar momentum per layer and O'Donoghue & Candes' (2015) gradient-based
+adaptive restart: theta <- 1 whenever <Y - W'_{k+1}, W'_{k+1} - W'_k> > 0, i.e. the step just taken points
+against the momentum. The gradient at Y is the same combination of the gradients at W'_k and W'_{k-1}
+(the gradient is affine), so an iteration costs one matmul, as in 'pgd'.
+
+Stopping rule (both solvers): after at most `iters` iterations, or earlier when tol is set and one
+iteration changed the objective F by at most tol times the decrease achieved so far:
+|F_{k-1} - F_k| <= tol (F_0 - F_k). Relative to the progress rather than to F itself because F_0 - F* is a
+small fraction of F when beta is small (the first steps change F by ~beta relative), so a rule on
+|dF| / F would stop at the first iteration. Early stopping never changes the iterates themselves.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -26,18 +40,24 @@ from .quantizer import pad_to_groups
 from .stats import LayerStats
 
 ALPHA_MODES = ("activation", "uniform")
+SOLVERS = ("pgd", "fista")
 
 
 @dataclass(frozen=True)
 class RegularizeConfig:
-    """beta: penalty strength (on the normalised objective). iters: proximal-gradient iterations.
+    """beta: penalty strength (on the normalised objective). iters: the most proximal-gradient iterations.
     alpha: 'activation' (Astro, eq. 11) or 'uniform' (alpha_k = 1, MagR).
-    group_size: L-inf group length along `in`; -1 = one group per row."""
+    group_size: L-inf group length along `in`; -1 = one group per row.
+    solver: 'pgd' (the paper's plain proximal gradient) or 'fista' (accelerated, adaptive restart).
+    tol: stop once one iteration changes the objective by at most tol times the decrease so far
+    (module docstring); None = run all `iters`."""
 
     beta: float = 1e-4
     iters: int = 200
     alpha: str = "activation"
     group_size: int = 128
+    solver: str = "pgd"
+    tol: float | None = None
 
     def __post_init__(self):
         if not (self.beta >= 0 and math.isfinite(self.beta)):
@@ -48,18 +68,27 @@ class RegularizeConfig:
             raise ValueError(f"regularize.alpha must be one of {ALPHA_MODES}, got {self.alpha!r}")
         if self.group_size == 0 or self.group_size < -1:
             raise ValueError(f"regularize.group_size must be >= 1 or -1, got {self.group_size}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"regularize.solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.tol is not None and not (self.tol > 0 and math.isfinite(self.tol)):
+            raise ValueError(f"regularize.tol must be a finite number > 0 or None, got {self.tol}")
 
 
 @dataclass
 class RegularizeResult:
-    """W: reconstructed weights [out, in]; alpha: [G]; objective: [iters + 1] (normalised objective at
-    every iterate, the first being the original W)."""
+    """W: reconstructed weights [out, in]; alpha: [G]; objective: [iters_used + 1] (normalised objective at
+    every iterate, the first being the original W); seconds: [iters_used + 1] wall time from the start of
+    `reconstruct` (set-up included) to each objective evaluation; restarts: fista momentum resets."""
 
     W: torch.Tensor
     alpha: torch.Tensor
     objective: torch.Tensor
     lambda_max: float
     group_size: int
+    solver: str = "pgd"
+    iters_used: int = 0
+    restarts: int = 0
+    seconds: torch.Tensor | None = None
 
 
 def l1_threshold(a: torch.Tensor, radius: torch.Tensor, topk: int | None = None) -> torch.Tensor:
@@ -122,6 +151,7 @@ def group_alpha(stats: LayerStats, group_len: int, mode: str) -> torch.Tensor:
 
 def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig) -> RegularizeResult:
     """Astro (alpha='activation') or MagR (alpha='uniform') reconstruction of W [out, in] (eq. 12)."""
+    t0 = time.perf_counter()
     W = W.float()
     n_out, n_in = W.shape
     g = n_in if cfg.group_size == -1 else cfg.group_size
@@ -130,23 +160,98 @@ def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig) -> Re
     H = stats.H.to(W.device, torch.float32)
     lam = float(torch.linalg.eigvalsh(H)[-1])
     alpha = group_alpha(stats, g, cfg.alpha).to(W.device)  # [G]
+    trace = _Trace(cfg.iters, cfg.tol, t0)
     if lam <= 0 or cfg.beta == 0 or cfg.iters == 0:
-        obj = _objective(W, torch.zeros_like(W), W.new_zeros(()), alpha, cfg.beta, g)
-        return RegularizeResult(W.clone(), alpha, obj.reshape(1), lam, g)
+        trace.record(_objective(W, torch.zeros_like(W), W.new_zeros(()), alpha, cfg.beta, g))
+        return trace.result(W.clone(), alpha, lam, g, cfg.solver, 0)
     Hn = H / lam
     tau = (cfg.beta * alpha).expand(n_out, -1)  # [out, G]
+    solve = _pgd if cfg.solver == "pgd" else _fista
+    Wp, restarts = solve(W, Hn, tau, alpha, cfg, g, trace)
+    return trace.result(Wp, alpha, lam, g, cfg.solver, restarts)
 
+
+def stopping_iteration(objective: torch.Tensor, tol: float) -> int | None:
+    """The iteration k >= 1 at which the stopping rule |F_{k-1} - F_k| <= tol (F_0 - F_k) first holds on an
+    objective trace [n] (float64), or None; `reconstruct` with this tol stops exactly there."""
+    small = (objective[:-1] - objective[1:]).abs() <= tol * (objective[0] - objective[1:])
+    hit = small.nonzero()
+    return int(hit[0]) + 1 if len(hit) else None
+
+
+class _Trace:
+    """Objective and elapsed time at each iterate, and the stopping rule."""
+
+    def __init__(self, iters: int, tol: float | None, t0: float):
+        self.objective = torch.empty(iters + 1, dtype=torch.float64)
+        self.seconds = torch.empty(iters + 1, dtype=torch.float64)
+        self.n, self.tol, self.t0 = 0, tol, t0
+
+    def record(self, value: torch.Tensor) -> None:
+        self.objective[self.n] = value
+        self.seconds[self.n] = time.perf_counter() - self.t0
+        self.n += 1
+
+    def converged(self) -> bool:
+        """|F_{k-1} - F_k| <= tol (F_0 - F_k) for the latest F_k (never true when tol is None)."""
+        if self.tol is None or self.n < 2:
+            return False
+        first, prev, cur = (float(self.objective[i]) for i in (0, self.n - 2, self.n - 1))
+        return abs(prev - cur) <= self.tol * (first - cur)
+
+    def result(self, Wp, alpha, lam, g, solver, restarts) -> RegularizeResult:
+        return RegularizeResult(Wp, alpha, self.objective[:self.n].clone(), lam, g, solver, self.n - 1, restarts,
+                                self.seconds[:self.n].clone())
+
+
+def _prox_step(V: torch.Tensor, tau: torch.Tensor, g: int) -> torch.Tensor:
+    """Per (row, group) prox of V [out, in]; zero padding of a partial last group leaves it exact."""
+    n_out, n_in = V.shape
+    return prox_linf(pad_to_groups(V, g, "zero"), tau).reshape(n_out, -1)[:, :n_in]
+
+
+def _pgd(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace) -> tuple[torch.Tensor, int]:
+    """The paper's proximal gradient: W' <- prox(W' - (W' - W) Hn)."""
     Wp = W.clone()
-    objective = torch.empty(cfg.iters + 1, dtype=torch.float64)
-    for t in range(cfg.iters):
+    for _ in range(cfg.iters):
         D = Wp - W
         G = D @ Hn                                          # gradient [out, in]
-        objective[t] = _objective(Wp, D, G, alpha, cfg.beta, g)
-        V = pad_to_groups(Wp - G, g, "zero")                # [out, G, g]; zero padding leaves the prox exact
-        Wp = prox_linf(V, tau).reshape(n_out, -1)[:, :n_in]
+        trace.record(_objective(Wp, D, G, alpha, cfg.beta, g))
+        if trace.converged():
+            return Wp, 0
+        Wp = _prox_step(Wp - G, tau, g)
     D = Wp - W
-    objective[cfg.iters] = _objective(Wp, D, D @ Hn, alpha, cfg.beta, g)
-    return RegularizeResult(Wp, alpha, objective, lam, g)
+    trace.record(_objective(Wp, D, D @ Hn, alpha, cfg.beta, g))
+    return Wp, 0
+
+
+def _fista(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace) -> tuple[torch.Tensor, int]:
+    """FISTA with gradient-based adaptive restart (module docstring); one matmul per iteration."""
+    X = W.clone()
+    X_prev, G_prev = X, torch.zeros_like(W)
+    theta, restarts = 1.0, 0
+    for _ in range(cfg.iters):
+        D = X - W
+        G = D @ Hn                                          # gradient at the iterate X
+        trace.record(_objective(X, D, G, alpha, cfg.beta, g))
+        if trace.converged():
+            return X, restarts
+        theta_next = (1 + math.sqrt(1 + 4 * theta * theta)) / 2
+        m = (theta - 1) / theta_next
+        if m == 0:
+            Y, V = X, X - G
+        else:  # lerp(a, b, 1 + m) = b + m (b - a); the gradient is affine: grad(Y) = G + m (G - G_prev)
+            Y = torch.lerp(X_prev, X, 1 + m)
+            V = Y - torch.lerp(G_prev, G, 1 + m)            # Y - grad(Y), no second matmul
+        X_new = _prox_step(V, tau, g)
+        if float(torch.dot((Y - X_new).reshape(-1), (X_new - X).reshape(-1))) > 0:  # step opposes momentum
+            theta, restarts = 1.0, restarts + 1
+        else:
+            theta = theta_next
+        X_prev, G_prev, X = X, G, X_new
+    D = X - W
+    trace.record(_objective(X, D, D @ Hn, alpha, cfg.beta, g))
+    return X, restarts
 
 
 def _objective(Wp, D, G, alpha, beta, g) -> torch.Tensor:

@@ -24,7 +24,7 @@ def test_tiny_llama_end_to_end(tiny_cfg):
     assert [r["linear"] for r in rows[:7]] == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                                 "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
     for r in rows:
-        assert r["pgd_obj_last"] <= r["pgd_obj_first"]
+        assert r["obj_last"] <= r["obj_first"]
         assert r["fallback"] is None
         assert r["bound_after"] <= r["bound_before"] * (1 + 1e-6)
         # Thm 4.5: RTN's actual error is below the bound, before and after Astro

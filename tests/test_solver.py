@@ -1,0 +1,147 @@
+"""Solvers of Astro's per-layer problem (eq. 12): 'pgd' (the paper's) and 'fista' (accelerated, adaptive
+restart), and the relative-decrease stopping rule."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from astro import regularize
+from astro.config import RunConfig, from_dict
+from astro.methods import MethodConfig, process_linear
+from astro.quantizer import QuantGrid, pad_to_groups
+from astro.regularize import RegularizeConfig, prox_linf, reconstruct, stopping_iteration
+from astro.stats import LayerStats
+
+SOLVERS = ["pgd", "fista"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These are many tiny matmuls: on a shared 2-core machine, 2 OpenMP threads make them ~20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _problem(seed=0, n_out=32, n_in=128, tokens=512, sigma=1.0):
+    """Correlated inputs with log-normal channel scales (outlier channels: an ill-conditioned H)."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.eye(n_in) + 0.3 * torch.randn(n_in, n_in, generator=g) / n_in ** 0.5
+    X = (torch.randn(tokens, n_in, generator=g) @ mix) * torch.exp(sigma * torch.randn(n_in, generator=g))
+    return torch.randn(n_out, n_in, generator=g) * 0.05, LayerStats(X.T @ X / tokens, tokens)
+
+
+@pytest.mark.parametrize("seed,sigma", [(0, 1.0), (1, 2.0)])
+@pytest.mark.parametrize("beta", [1e-5, 1e-3])
+def test_fista_objective_at_most_pgd_at_every_iteration(seed, sigma, beta):
+    W, st = _problem(seed, sigma=sigma)
+    cfg = RegularizeConfig(beta=beta, iters=200, group_size=32)
+    pgd = reconstruct(W, st, cfg)
+    fista = reconstruct(W, st, dataclasses.replace(cfg, solver="fista"))
+    assert pgd.iters_used == fista.iters_used == 200 and fista.solver == "fista"
+    # the first step has no momentum: the same iterate as pgd
+    assert torch.equal(fista.objective[:2], pgd.objective[:2])
+    assert (fista.objective <= pgd.objective * (1 + 1e-6)).all()
+    # and strictly better once the momentum has built up, on these ill-conditioned problems
+    best = min(float(fista.objective.min()), float(pgd.objective.min()))
+    assert float(pgd.objective[-1]) - best > 5 * (float(fista.objective[-1]) - best)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_stopping_rule_stops_at_first_small_decrease_and_never_exceeds_iters(solver):
+    W, st = _problem(2)
+    base = RegularizeConfig(beta=1e-4, iters=150, group_size=32, solver=solver)
+    full = reconstruct(W, st, base)
+    stopped_early = 0
+    for tol in (1e-1, 1e-2, 1e-3, 1e-12):
+        res = reconstruct(W, st, dataclasses.replace(base, tol=tol))
+        n = res.iters_used
+        assert n <= base.iters and res.objective.numel() == n + 1 and res.seconds.numel() == n + 1
+        # early stopping does not change the iterates: same trace prefix, same W as a run of n iterations
+        assert torch.equal(res.objective, full.objective[:n + 1])
+        assert torch.equal(res.W, reconstruct(W, st, dataclasses.replace(base, iters=n)).W)
+        obj = res.objective
+        small = (obj[1:] - obj[:-1]).abs() <= tol * (obj[0] - obj[1:])   # the rule at iterations 1..n
+        if n < base.iters:  # stopped by the rule: the last change is small, no earlier one was
+            assert small[-1] and not small[:-1].any()
+            stopped_early += 1
+        else:
+            assert not small.any()
+        assert stopping_iteration(full.objective, tol) == (n if n < base.iters else None)
+    assert stopped_early >= 2
+    assert (res.seconds[1:] >= res.seconds[:-1]).all()
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_beta_zero_returns_w_unchanged(solver):
+    W, st = _problem(3)
+    res = reconstruct(W, st, RegularizeConfig(beta=0.0, iters=50, group_size=32, solver=solver, tol=1e-6))
+    assert torch.equal(res.W, W) and res.iters_used == 0 and res.objective.numel() == 1
+    # reconstruct skips the loop at beta = 0; the loop itself is also the identity there (tau = 0)
+    cfg = RegularizeConfig(beta=0.0, iters=30, group_size=32, solver=solver)
+    trace = regularize._Trace(cfg.iters, None, 0.0)
+    Hn = st.H / torch.linalg.eigvalsh(st.H)[-1]
+    loop = regularize._pgd if solver == "pgd" else regularize._fista
+    Wp, _ = loop(W, Hn, torch.zeros(W.shape[0], 4), torch.ones(4), cfg, 32, trace)
+    assert torch.equal(Wp, W) and (trace.objective[:trace.n] == 0).all()
+
+
+@pytest.mark.parametrize("solver,iters,tol", [("pgd", 3000, None), ("fista", 3000, 1e-9)])
+@pytest.mark.parametrize("beta", [1e-4, 1e-2])
+def test_final_iterate_is_a_prox_gradient_fixed_point(solver, iters, tol, beta):
+    """W* minimises eq. 12 iff W* = prox_{tau R}(W* - grad f(W*)) (step 1 on the normalised objective)."""
+    W, st = _problem(4, n_out=16, n_in=64, sigma=0.5)
+    res = reconstruct(W, st, RegularizeConfig(beta=beta, iters=iters, group_size=16, solver=solver, tol=tol))
+    Hn = st.H / res.lambda_max
+    tau = (beta * res.alpha).expand(16, -1)
+
+    def residual(X):
+        P = prox_linf(pad_to_groups(X - (X - W) @ Hn, 16, "zero"), tau).reshape(16, -1)
+        return float((X - P).norm() / W.norm())
+
+    assert residual(res.W) < 1e-4
+    assert residual(W) > 100 * residual(res.W)  # the start is far from optimal: the check has teeth
+    assert res.objective[-1] < res.objective[0]
+
+
+def test_fista_restarts_on_an_ill_conditioned_problem():
+    W, st = _problem(1, sigma=2.0)
+    res = reconstruct(W, st, RegularizeConfig(beta=1e-2, iters=300, group_size=32, solver="fista"))
+    assert res.restarts >= 1
+    assert (res.objective[1:] <= res.objective[:-1] * (1 + 1e-4)).all()  # restarts keep it nearly monotone
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="solver"):
+        RegularizeConfig(solver="adam")
+    for tol in (0.0, -1e-3, float("nan")):
+        with pytest.raises(ValueError, match="tol"):
+            RegularizeConfig(tol=tol)
+    with pytest.raises(ValueError, match="solver"):
+        MethodConfig(solver="newton")
+    with pytest.raises(ValueError, match="tol"):
+        MethodConfig(tol=0.0)
+    cfg = from_dict(RunConfig, {"method": {"name": "magr_gptq", "solver": "fista", "tol": 1e-4}})
+    rcfg = cfg.method.regularize_config(64)
+    assert (rcfg.solver, rcfg.tol, rcfg.alpha) == ("fista", 1e-4, "uniform")
+    assert MethodConfig().solver == "pgd" and MethodConfig().tol is None  # the paper's solver by default
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_per_layer_row_records_the_solver(solver):
+    W, st = _problem(5, n_out=16, n_in=64)
+    method = MethodConfig("astro_rtn", beta=1e-3, iters=400, solver=solver, tol=1e-4)
+    row = process_linear(W, st, QuantGrid(3, 32), method).row
+    assert row["solver"] == solver and 0 < row["iters_used"] < 400
+    assert row["obj_last"] < row["obj_first"] and row["t_regularize"] > 0
+    assert row["restarts"] == 0 or solver == "fista"
+
+
+def test_fista_through_the_block_loop(tiny_cfg):
+    from astro.run import run
+    cfg = dataclasses.replace(tiny_cfg, method=dataclasses.replace(tiny_cfg.method, solver="fista", tol=1e-3))
+    rows = run(cfg, progress=False).loop.rows
+    assert len(rows) == 14 and all(r["solver"] == "fista" for r in rows)
+    assert all(0 < r["iters_used"] <= cfg.method.iters and r["obj_last"] < r["obj_first"] for r in rows)

@@ -47,7 +47,9 @@ def figure(cs, scale: str):
     ax.set(xscale="log", xlabel="beta", ylabel="perplexity",
            title=f"measured: {cfg.model.source} W{cfg.quant.bits} g{cfg.quant.group_size} ({scale})")
     axr.set(xscale="log", yscale="log", xlabel="beta", ylabel="perplexity", title="reported: LLaMA-2-7B W3 g128")
+    betas = [c.config.method.beta for c in cs]
     for a in (ax, axr):
+        a.set_xlim(min(betas) / 1.5, max(betas) * 1.5)  # the whole grid, measured or not
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
     return fig

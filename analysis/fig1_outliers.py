@@ -37,7 +37,7 @@ def figure(arr, rec: dict, title: str, top: int = 3):
     alpha = arr["alpha"]
     hot = np.argsort(alpha)[::-1][:top]                      # the highest-activation groups
     vmax = float(np.quantile(W, 0.999))
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), constrained_layout=True)
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.8), constrained_layout=True)
     for ax, M, name in ((axes[0], W, "|W| original"), (axes[1], Wa, "|W'| after Astro")):
         im = ax.imshow(M, aspect="auto", cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
         ax.set(xlabel="input channel", ylabel="output channel",
@@ -46,6 +46,12 @@ def figure(arr, rec: dict, title: str, top: int = 3):
     im = axes[2].imshow(X, aspect="auto", cmap="viridis", interpolation="nearest", vmax=float(np.quantile(X, 0.999)))
     axes[2].set(xlabel="input channel", ylabel="token (sample)", title=f"|X| (max {X.max():.2f})")
     fig.colorbar(im, ax=axes[2], shrink=0.8)
+    D = W - Wa                                             # > 0 where Astro shrank |w|
+    lim = float(np.quantile(np.abs(D), 0.999)) or 1e-12
+    im = axes[3].imshow(D, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    axes[3].set(xlabel="input channel", ylabel="output channel",
+                title=f"|W| - |W'| (what Astro removed; max {D.max():.4f})")
+    fig.colorbar(im, ax=axes[3], shrink=0.8)
     for ax in axes:
         for k in hot:
             ax.axvspan(k * g, min((k + 1) * g, W.shape[1]) - 1, color="cyan", alpha=0.12, lw=0)

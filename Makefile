@@ -15,7 +15,7 @@ sweep = $(RUN) -m experiment=$(1) scale=$(SCALE) $(ARGS)
 # $(call analyze,<module>): the analysis script, reading only the results store (same ARGS: same grid)
 analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 
-.PHONY: help setup setup-gemma bench-solver quickstart test test-all bench clean-cache run sweep experiments status \
+.PHONY: help setup setup-gemma bench-solver export quickstart test test-all bench clean-cache run sweep experiments status \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
 	reproduce-table7 figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha
 
@@ -41,6 +41,9 @@ test: setup  ## the test suite (CPU, a few minutes)
 
 bench: setup  ## per-layer method times at SmolLM2 shapes; PGD iteration cost vs its matmul
 	$(PY) -m benchmarks.layer_times $(ARGS)
+
+export: setup  ## Astro+GPTQ and GPTQ W4 g64 on SmolLM2 -> compressed-tensors checkpoints, reload check, forward-time ratio
+	$(PY) -m benchmarks.export_forward $(ARGS)
 
 bench-solver: setup  ## pgd vs fista on Astro's per-layer objective (SmolLM2 H + synthetic) -> results/bench_solver.*
 	$(PY) -m benchmarks.solver $(ARGS)

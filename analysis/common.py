@@ -104,6 +104,17 @@ def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...
     return out
 
 
+def find_probe(store: ResultStore, kind: str, canonical: dict, make_target: str, **match) -> dict:
+    """The newest probe record of `kind` ('fig1', 'fig2') for a run configuration; `match` filters on
+    the record's probe settings (None = any)."""
+    want = json.loads(json.dumps({"probe": kind, **canonical}))  # as stored (tuples become lists)
+    found = [r for r in store.records() if r.get("kind") == f"probe:{kind}" and r["canonical"] == want
+             and all(v is None or r["probe"][k] == v for k, v in match.items())]
+    if not found:
+        raise SystemExit(f"no {kind} probe record for this configuration: run `make {make_target}` first")
+    return max(found, key=lambda r: r["started"])
+
+
 def fmt_reported(v) -> str:
     if v is None:
         return "-"

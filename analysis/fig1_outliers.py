@@ -7,7 +7,6 @@ Reads the probe record written by experiments/outliers.py (kind 'probe:fig1') an
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -15,17 +14,7 @@ import numpy as np
 from astro.results import ResultStore, canonical_config
 from experiments.grid import Composer
 
-from .common import parser, save_figure
-
-
-def find_probe(store: ResultStore, canonical: dict, block=None, linear=None) -> dict:
-    want = json.loads(json.dumps({"probe": "fig1", **canonical}))  # as stored (tuples become lists)
-    found = [r for r in store.records() if r.get("kind") == "probe:fig1" and r["canonical"] == want
-             and (block is None or r["probe"]["block"] == block) and (linear is None or r["probe"]["linear"] == linear)]
-    if not found:
-        raise SystemExit("no Figure 1 probe record for this configuration: run `make fig1-outliers` "
-                         "(or python -m experiments.outliers) first")
-    return max(found, key=lambda r: r["started"])
+from .common import find_probe, parser, save_figure
 
 
 def figure(arr, rec: dict, title: str, top: int = 3):
@@ -71,7 +60,7 @@ def main(argv=None) -> None:
     with Composer() as c:
         cfg = [p for p in c.points("fig1_outliers", a.scale, tuple(a.overrides)) if p.config.method.preprocess][0].config
     store = ResultStore(a.store)
-    rec = find_probe(store, canonical_config(cfg), a.block, a.linear)
+    rec = find_probe(store, "fig1", canonical_config(cfg), "fig1-outliers", block=a.block, linear=a.linear)
     arr = np.load(store.run_dir(rec["key"]) / rec["probe"]["arrays"])
     p = rec["probe"]
     title = (f"{cfg.model.source} block {p['block']} {p['linear']} {p['shape'][0]}x{p['shape'][1]}; Astro beta={p['beta']:g}, "

@@ -6,22 +6,12 @@ point (filter-normalised random second direction), and the loss along the line o
 
 from __future__ import annotations
 
-import json
 import logging
 
 from astro.results import ResultStore, canonical_config
 from experiments.grid import Composer
 
-from .common import parser, save_figure
-
-
-def find_probe(store: ResultStore, canonical: dict) -> dict:
-    want = json.loads(json.dumps({"probe": "fig2", **canonical}))
-    found = [r for r in store.records() if r.get("kind") == "probe:fig2" and r["canonical"] == want]
-    if not found:
-        raise SystemExit("no Figure 2 probe record for this configuration: run `make fig2-landscape` "
-                         "(or python -m experiments.landscape) first")
-    return max(found, key=lambda r: r["started"])
+from .common import find_probe, parser, save_figure
 
 
 def figure(rec: dict, title: str):
@@ -60,7 +50,7 @@ def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
     with Composer() as c:
         cfg = [p for p in c.points("fig2_landscape", a.scale, tuple(a.overrides)) if p.config.method.name == "astro"][0].config
-    rec = find_probe(ResultStore(a.store), canonical_config(cfg))
+    rec = find_probe(ResultStore(a.store), "fig2", canonical_config(cfg), "fig2-landscape")
     m = cfg.method
     title = (f"{cfg.model.source}: Astro reconstruction (beta={m.beta:g}, {m.iters} iterations, groups of "
              f"{cfg.quant.group_size}), unquantized ({a.scale})")

@@ -86,6 +86,7 @@ class Session:
     original: dict
     calib_ids: torch.Tensor
     eval_stream: EvalTokens
+    layer_widths: frozenset[int]           # in_features of the model's linears (checked against every config)
 
     @classmethod
     def open(cls, cfg: RunConfig) -> "Session":
@@ -94,13 +95,14 @@ class Session:
         model, tok = load_model(cfg.model)
         arch = architecture_of(model)
         # the real widths, before any calibration work
-        check_widths(cfg, {model.get_submodule(f"{arch.blocks}.0.{lin}").in_features for lin in arch.linears})
+        widths = frozenset(model.get_submodule(f"{arch.blocks}.0.{lin}").in_features for lin in arch.linears)
+        check_widths(cfg, widths)
         stream = token_stream(tok, calib_corpus.train, calib_corpus.train_join)
         calib = sample_calibration(stream, cfg.calib.n_samples, cfg.calib.seq_len, cfg.calib.seed)
         evals = eval_tokens(tok, eval_corpus, cfg.eval.seq_len, cfg.eval.bos, cfg.eval.corpus,
                             getattr(model.config, "model_type", None))
         original = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return cls(model, tok, original, calib, evals)
+        return cls(model, tok, original, calib, evals, widths)
 
     def reset(self) -> None:
         self.model.load_state_dict(self.original)
@@ -126,6 +128,7 @@ def run(cfg: RunConfig, session: Session | None = None, progress: bool = True) -
     """Quantize with cfg.method and evaluate perplexity. A given session is reset first and reused."""
     t0 = time.perf_counter()
     session = session or Session.open(cfg)
+    check_widths(cfg, session.layer_widths)  # a reused session was opened for another grid/method
     session.reset()
     t_setup = time.perf_counter() - t0
     t = time.perf_counter()

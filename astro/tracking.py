@@ -45,8 +45,9 @@ def _has_api_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
     try:
-        return "api.wandb.ai" in netrc.read_text() or "wandb" in netrc.read_text()
+        return host in netrc.read_text()  # `wandb login` writes a machine entry for the server
     except OSError:
         return False
 

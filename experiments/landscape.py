@@ -98,9 +98,11 @@ def main(argv=None) -> None:
     eval_windows = ev.ids[: n_eval * ev.seq_len].reshape(n_eval, ev.seq_len)[: a.windows]
     calib_windows = session.calib_ids[: a.windows]
 
+    weights = {n: get_module(model, n).weight for n in names}
+
     def loss_at(x: float, y: float) -> tuple[float, float]:
-        for n in names:
-            get_module(model, n).weight.data.copy_((W0[n] + x * d1[n] + y * d2[n]).to(get_module(model, n).weight.dtype))
+        for n, w in weights.items():
+            w.data.copy_((W0[n] + x * d1[n] + y * d2[n]).to(w.dtype))
         return mean_nll(model, calib_windows, 4), mean_nll(model, eval_windows, 4)
 
     A = torch.linspace(*a.a_range, a.grid).tolist()

@@ -25,7 +25,7 @@ import torch
 from astro.blockwise import architecture_of, get_module
 from astro.config import to_dict
 from astro.regularize import reconstruct
-from astro.results import ResultStore, atomic_write_text, canonical_config, environment, now_iso
+from astro.results import ResultStore, canonical_config, environment, now_iso
 from astro.run import Session
 from astro.stats import HessianAccumulator
 from experiments.grid import SCALES, Composer

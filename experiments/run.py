@@ -55,8 +55,9 @@ def describe(cfg: RunConfig) -> str:
 
 
 def _session(cfg: RunConfig) -> Session:
-    """Reuse the loaded model and token streams across jobs of one process (the basic launcher)."""
-    ident = repr((cfg.model, cfg.calib, cfg.eval.corpus))
+    """Reuse the loaded model and token streams across jobs of one process (the basic launcher).
+    The key is everything Session.open reads: model, calibration sampling, evaluation tokens."""
+    ident = repr((cfg.model, cfg.calib, cfg.eval.corpus, cfg.eval.seq_len, cfg.eval.bos))
     if ident not in _session_cache:
         _session_cache.clear()
         _session_cache[ident] = Session.open(cfg)

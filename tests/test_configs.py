@@ -12,14 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose
-from omegaconf import OmegaConf
 
 from astro.config import RunConfig
 from astro.methods import MethodConfig
 from astro.results import canonical_config, run_key
 from astro.run import check_widths
 from experiments.grid import Composer
-from experiments.run import split_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -89,9 +87,7 @@ def _covering_jobs(experiment: str, scale: str) -> list[list[str]]:
 
 @functools.lru_cache(maxsize=None)
 def _run_config_cached(overrides: tuple[str, ...]) -> RunConfig:
-    raw = OmegaConf.to_container(_compose(overrides), resolve=True)
-    cfg, _ = split_config(raw)
-    return cfg
+    return Composer().run_config(overrides)  # needs the module's initialised Hydra (hydra_conf)
 
 
 def _run_config(overrides) -> RunConfig:

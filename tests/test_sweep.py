@@ -108,3 +108,17 @@ def test_submitit_local_launcher_runs_jobs(tmp_path):
     assert len(recs) == 2, log[-2000:]
     assert {r["config"]["quant"]["bits"] for r in recs} == {3, 4}
     assert {r["context"]["launcher"] for r in recs} == {"local_submitit"}
+
+
+def test_session_reuse_follows_what_session_open_reads(tiny_cfg):
+    import dataclasses
+
+    from experiments import run as runner
+    runner._session_cache.clear()
+    a = runner._session(tiny_cfg)
+    assert runner._session(dataclasses.replace(tiny_cfg, method=dataclasses.replace(tiny_cfg.method, beta=1.0))) is a
+    b = runner._session(dataclasses.replace(tiny_cfg, eval=dataclasses.replace(tiny_cfg.eval, bos="window")))
+    assert b is not a and b.eval_stream.ids[0] == b.tokenizer.bos_token_id
+    c = runner._session(dataclasses.replace(tiny_cfg, eval=dataclasses.replace(tiny_cfg.eval, seq_len=32)))
+    assert c is not b and c.eval_stream.seq_len == 32
+    runner._session_cache.clear()

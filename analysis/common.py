@@ -29,7 +29,13 @@ HERE = Path(__file__).resolve().parent
 MISSING = "missing"
 LABELS = {"fp": "FP", "rtn": "RTN", "gptq": "GPTQ", "awq": "AWQ", "omniquant": "OmniQuant",
           "spinquant": "SpinQuant", "magr_gptq": "MagR+GPTQ", "astro_gptq": "Astro+GPTQ", "magr_rtn": "MagR+RTN",
-          "astro_rtn": "Astro+RTN", "astro": "Astro (reconstructed, unquantized)", "magr": "MagR (unquantized)"}
+          "astro_rtn": "Astro+RTN", "astro": "Astro (reconstructed, unquantized)", "magr": "MagR (unquantized)",
+          # the baselines we run: AWQ (RTN) is the paper's AWQ row; weight-only SpinQuant quantizes with GPTQ
+          "awq_gptq": "AWQ+GPTQ", "quarot_rtn": "QuaRot+RTN", "quarot_gptq": "QuaRot+GPTQ",
+          "spinquant_gptq": "SpinQuant"}
+# our method -> the paper's (analysis/reported.yaml) row it reproduces, where the names differ
+REPORTED_AS = {"spinquant_gptq": "spinquant"}
+NOT_APPLICABLE = "n/a"
 # Embedded scale stands in for the paper's models and settings (conf/grid/*/embedded.yaml say why).
 STAND_IN_MODEL = {"smollm2-135m": "llama2-7b", "gemma3-270m": "llama2-13b"}
 STAND_IN_QUANT = {"w2g64": "w2g64", "w3g64": "w3g128", "w4g64": "w4g128"}

@@ -2,8 +2,10 @@
 quantization-time table: every method's time per stage.
 
   python -m analysis.fig3_efficiency --scale embedded      (make fig3-efficiency)
-Time is the record's `method` timing: the block loop's wall time minus our per-layer diagnostics
-(calibration forwards + reconstruction + quantization + propagation), on the machine in the record.
+Time is the record's `method` timing: the wall time of the model-level transform (QuaRot/SpinQuant
+rotations, SpinQuant's learning included) plus the block loop (calibration forwards, AWQ's block-level
+scale search, reconstruction, quantization, propagation), minus our diagnostics, on the machine in the
+record. Records written before the transform stages existed show '-' for them (they had none).
 """
 
 from __future__ import annotations
@@ -16,7 +18,27 @@ from astro.results import ResultStore
 
 from .common import LABELS, cells, data_caption, markdown, parser, save_figure, write_table
 
-STAGES = ("calibration", "reconstruction", "quantization", "method", "evaluation")
+STAGES = ("transform", "block_transform", "calibration", "reconstruction", "quantization", "method", "evaluation")
+
+
+def _stage(c, s: str) -> str:
+    if c.records and not c.values(f"timings.{s}"):
+        return "-"   # a record from before this stage existed: the method had no such stage
+    return c.fmt(f"timings.{s}", 1)
+
+
+def transform_note(c) -> str:
+    """What a record's model-level transform did (rotation kind; SpinQuant's schedule and tokens)."""
+    if not c.records:
+        return "-"
+    tr = c.records[0].get("transform") or {}
+    if not tr:
+        return "awq scales" if c.config.method.block_transform == "awq" else "-"
+    note = f"{tr['transform']} R1={tr.get('r1')}"
+    if tr["transform"] == "spinquant":
+        note += (f"; {tr['steps']} steps (lr {tr['lr']:g}) on {tr['sequences']} x {tr['seq_len']} tokens, "
+                 f"loss {tr['loss_init']:.3f} -> {tr['loss_final']:.3f}")
+    return note
 
 
 def time_table(cs) -> pd.DataFrame:
@@ -24,7 +46,7 @@ def time_table(cs) -> pd.DataFrame:
     for c in cs:
         env = (c.records[0].get("env") or {}) if c.records else {}
         rows.append({"method": LABELS[c.config.method.name], "PPL": c.fmt("metrics.ppl"),
-                     **{f"{s} (s)": c.fmt(f"timings.{s}", 1) for s in STAGES},
+                     **{f"{s} (s)": _stage(c, s) for s in STAGES}, "transform": transform_note(c),
                      "device": env.get("gpu") or (f"{env.get('device')} x{env.get('torch_threads')} threads" if env else "-")})
     return pd.DataFrame(rows)
 
@@ -39,7 +61,9 @@ def figure(cs, scale: str):
             continue
         t, ppl = c.mean_std("timings.method")[0], c.mean_std("metrics.ppl")[0]
         name = c.config.method.name
-        ax.scatter([t], [ppl], s=60, marker="*" if name.startswith("astro") else "o", zorder=3)
+        marker = "*" if name.startswith("astro") else ("s" if c.config.method.block_transform or
+                                                         c.config.method.model_transform else "o")
+        ax.scatter([t], [ppl], s=60, marker=marker, zorder=3)
         ax.annotate(LABELS[name], (t, ppl), textcoords="offset points", xytext=(5, 4), fontsize=8)
     missing = [LABELS[c.config.method.name] for c in cs if not c.records]
     cfg = cs[0].config

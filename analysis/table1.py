@@ -11,9 +11,13 @@ import pandas as pd
 
 from astro.results import ResultStore
 
-from .common import LABELS, markdown, STAND_IN_MODEL, STAND_IN_QUANT, cells, data_caption, fmt_reported, parser, reported, write_table
+from astro.run import not_applicable
 
-# the baselines the paper copies from OmniQuant that this codebase does not run (yet): reported only
+from .common import (LABELS, NOT_APPLICABLE, REPORTED_AS, STAND_IN_MODEL, STAND_IN_QUANT, cells, data_caption,
+                     fmt_reported, markdown, parser, reported, write_table)
+
+# the paper's baselines: reported-only rows unless the grid runs them (awq; spinquant_gptq reproduces the
+# paper's SpinQuant row); OmniQuant is not implemented here
 REPORTED_ONLY = ("awq", "omniquant", "spinquant")
 
 
@@ -24,16 +28,22 @@ def build(cs, scale: str) -> pd.DataFrame:
     methods = list(dict.fromkeys(c.config.method.name for c in cs))
     at = {(c.choices["model"], c.choices["quant"], c.config.method.name): c for c in cs}
     rows = []
-    for m in methods + [r for r in REPORTED_ONLY if r not in methods]:
+    covered = {REPORTED_AS.get(m, m) for m in methods}
+    for m in methods + [r for r in REPORTED_ONLY if r not in covered]:
         row = {"method": LABELS.get(m, m)}
         for model in models:
             paper_model = model if scale == "paper" else STAND_IN_MODEL.get(model)
             for q in quants:
                 paper_q = q if scale == "paper" else STAND_IN_QUANT.get(q)
                 cell = at.get((model, q, m))
-                row[f"{model} {q}"] = cell.fmt("metrics.ppl") if cell else "not run"
+                if cell is None:
+                    row[f"{model} {q}"] = "not run"
+                elif not cell.records and not_applicable(cell.config):
+                    row[f"{model} {q}"] = NOT_APPLICABLE   # e.g. a rotation on Gemma3's sandwich norms
+                else:
+                    row[f"{model} {q}"] = cell.fmt("metrics.ppl")
                 if paper_model:  # models without a paper counterpart (tiny test models) get no column
-                    rep_v = (rep.get(paper_model, {}).get(m) or {}).get(paper_q)
+                    rep_v = (rep.get(paper_model, {}).get(REPORTED_AS.get(m, m)) or {}).get(paper_q)
                     row[f"reported {paper_model} {paper_q}"] = fmt_reported(rep_v)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -44,7 +54,9 @@ def main(argv=None) -> None:
     cs = cells("table1", a.scale, ResultStore(a.store), tuple(a.overrides))
     df = build(cs, a.scale)
     caption = ("Perplexity (lower is better). " + data_caption(cs, a.scale) +
-               " 'not run': a method this codebase does not run (reported only); 'missing': no record yet.")
+               " 'not run': a method this codebase does not run (reported only); 'missing': no record yet;"
+               " 'n/a': the method does not apply to that model (e.g. a residual rotation across Gemma3's sandwich"
+               " norms). SpinQuant is the weight-only recipe: learned rotations, then GPTQ.")
     write_table(df, "table1", a.scale, caption, a.out or a.store.parent / "tables")
     print(markdown(df))
 

@@ -1,15 +1,26 @@
 """The one block-by-block calibration loop (every method runs through it).
 
 capture block-0 inputs (and each block's keyword inputs: masks, rotary embeddings) ->
-for each decoder block: for each sequential group of linears: hook them, run the calibration inputs
-through the block (stopping as soon as the group's linears have seen their inputs), accumulate H ->
-run the per-linear pipeline -> write the new weights back (the only place weights are written) ->
+for each decoder block: [block-level transform] -> for each sequential group of linears: hook them, run
+the calibration inputs through the block (stopping as soon as the group's linears have seen their
+inputs), accumulate H -> run the per-linear pipeline -> write the new weights back (the only place the
+loop itself writes weights; the transforms below write theirs in astro/transforms.py) ->
 propagate the calibration inputs through the processed block -> next block.
 Only the current block lives on the compute device; calibration activations stay on `offload`.
+
+Two extension points keep every method inside this one loop (astro/transforms.py implements them):
+- a model-level transform runs once before `run_blocks` (astro.run.quantize_model; e.g. the QuaRot /
+  SpinQuant rotations, fused into the weights), timed as its own stage;
+- a block-level transform (`run_blocks(..., block_transform=f)`) runs on each block after it moved to
+  the compute device and before its first group is calibrated: f(BlockContext) may rewrite the block's
+  weights function-preservingly (e.g. AWQ's scales folded into the preceding norm / linear) and returns
+  extra per-layer row fields {linear name: {field: value}}; timed as the loop's `block_transform` stage.
+  The calibration statistics of the block's linears are then collected after the transform.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,13 +35,48 @@ from .stats import HessianAccumulator, LayerStats
 log = logging.getLogger(__name__)
 
 
+NORM_LAYOUTS = {
+    "pre": "one RMSNorm before each sublayer; sublayer outputs are added to the residual stream as they are "
+           "(Llama, Mistral, Qwen2/3, Gemma)",
+    "sandwich": "RMSNorms before and after each sublayer (Gemma2/3 post_attention/post_feedforward norms): the "
+                "post-norm's per-channel weights act on the sublayer output before it joins the residual stream",
+}
+
+
 @dataclass(frozen=True)
 class Architecture:
     """Where the decoder blocks live and which linears are processed, in which sequential groups
-    (a group's linears see the same inputs; later groups see the already-processed earlier ones)."""
+    (a group's linears see the same inputs; later groups see the already-processed earlier ones).
+
+    What the transforms (astro/transforms.py) need, also as data:
+    base / embed / final_norm / lm_head: the decoder stack, the token embedding, the final norm and the
+    output head (module paths from the model root). readers: (norm, linears that read that norm's output)
+    per block: AWQ scales and QuaRot norm fusion go into these pairs. writers: the linears whose output is
+    added to the residual stream. scale_pairs: (linear, linears reading its output channels one to one,
+    modulo attention-head sharing): AWQ folds scales into the first one's output rows. head_pair: (v, o),
+    the per-head path a rotation R2 of head_dim can act on. norm_layout: a key of NORM_LAYOUTS; a
+    residual-stream rotation commutes only with 'pre'. norm_offset: the norm multiplies by
+    (norm_offset + weight) (0 Llama, 1 Gemma's (1 + w))."""
 
     blocks: str
     sequential: tuple[tuple[str, ...], ...]
+    base: str = "model"
+    embed: str = "model.embed_tokens"
+    final_norm: str = "model.norm"
+    lm_head: str = "lm_head"
+    readers: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+        ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")))
+    writers: tuple[str, ...] = ("self_attn.o_proj", "mlp.down_proj")
+    scale_pairs: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("self_attn.v_proj", ("self_attn.o_proj",)), ("mlp.up_proj", ("mlp.down_proj",)))
+    head_pair: tuple[str, str] | None = ("self_attn.v_proj", "self_attn.o_proj")
+    norm_layout: str = "pre"
+    norm_offset: float = 0.0
+
+    def __post_init__(self):
+        if self.norm_layout not in NORM_LAYOUTS:
+            raise ValueError(f"norm_layout must be one of {sorted(NORM_LAYOUTS)}, got {self.norm_layout!r}")
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -41,10 +87,16 @@ _LLAMA_LIKE = Architecture(
     blocks="model.layers",
     sequential=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
                 ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",)))
+_GEMMA = dataclasses.replace(_LLAMA_LIKE, norm_offset=1.0)
+_GEMMA_SANDWICH = dataclasses.replace(
+    _GEMMA, norm_layout="sandwich",
+    readers=(("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+             ("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj"))))
 
 # config.model_type -> layout. Qwen3 and Gemma3 add q/k norms, which are not linears: same layout.
-ARCHITECTURES: dict[str, Architecture] = {t: _LLAMA_LIKE for t in (
-    "llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma2", "gemma")}
+ARCHITECTURES: dict[str, Architecture] = {
+    **{t: _LLAMA_LIKE for t in ("llama", "mistral", "qwen2", "qwen3")},
+    "gemma": _GEMMA, **{t: _GEMMA_SANDWICH for t in ("gemma2", "gemma3_text")}}
 
 
 def architecture_of(model: nn.Module) -> Architecture:
@@ -73,8 +125,28 @@ class LoopConfig:
 
 @dataclass
 class LoopResult:
+    """rows: one per processed linear. timings: the loop's stages (seconds). transform: what the
+    model-level transform did (astro.run.quantize_model fills it; {} when none ran)."""
+
     rows: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    transform: dict = field(default_factory=dict)
+
+
+@dataclass
+class BlockContext:
+    """What a block-level transform sees: the block (on the compute device), a forward over one chunk of
+    its calibration inputs (forward(h) -> the block's output), the chunks themselves, and the layout."""
+
+    index: int
+    block: nn.Module
+    forward: Callable[[torch.Tensor], object]
+    hidden: list[torch.Tensor]
+    arch: Architecture
+    device: str
+
+
+BlockTransform = Callable[[BlockContext], "dict[str, dict] | None"]
 
 
 class _StopCapture(Exception):
@@ -163,15 +235,18 @@ def capture_inputs(model: nn.Module, arch: Architecture, input_ids: torch.Tensor
 
 @torch.no_grad()
 def run_blocks(model: nn.Module, input_ids: torch.Tensor, process: Callable[[str, torch.Tensor, LayerStats], tuple[torch.Tensor, dict]],
-               cfg: LoopConfig, arch: Architecture | None = None, progress: bool = True) -> LoopResult:
+               cfg: LoopConfig, arch: Architecture | None = None, progress: bool = True,
+               block_transform: BlockTransform | None = None) -> LoopResult:
     """Calibrate and process every linear of every block in order.
 
     input_ids: [n, seq] calibration tokens. process(qualified module name, W [out, in] fp32, stats) -> (W_new, row).
+    block_transform: the block-level extension point (module docstring); its row fields join the rows of
+    that block's linears.
     """
     arch = arch or architecture_of(model)
     model.eval()
     res = LoopResult()
-    tm = dict(capture=0.0, calibrate=0.0, process=0.0, propagate=0.0)
+    tm = dict(capture=0.0, block_transform=0.0, calibrate=0.0, process=0.0, propagate=0.0)
     t0 = time.perf_counter()
     hidden, kwargs = capture_inputs(model, arch, input_ids, cfg)
     tm["capture"] = time.perf_counter() - t0
@@ -184,6 +259,12 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor, process: Callable[[str
         def forward(h):
             args, kw = kwargs[(b, h.shape[0])]
             return block(h.to(cfg.device), *args, **kw)
+
+        extra: dict[str, dict] = {}
+        if block_transform is not None:
+            t = time.perf_counter()
+            extra = block_transform(BlockContext(b, block, forward, hidden, arch, cfg.device)) or {}
+            tm["block_transform"] += time.perf_counter() - t
 
         for group in groups:
             t = time.perf_counter()
@@ -229,7 +310,7 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor, process: Callable[[str
                 stats = stats_of[shared.get(name, name)]
                 W_new, row = process(f"{arch.blocks}.{b}.{name}", lin.weight.data.float(), stats)
                 lin.weight.data.copy_(W_new.to(lin.weight.dtype))
-                res.rows.append({"block": b, "linear": name, **row})
+                res.rows.append({"block": b, "linear": name, **extra.get(name, {}), **row})
             tm["process"] += time.perf_counter() - t
 
         t = time.perf_counter()

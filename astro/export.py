@@ -313,6 +313,14 @@ def card_from_run(cfg, ppl=None, **extra) -> dict:
                                 f"{ppl.seq_len} tokens ({ppl.n_tokens_scored} scored), in-memory fake-quant model")
     if m.preprocess:
         card["regularization"] = f"beta={m.beta:g}, {m.iters} proximal-gradient iterations, alpha={m.alpha or 'default'}"
+    if m.block_transform == "awq":
+        card["awq"] = (f"activation-aware scales folded into the preceding norms / linears (grid {m.awq.grid}), "
+                       f"clipping search ({m.awq.clip_grid} ratios down to {float(m.awq.ratios().min()):g})")
+    if m.model_transform:
+        learned = (f", learned by {m.rotation.steps} Cayley-SGD steps (lr {m.rotation.lr:g})"
+                   if m.model_transform == "spinquant" else "")
+        card["rotation"] = (f"{m.model_transform}: norms fused, residual stream and v/o heads rotated (seed "
+                            f"{m.rotation.seed}{learned}), fused into the weights; embeddings untied")
     if m.quantizer == "gptq":
         g = m.gptq
         card["gptq"] = (f"damp_percent={g.damp_percent:g}, block_size={g.block_size}, act_order={g.act_order}, "

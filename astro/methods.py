@@ -1,11 +1,14 @@
-"""Per-linear pipelines: preprocess (none | MagR | Astro) -> quantize (none | RTN | GPTQ), plus the
-per-layer diagnostics row. The block loop calls `process_linear` for every linear; nothing here
-touches a module.
+"""Per-linear pipelines: preprocess (none | MagR | Astro | AWQ clip) -> quantize (none | RTN | GPTQ),
+plus the per-layer diagnostics row. The block loop calls `process_linear` for every linear; nothing here
+touches a module. A pipeline may also name a block-level transform (AWQ's scales) and a model-level
+transform (QuaRot / SpinQuant rotations): astro/transforms.py applies those around the same loop
+(the extension points are described in astro/blockwise.py).
 
 Diagnostics use the calibration second moment H (token mean), so errors are per token:
 err = tr(dW H dW^T) = ||X dW^T||_F^2 / N (the GPTQ loss). The Thm 4.5 bound is reported in the same
 per-token Frobenius units: sqrt(g) / (2 (2^(b-1) - 1)) * sum_rows sum_k sqrt(sum_{c in k} H_cc) ||W_(row,k)||_inf,
-to be compared with sqrt(err) of RTN on the same weights.
+to be compared with sqrt(err) of RTN on the same weights. With a transform, W and H are those of the
+transformed model (e.g. the rotated or AWQ-scaled weights, statistics collected after the transform).
 """
 
 from __future__ import annotations
@@ -13,26 +16,48 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
+from .awq import AWQConfig, search_clip
 from .gptq import GPTQConfig, gptq
 from .quantizer import QuantGrid, QuantResult, pad_to_groups
 from .regularize import RegularizeConfig, reconstruct
+from .rotation import RotationConfig
 from .rtn import rtn
 from .stats import LayerStats
 
-# name -> (preprocess, quantizer); preprocess 'astro' = activation alpha, 'magr' = uniform alpha
-PIPELINES: dict[str, tuple[str | None, str | None]] = {
-    "fp": (None, None),
-    "rtn": (None, "rtn"),
-    "gptq": (None, "gptq"),
-    "magr_gptq": ("magr", "gptq"),
-    "astro_gptq": ("astro", "gptq"),
-    "magr_rtn": ("magr", "rtn"),
-    "astro_rtn": ("astro", "rtn"),
-    "astro": ("astro", None),   # reconstructed, unquantized (Table 4)
-    "magr": ("magr", None),
+
+class Pipeline(NamedTuple):
+    """preprocess: per-linear reconstruction before quantization ('astro' = activation alpha, 'magr' =
+    uniform alpha, None). quantizer: 'rtn' | 'gptq' | None. clip: AWQ's per-linear clipping search before
+    quantization. block_transform: 'awq' (scales folded per block before its calibration) or None.
+    model_transform: 'quarot' | 'spinquant' (residual rotations fused once before the loop) or None."""
+
+    preprocess: str | None
+    quantizer: str | None
+    clip: bool = False
+    block_transform: str | None = None
+    model_transform: str | None = None
+
+
+PIPELINES: dict[str, Pipeline] = {
+    "fp": Pipeline(None, None),
+    "rtn": Pipeline(None, "rtn"),
+    "gptq": Pipeline(None, "gptq"),
+    "magr_gptq": Pipeline("magr", "gptq"),
+    "astro_gptq": Pipeline("astro", "gptq"),
+    "magr_rtn": Pipeline("magr", "rtn"),
+    "astro_rtn": Pipeline("astro", "rtn"),
+    "astro": Pipeline("astro", None),   # reconstructed, unquantized (Table 4)
+    "magr": Pipeline("magr", None),
+    # baselines the paper compares against (astro/awq.py, astro/rotation.py, astro/transforms.py)
+    "awq": Pipeline(None, "rtn", clip=True, block_transform="awq"),
+    "awq_gptq": Pipeline(None, "gptq", clip=True, block_transform="awq"),
+    "quarot_rtn": Pipeline(None, "rtn", model_transform="quarot"),
+    "quarot_gptq": Pipeline(None, "gptq", model_transform="quarot"),
+    "spinquant_gptq": Pipeline(None, "gptq", model_transform="spinquant"),
 }
 
 
@@ -42,7 +67,9 @@ class MethodConfig:
     uses activation alpha, 'magr' uniform, unless alpha is given explicitly for ablations);
     linf_group_size None = the quantization group size. iters: the most solver iterations; solver: 'pgd'
     (the paper's) or 'fista' (accelerated); tol: stop when one iteration's change is below tol times the decrease so far (None = all iters),
-    see astro.regularize. gptq: GPTQ settings."""
+    see astro.regularize. gptq: GPTQ settings. awq: AWQ's scale and clip grids (astro.awq.AWQConfig; awq,
+    awq_gptq). rotation: QuaRot's seed and SpinQuant's learning schedule (astro.rotation.RotationConfig;
+    quarot_*, spinquant_gptq). Pipelines ignore the fields they do not use (and so does the run key)."""
 
     name: str = "astro_gptq"
     beta: float = 5e-5
@@ -52,19 +79,40 @@ class MethodConfig:
     solver: str = "pgd"
     tol: float | None = None
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
+    awq: AWQConfig = field(default_factory=AWQConfig)
+    rotation: RotationConfig = field(default_factory=RotationConfig)
 
     def __post_init__(self):
         if self.name not in PIPELINES:
             raise ValueError(f"unknown method {self.name!r}; known: {sorted(PIPELINES)}")
         self.regularize_config(128)  # validates beta/iters/alpha/group size/solver/tol early
+        for key, tp in (("gptq", GPTQConfig), ("awq", AWQConfig), ("rotation", RotationConfig)):
+            if not isinstance(getattr(self, key), tp):
+                raise ValueError(f"method.{key} must be a {tp.__name__}, got {getattr(self, key)!r}")
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return PIPELINES[self.name]
 
     @property
     def preprocess(self) -> str | None:
-        return PIPELINES[self.name][0]
+        return self.pipeline.preprocess
 
     @property
     def quantizer(self) -> str | None:
-        return PIPELINES[self.name][1]
+        return self.pipeline.quantizer
+
+    @property
+    def clip(self) -> bool:
+        return self.pipeline.clip
+
+    @property
+    def block_transform(self) -> str | None:
+        return self.pipeline.block_transform
+
+    @property
+    def model_transform(self) -> str | None:
+        return self.pipeline.model_transform
 
     @property
     def needs_calibration(self) -> bool:
@@ -127,9 +175,17 @@ def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: 
                    err_reconstruct=h_error(Wp - W0, H))
     row["t_regularize"] = time.perf_counter() - t
 
+    if method.clip:  # AWQ's clipping search: part of the quantization step's cost
+        t = time.perf_counter()
+        clip = search_clip(Wp, H, grid, method.awq)
+        Wp = clip.W
+        row.update(clip_ratio_mean=float(clip.ratio.mean()), clip_ratio_min=float(clip.ratio.min()),
+                   clip_err_rtn_before=clip.err_before, clip_err_rtn_after=clip.err_after, clip_reverted=clip.reverted,
+                   t_clip=time.perf_counter() - t)
+
     t = time.perf_counter()
     qres = _quantize(method.quantizer, Wp, stats, grid, method) if method.quantizer else None
-    row["t_quantize"] = time.perf_counter() - t
+    row["t_quantize"] = time.perf_counter() - t + row.get("t_clip", 0.0)
     W_new = qres.W_q if qres is not None else Wp
     if qres is not None:
         row.update(fallback=qres.fallback, dead_columns=qres.dead_columns)
@@ -143,7 +199,7 @@ def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: 
                group_linf_before=group_linf_mean(W0, g),
                group_xnorm=stats.group_sq_norms(g).clamp(min=0).sqrt().tolist())  # ||X^(k)||_F / sqrt(N)
     row["rtn_fro_before"] = math.sqrt(row["err_rtn"])
-    if method.preprocess:
+    if method.preprocess or method.clip:
         row.update(bound_after=thm45_bound(Wp, stats, grid),
                    rtn_fro_after=math.sqrt(h_error(rtn(Wp, grid).W_q - Wp, H)),
                    max_abs_after=float(Wp.abs().max()),

@@ -22,15 +22,37 @@ EMBEDDED_ALTERNATIVE = "smollm2-135m"
 
 @dataclass(frozen=True)
 class EmbeddedModel:
+    """asset / gguf: where the weights come from. model_type: the converted config's model_type (known
+    before anything is fetched, so method/architecture checks can run before loading)."""
+
     asset: str
     gguf: str
+    model_type: str
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
-    "smollm2-135m": EmbeddedModel("smollm2-gguf", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "gemma3-270m": EmbeddedModel("gemma3-gguf", "gemma-3-270m-q4_k_m.gguf"),
+    "smollm2-135m": EmbeddedModel("smollm2-gguf", "SmolLM2-135M-Instruct.Q4_1.gguf", "llama"),
+    "gemma3-270m": EmbeddedModel("gemma3-gguf", "gemma-3-270m-q4_k_m.gguf", "gemma3_text"),
 }
 TINY_RANDOM = "tiny-random-llama"
+
+
+def known_model_type(cfg: "ModelConfig") -> str | None:
+    """The model's config.model_type when it is known without loading the model (embedded models, the tiny
+    random Llama, a local directory's config.json); None otherwise (e.g. a hub id)."""
+    import json
+    src = cfg.source
+    if src == TINY_RANDOM:
+        return "llama"
+    if src in EMBEDDED:
+        return EMBEDDED[src].model_type
+    path = Path(src).expanduser() / "config.json"
+    if not src.endswith(".gguf") and path.is_file():
+        try:
+            return json.loads(path.read_text()).get("model_type")
+        except (OSError, ValueError):
+            return None
+    return None
 
 
 class HubUnavailableError(RuntimeError):

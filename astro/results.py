@@ -40,7 +40,16 @@ KEY_STABLE_DEFAULTS: dict[tuple[str, ...], object] = {
     ("method", "solver"): "pgd",
     ("method", "tol"): None,
     ("eval", "bos"): "auto",
+    # the baselines (issue 6): AWQ grids, QuaRot/SpinQuant rotation settings
+    ("method", "awq", "grid"): 20,
+    ("method", "awq", "clip_grid"): 10,
+    ("method", "awq", "max_shrink"): 0.5,
+    ("method", "rotation", "seed"): 0,
+    ("method", "rotation", "steps"): 100,
+    ("method", "rotation", "lr"): 1.5,
+    ("method", "rotation", "samples"): None,
 }
+_LEARNED_ROTATION_FIELDS = ("steps", "lr", "samples")   # SpinQuant only; QuaRot uses rotation.seed alone
 
 
 def canonical_config(cfg: RunConfig) -> dict:
@@ -54,6 +63,13 @@ def canonical_config(cfg: RunConfig) -> dict:
         m["alpha"] = cfg.method.regularize_config(128).alpha
     if cfg.method.quantizer != "gptq":
         m.pop("gptq", None)
+    if cfg.method.block_transform != "awq" and not cfg.method.clip:
+        m.pop("awq", None)
+    if cfg.method.model_transform is None:
+        m.pop("rotation", None)
+    elif cfg.method.model_transform != "spinquant":
+        for k in _LEARNED_ROTATION_FIELDS:
+            m["rotation"].pop(k, None)
     if not cfg.method.needs_calibration:  # nothing is calibrated; only where evaluation runs matters
         d.pop("calib", None)
         d["loop"] = {"device": cfg.loop.device}

@@ -11,12 +11,13 @@ from typing import Callable
 
 import torch
 
-from .blockwise import LoopResult, architecture_of, run_blocks
+from .blockwise import ARCHITECTURES, LoopResult, architecture_of, run_blocks
 from .config import RunConfig, to_dict
 from .data import EvalTokens, check_corpus, eval_tokens, load_corpus, sample_calibration, token_stream
 from .evaluate import PerplexityResult, TaskResult, check_tasks, evaluate_tasks, perplexity
 from .methods import LinearOutcome, process_linear
-from .models import load_model
+from .models import known_model_type, load_model
+from .transforms import block_transform, check_applicable, model_transform, restore_ties, tie_state
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunResult:
     """config: the RunConfig as a dict. timings (seconds): setup (load or reuse the session),
-    calibration (capture + statistics + propagation forwards), reconstruction (Astro/MagR),
-    quantization (RTN/GPTQ), diagnostics (our per-layer error rows, not part of any method),
-    pipeline (wall time of the whole block loop), method (pipeline - diagnostics: what the method
-    costs, Fig. 3's x axis), evaluation, total."""
+    transform (the model-level transform before the block loop: QuaRot/SpinQuant rotations, SpinQuant's
+    learning included), block_transform (the block-level transform inside the loop: AWQ's scale search
+    and folding), calibration (capture + statistics + propagation forwards), reconstruction
+    (Astro/MagR), quantization (RTN/GPTQ, AWQ's clip search included), diagnostics (our per-layer error
+    rows and SpinQuant's before/after loss evaluation, not part of any method), pipeline (wall time of
+    transform + block loop), method (pipeline - diagnostics: what the method costs, Fig. 3's x axis),
+    evaluation, total."""
 
     config: dict
     ppl: PerplexityResult | None
@@ -38,6 +42,11 @@ class RunResult:
     @property
     def rows(self) -> list[dict]:
         return self.loop.rows if self.loop else []
+
+    @property
+    def transform(self) -> dict:
+        """What the model-level transform did ({} when none ran)."""
+        return self.loop.transform if self.loop else {}
 
     def fallbacks(self) -> list[str]:
         return [f"{r['block']}.{r['linear']}:{r['fallback']}" for r in self.rows if r.get("fallback")]
@@ -61,9 +70,27 @@ def check_inputs(cfg: RunConfig) -> None:
     check_corpus(cfg.calib.corpus)
     check_corpus(cfg.eval.corpus)
     check_widths(cfg, cfg.model.layer_widths or ())
+    check_method_model(cfg)
     if cfg.eval.lm_eval.tasks:
         check_tasks(cfg.eval.lm_eval)
     cfg.model.check_available()
+
+
+def check_method_model(cfg: RunConfig) -> None:
+    """The method must suit the model's architecture (e.g. no rotation across sandwich norms); checked
+    here when the model type is known without loading, and again on the loaded model."""
+    mt = known_model_type(cfg.model)
+    if mt in ARCHITECTURES:
+        check_applicable(cfg.method, ARCHITECTURES[mt], mt)
+
+
+def not_applicable(cfg: RunConfig) -> str | None:
+    """Why cfg.method cannot run on cfg.model, when that is known before loading; None otherwise."""
+    try:
+        check_method_model(cfg)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def check_widths(cfg: RunConfig, widths) -> None:
@@ -79,7 +106,8 @@ def check_widths(cfg: RunConfig, widths) -> None:
 
 @dataclass
 class Session:
-    """A loaded model with a pristine CPU copy of its weights, and the token streams of a config."""
+    """A loaded model with a pristine CPU copy of its weights (and of its embedding tying, which the
+    rotation transforms undo), and the token streams of a config."""
 
     model: torch.nn.Module
     tokenizer: object
@@ -87,6 +115,7 @@ class Session:
     calib_ids: torch.Tensor
     eval_stream: EvalTokens
     layer_widths: frozenset[int]           # in_features of the model's linears (checked against every config)
+    ties: dict | None = None               # astro.transforms.tie_state at load time
 
     @classmethod
     def open(cls, cfg: RunConfig) -> "Session":
@@ -97,31 +126,51 @@ class Session:
         # the real widths, before any calibration work
         widths = frozenset(model.get_submodule(f"{arch.blocks}.0.{lin}").in_features for lin in arch.linears)
         check_widths(cfg, widths)
+        check_applicable(cfg.method, arch, getattr(model.config, "model_type", None))
         stream = token_stream(tok, calib_corpus.train, calib_corpus.train_join)
         calib = sample_calibration(stream, cfg.calib.n_samples, cfg.calib.seq_len, cfg.calib.seed)
         evals = eval_tokens(tok, eval_corpus, cfg.eval.seq_len, cfg.eval.bos, cfg.eval.corpus,
                             getattr(model.config, "model_type", None))
         original = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return cls(model, tok, original, calib, evals, widths)
+        return cls(model, tok, original, calib, evals, widths, tie_state(model, arch))
 
     def reset(self) -> None:
+        """Restore the loaded model: embedding tying (undone by rotations), then every weight (rotated,
+        norm-fused, scaled or quantized ones alike)."""
+        if self.ties is not None:
+            restore_ties(self.model, architecture_of(self.model), self.ties)
         self.model.load_state_dict(self.original)
 
 
 def quantize_model(model, calib_ids: torch.Tensor, cfg: RunConfig, progress: bool = True,
                    on_linear: Callable[[str, LinearOutcome], None] | None = None) -> LoopResult | None:
-    """Apply cfg.method to every linear of every block (in place). None for the 'fp' method.
-    on_linear(module name, outcome) sees every linear's full outcome (e.g. export keeps the codes)."""
+    """Apply cfg.method to the model (in place): its model-level transform once (rotations; timed as
+    `transform`), then the one block loop with its block-level transform (AWQ scales) and per-linear
+    pipeline. None for the 'fp' method. on_linear(module name, outcome) sees every linear's full outcome
+    (e.g. export keeps the codes)."""
     if not cfg.method.needs_calibration:
         return None
+    arch = architecture_of(model)
+    check_applicable(cfg.method, arch, getattr(model.config, "model_type", None))
+    t = time.perf_counter()
+    info = model_transform(model, arch, cfg.method, cfg.quant, calib_ids, cfg.loop.device)
+    t_transform = time.perf_counter() - t if cfg.method.model_transform else 0.0
+    row_extra = {}
+    if info.get("r1"):   # the residual rotation these weights were quantized under
+        row_extra["rotation"] = info["r1"] if info["transform"] == "quarot" else f"{info['transform']} from {info['r1']}"
 
     def process(name, W, stats):
         out = process_linear(W, stats, cfg.quant, cfg.method)
+        out.row.update(row_extra)
         if on_linear is not None:
             on_linear(name, out)
         return out.W, out.row
 
-    return run_blocks(model, calib_ids, process, cfg.loop, progress=progress)
+    loop = run_blocks(model, calib_ids, process, cfg.loop, arch, progress=progress,
+                      block_transform=block_transform(model, cfg.method, cfg.quant))
+    loop.timings["transform"] = t_transform
+    loop.transform = info
+    return loop
 
 
 def run(cfg: RunConfig, session: Session | None = None, progress: bool = True) -> RunResult:
@@ -129,6 +178,7 @@ def run(cfg: RunConfig, session: Session | None = None, progress: bool = True) -
     t0 = time.perf_counter()
     session = session or Session.open(cfg)
     check_widths(cfg, session.layer_widths)  # a reused session was opened for another grid/method
+    check_applicable(cfg.method, architecture_of(session.model), getattr(session.model.config, "model_type", None))
     session.reset()
     t_setup = time.perf_counter() - t0
     t = time.perf_counter()
@@ -140,8 +190,9 @@ def run(cfg: RunConfig, session: Session | None = None, progress: bool = True) -
              if cfg.eval.lm_eval.tasks else None)
     rows = loop.rows if loop else []
     calibration = (loop.timings["capture"] + loop.timings["calibrate"] + loop.timings["propagate"]) if loop else 0.0
-    diagnostics = sum(r["t_diagnostics"] for r in rows)
-    timings = {"setup": t_setup, "calibration": calibration,
+    diagnostics = sum(r["t_diagnostics"] for r in rows) + (loop.transform.get("t_diagnostics", 0.0) if loop else 0.0)
+    timings = {"setup": t_setup, "transform": loop.timings["transform"] if loop else 0.0,
+               "block_transform": loop.timings["block_transform"] if loop else 0.0, "calibration": calibration,
                "reconstruction": sum(r["t_regularize"] for r in rows),
                "quantization": sum(r["t_quantize"] for r in rows), "diagnostics": diagnostics,
                "pipeline": t_quant, "method": t_quant - diagnostics, "evaluation": ppl.seconds,

@@ -57,3 +57,21 @@ class HessianAccumulator:
             raise NonFiniteStatisticsError(
                 f"{name}: calibration statistics contain NaN/Inf (check the model's dtype and inputs)")
         return LayerStats(self.H, self.n_tokens)
+
+
+class AbsMeanAccumulator:
+    """Running per-channel mean of |x| over batches of inputs [..., in] (AWQ's activation statistic)."""
+
+    def __init__(self, in_features: int, device=None):
+        self.total = torch.zeros(in_features, dtype=torch.float64, device=device)
+        self.n_tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).to(self.total.device)
+        self.total += x.abs().sum(0, dtype=torch.float64)
+        self.n_tokens += x.shape[0]
+
+    def result(self) -> torch.Tensor:
+        if self.n_tokens == 0:
+            raise ValueError("no calibration tokens reached this layer")
+        return (self.total / self.n_tokens).float()

@@ -8,6 +8,9 @@
 Each job validates its config (unknown keys and bad values fail before anything loads), skips at once
 when the results store already holds its record, otherwise quantizes, evaluates, writes the record
 atomically and logs it to W&B. Jobs of one process reuse the loaded model and token streams.
+In a sweep (-m), a point whose method cannot apply to its model (astro.transforms.NotApplicableError,
+e.g. a rotation on Gemma3's sandwich norms) is skipped with a warning and no record (analysis shows it
+as n/a); a single run raises the error.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from astro.config import RunConfig, from_dict
 from astro.results import ResultStore, canonical_config, environment, now_iso, run_key
 from astro.run import Session, check_inputs, run
 from astro.tracking import TrackingConfig, log_record
+from astro.transforms import NotApplicableError
 
 log = logging.getLogger("astro.runner")
 
@@ -51,6 +55,9 @@ def describe(cfg: RunConfig) -> str:
         s += f" W{q.bits} g{q.group_size}{' sym' if q.sym else ''}"
     if m.preprocess:
         s += f" beta={m.beta:g} alpha={m.regularize_config(128).alpha} iters={m.iters}"
+    if m.model_transform == "spinquant":
+        r = m.rotation
+        s += f" steps={r.steps} lr={r.lr:g} samples={'all' if r.samples is None else r.samples}"
     return s
 
 
@@ -75,22 +82,36 @@ def context() -> dict:
             "job_num": hc.job.get("num"), "launcher": hc.runtime.choices.get("hydra/launcher")}
 
 
+def _in_sweep() -> bool:
+    try:
+        from hydra.types import RunMode
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
 def run_job(raw: dict) -> dict:
     """One job: validate, skip if recorded, run, record, track. Returns a short summary."""
     cfg, extras = split_config(raw)
-    check_inputs(cfg)
-    store = ResultStore(Path(extras["store"].get("root", "results/store")))
     key = run_key(cfg)
-    exp = (extras.get("experiment") or {}).get("name", "single")
-    if extras["store"].get("skip_existing", True) and store.exists(key):
-        log.info("skip %s [%s]: record exists at %s", describe(cfg), key, store.path(key))
-        return {"key": key, "skipped": True}
-    log.info("run start %s [%s] (experiment %s)", describe(cfg), key, exp)
-    started = now_iso()
-    t0 = time.perf_counter()
-    session = _session(cfg)
-    t_open = time.perf_counter() - t0
-    res = run(cfg, session)
+    try:
+        check_inputs(cfg)
+        store = ResultStore(Path(extras["store"].get("root", "results/store")))
+        exp = (extras.get("experiment") or {}).get("name", "single")
+        if extras["store"].get("skip_existing", True) and store.exists(key):
+            log.info("skip %s [%s]: record exists at %s", describe(cfg), key, store.path(key))
+            return {"key": key, "skipped": True}
+        log.info("run start %s [%s] (experiment %s)", describe(cfg), key, exp)
+        started = now_iso()
+        t0 = time.perf_counter()
+        session = _session(cfg)
+        t_open = time.perf_counter() - t0
+        res = run(cfg, session)   # raises NotApplicableError before any work when the loaded model does not suit
+    except NotApplicableError as e:
+        if not _in_sweep():
+            raise
+        log.warning("skip %s [%s]: not applicable: %s", describe(cfg), key, e)
+        return {"key": key, "skipped": True, "not_applicable": str(e)}
     res.timings["setup"] += t_open  # loading the model and corpora (0 when an earlier job of this process did)
     res.timings["total"] += t_open
     ctx = context()
@@ -99,7 +120,8 @@ def run_job(raw: dict) -> dict:
               "scale": ctx.get("choices", {}).get("scale"),
               "config": res.config, "canonical": canonical_config(cfg), "context": ctx,
               "metrics": res.metrics(), "timings": res.timings,
-              "loop_timings": res.loop.timings if res.loop else {}, "fallbacks": res.fallbacks(),
+              "loop_timings": res.loop.timings if res.loop else {}, "transform": res.transform,
+              "fallbacks": res.fallbacks(),
               "rows": res.rows, "tasks": res.tasks.to_dict() if res.tasks else None,
               "env": environment(cfg.loop.device), "wall_seconds": time.perf_counter() - t0}
     path = store.write(record)

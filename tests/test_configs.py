@@ -183,6 +183,11 @@ def test_model_widths_match_models(hydra_conf):
     ("model.dtype=int8", "model.dtype"),
     ("eval.batch_size=0", "eval"),
     ("+bogus=1", "bogus"),
+    ("method.awq.grid=0", "awq.grid"),
+    ("method.awq.max_shrink=1.5", "awq.max_shrink"),
+    ("method.rotation.steps=-1", "rotation.steps"),
+    ("method.rotation.lr=0", "rotation.lr"),
+    ("+method.rotation.stepz=3", "method.rotation.stepz"),
 ])
 def test_bad_values_name_their_key(hydra_conf, override, needle):
     with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
@@ -210,6 +215,21 @@ def test_run_key_ignores_what_cannot_change_numbers(hydra_conf):
     assert k("method=rtn") == k("method=rtn", "method.gptq.act_order=true")
     assert k("method=gptq") != k("method=gptq", "method.gptq.act_order=true")
     assert k("method=astro_gptq") != k("method=astro_gptq", "quant=w4g64")
+    # the baselines' settings key only the methods that use them
+    assert k("method=gptq") == k("method=gptq", "method.awq.grid=7", "method.rotation.seed=3", "method.rotation.steps=5")
+    assert k("method=awq") != k("method=awq", "method.awq.grid=7") != k("method=awq_gptq")
+    assert k("method=awq") == k("method=awq", "method.beta=1e-3", "method.rotation.seed=3")
+    assert k("method=quarot_rtn") == k("method=quarot_rtn", "method.rotation.steps=5", "method.awq.grid=7")
+    assert k("method=quarot_rtn") != k("method=quarot_rtn", "method.rotation.seed=1")
+    assert k("method=spinquant_gptq") != k("method=spinquant_gptq", "method.rotation.steps=5")
+    assert k("method=spinquant_gptq", "scale=paper") != k("method=spinquant_gptq", "scale=embedded", "loop.device=cuda",
+                                                         "data=wikitext2", "eval=ppl")  # 100 vs 20 steps
+
+
+def test_embedded_scale_shrinks_spinquant(hydra_conf):
+    emb, paper = _run_config(["method=spinquant_gptq"]), _run_config(["method=spinquant_gptq", "scale=paper"])
+    assert (emb.method.rotation.steps, emb.method.rotation.samples) == (20, 2)
+    assert (paper.method.rotation.steps, paper.method.rotation.lr, paper.method.rotation.samples) == (100, 1.5, None)
     assert "store" not in canonical_config(_run_config([])) and "tracking" not in canonical_config(_run_config([]))
 
 

@@ -1,0 +1,384 @@
+"""The baselines the paper compares against (AWQ, QuaRot, SpinQuant), on tiny seeded tensors and the tiny
+random Llama: the rotations and scale folding preserve the FP model, the Cayley step stays on the
+manifold, AWQ's searches never lose to doing nothing, every method runs through the one loop with its
+stages timed, a session restores a rotated model, unsuitable layouts are refused before any work."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from astro import run as run_mod
+from astro.awq import AWQConfig, h_error, search_clip, search_scales
+from astro.blockwise import LoopConfig, architecture_of, run_blocks
+from astro.config import RunConfig, from_dict
+from astro.methods import MethodConfig
+from astro.models import ModelConfig, tiny_random_llama
+from astro.quantizer import QuantGrid
+from astro.rotation import (RotationConfig, cayley_step, hadamard, learn_rotations, orthogonality_error,
+                            random_orthogonal, random_rotation)
+from astro.rtn import rtn
+from astro.run import Session, quantize_model, run, with_method
+from astro.transforms import NotApplicableError, apply_rotation, awq_block_transform
+
+BASELINES = ("awq", "awq_gptq", "quarot_rtn", "quarot_gptq", "spinquant_gptq")
+GEN = lambda s=0: torch.Generator().manual_seed(s)  # noqa: E731
+
+
+def _perturb_norms(model, seed=1):
+    """Random tiny models have all-ones norms; make them non-trivial so fusion is really tested."""
+    g = GEN(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _tiny(tied=True, vocab=128):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    if tied:
+        return _perturb_norms(tiny_random_llama(vocab_size=vocab))
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    return _perturb_norms(LlamaForCausalLM(cfg).float().eval())
+
+
+def _ids(vocab=128, n=4, seq=32, seed=0):
+    return torch.randint(0, vocab, (n, seq), generator=GEN(seed))
+
+
+def _rel_diff(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+# -- rotations ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [2, 12, 20, 28, 36, 64, 576, 640])
+def test_hadamard_constructions(n):
+    H, kind = hadamard(n)
+    assert torch.equal(H.abs(), torch.ones_like(H)), kind
+    assert torch.equal(H @ H.T, n * torch.eye(n, dtype=torch.float64)), kind
+    R, rkind = random_rotation(n, seed=3)
+    assert rkind.startswith("random_hadamard") and orthogonality_error(R) < 1e-12
+
+
+def test_no_hadamard_falls_back_to_seeded_orthogonal():
+    assert hadamard(9) is None
+    R, kind = random_rotation(9, seed=0)
+    assert kind == "random_orthogonal(9)" and orthogonality_error(R) < 1e-12
+    assert torch.equal(R, random_rotation(9, seed=0)[0]) and not torch.equal(R, random_rotation(9, seed=1)[0])
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_quarot_rotation_preserves_fp_logits(tied):
+    model = _tiny(tied)
+    arch = architecture_of(model)
+    ids = _ids()
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    info = apply_rotation(model, arch, "quarot", MethodConfig("quarot_rtn"), QuantGrid(3, 16), ids)
+    with torch.no_grad():
+        out = model(input_ids=ids).logits
+    assert _rel_diff(out, ref) < 1e-4
+    assert info["untied_embeddings"] is tied and info["r1"] == "random_hadamard:sylvester(64)"
+    assert info["r2"] == "random_hadamard:sylvester(16)" and info["norms_fused"] == 5
+    assert model.lm_head.weight is not model.model.embed_tokens.weight
+    assert model.config.tie_word_embeddings is False
+    assert torch.equal(model.model.norm.weight, torch.ones(64))
+    assert torch.equal(model.model.layers[0].input_layernorm.weight, torch.ones(64))
+    # the weights really moved: the embedding is rotated
+    assert not torch.allclose(model.model.embed_tokens.weight[:, :8], tiny_random_llama(vocab_size=128).model.embed_tokens.weight[:, :8])
+
+
+def test_gemma_one_plus_w_norm_rotates_exactly():
+    """Gemma's (1 + w) RMSNorm is fused like any other (norm_offset=1 in its Architecture)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    cfg = AutoConfig.for_model("gemma", vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    torch.manual_seed(0)
+    model = _perturb_norms(AutoModelForCausalLM.from_config(cfg).float().eval())
+    ids = _ids()
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    apply_rotation(model, architecture_of(model), "quarot", MethodConfig("quarot_rtn"), QuantGrid(3, 16), ids)
+    with torch.no_grad():
+        assert _rel_diff(model(input_ids=ids).logits, ref) < 1e-4
+    assert torch.equal(model.model.norm.weight, torch.zeros(64))  # (1 + 0) = identity
+
+
+def test_cayley_step_stays_orthogonal():
+    g = GEN(0)
+    R, _ = random_rotation(32, seed=0)
+    for _ in range(200):
+        G = torch.randn(32, 32, generator=g, dtype=torch.float64)
+        R = cayley_step(R, G, lr=1.5)
+    assert orthogonality_error(R) < 1e-5
+
+
+def test_cayley_sgd_descends():
+    """Orthogonal Procrustes: maximise tr(T^T R) over rotations; Cayley SGD from a random start gets close."""
+    T, R0 = random_orthogonal(16, GEN(5)), random_orthogonal(16, GEN(6))  # (two Hadamards: T R0^T diagonal, a critical point)
+    res = learn_rotations(lambda R1, R2, t: -(T * R1).sum(), R0, [], steps=100, lr=0.2)
+    assert res.losses[-1] < res.losses[0] and float((T * res.R1).sum()) > 0.9 * 16
+    assert orthogonality_error(res.R1) < 1e-10
+
+
+def test_spinquant_learning_lowers_its_training_loss():
+    model = _tiny()
+    ids = _ids(n=2)
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    method = MethodConfig("spinquant_gptq", rotation=RotationConfig(steps=30, lr=1.5))
+    info = apply_rotation(model, architecture_of(model), "spinquant", method, QuantGrid(2, 16), ids)
+    assert info["loss_final"] < info["loss_init"]
+    assert len(info["losses"]) == 30 and info["sequences"] == 2 and info["tokens_seen"] == 30 * 32
+    assert info["orthogonality_error_r1"] < 1e-6 and info["orthogonality_error_r2"] < 1e-6
+    with torch.no_grad():  # whatever was learned, the FP model is unchanged
+        assert _rel_diff(model(input_ids=ids).logits, ref) < 1e-4
+
+
+# -- AWQ -----------------------------------------------------------------------------------------------
+
+def _outlier_data(n_in=64, n_tok=512, seed=0):
+    g = GEN(seed)
+    X = torch.randn(n_tok, n_in, generator=g)
+    X[:, :4] *= 20  # a few activation outlier channels, as AWQ assumes
+    return X, X.T @ X / n_tok, X.abs().mean(0)
+
+
+def test_awq_scales_never_worse_than_no_scaling():
+    grid = QuantGrid(3, 16)
+    for seed in range(3):
+        X, H, m = _outlier_data(seed=seed)
+        Ws = [torch.randn(o, 64, generator=GEN(10 + seed)) for o in (48, 32)]
+        res = search_scales(Ws, H, m, grid, AWQConfig())
+        assert res.errors[0] == pytest.approx(sum(h_error(rtn(W, grid).W_q - W, H) for W in Ws), rel=1e-6)
+        assert res.err_best <= res.err_noscale
+        assert len(res.errors) == 20 and 0 <= res.alpha <= 1
+    assert res.alpha > 0 and res.err_best < 0.9 * res.err_noscale  # outlier channels: scaling helps
+    # with GQA-style sharing, channels of one slot get one scale
+    share = torch.arange(64) % 32
+    tied = search_scales(Ws, H, m, grid, AWQConfig(), share)
+    assert torch.equal(tied.scales[:32], tied.scales[32:]) and tied.err_best <= tied.err_noscale
+
+
+def test_awq_clip_never_worse_than_no_clipping():
+    X, H, _ = _outlier_data(n_in=48)
+    W = torch.randn(40, 48, generator=GEN(2))
+    W[:, 5] *= 6
+    grid = QuantGrid(3, 16)
+    res = search_clip(W, H, grid, AWQConfig())
+    assert res.err_after <= res.err_before and res.ratio.min() >= 0.55 - 1e-6 and res.ratio.max() <= 1
+    assert res.err_before == pytest.approx(h_error(rtn(W, grid).W_q - W, H), rel=1e-6)
+    assert not res.reverted and res.err_after < res.err_before
+    assert torch.all(res.W.abs() <= W.abs() + 1e-7)
+    # partial last group (48 = 2 x 20 + 8)
+    res2 = search_clip(W, H, QuantGrid(3, 20), AWQConfig())
+    assert res2.W.shape == W.shape and res2.err_after <= res2.err_before
+
+
+def test_awq_scale_folding_preserves_fp_outputs():
+    model = _tiny()
+    ids = _ids()
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    transform = awq_block_transform(model, MethodConfig("awq"), QuantGrid(3, 16))
+    seen = {}
+
+    def keep(name, W, stats):  # no quantization: only the transform changes the weights
+        return W, {}
+
+    res = run_blocks(model, ids, keep, LoopConfig(batch_size=2), progress=False, block_transform=transform)
+    for r in res.rows:
+        seen[(r["block"], r["linear"])] = r
+    with torch.no_grad():
+        assert _rel_diff(model(input_ids=ids).logits, ref) < 1e-4
+    o = seen[(0, "self_attn.o_proj")]
+    assert o["awq_prev"] == "self_attn.v_proj" and o["awq_tied_heads"] == 2  # GQA 4 heads / 2 kv heads
+    assert seen[(0, "self_attn.q_proj")]["awq_prev"] == "input_layernorm"
+    assert all(r["awq_err_scaled"] <= r["awq_err_noscale"] for r in res.rows)
+    assert res.timings["block_transform"] > 0
+
+
+# -- through the one loop --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def base_cfg():
+    from astro.config import CalibConfig, EvalConfig
+    return RunConfig(model=ModelConfig("tiny-random-llama"), calib=CalibConfig(n_samples=8, seq_len=64, seed=0),
+                     eval=EvalConfig(seq_len=64, max_windows=2, batch_size=2), quant=QuantGrid(3, 32),
+                     method=MethodConfig("gptq", rotation=RotationConfig(steps=3, samples=2)))
+
+
+@pytest.fixture(scope="module")
+def session(base_cfg):
+    return Session.open(base_cfg)  # shared: every run resets it (which the restore test checks)
+
+
+def test_every_baseline_runs_end_to_end(base_cfg, session):
+    for name in BASELINES:
+        res = run(with_method(base_cfg, name), session, progress=False)
+        assert math.isfinite(res.ppl.ppl), name
+        rows = res.rows
+        assert len(rows) == 14 and all(r["fallback"] is None for r in rows), name
+        t = res.timings
+        assert {"transform", "block_transform", "calibration", "quantization", "method"} <= set(t), name
+        assert t["method"] <= t["pipeline"]
+        if name.startswith("awq"):
+            assert t["block_transform"] > 0 and t["transform"] == 0 and res.transform == {}
+            assert all("awq_alpha" in r and "clip_ratio_mean" in r for r in rows), name
+        else:
+            assert t["transform"] > 0 and t["block_transform"] == 0
+            kind = "random_hadamard:sylvester(64)" if name.startswith("quarot") else "spinquant from random_hadamard:sylvester(64)"
+            assert all(r["rotation"] == kind for r in rows), name
+            assert res.transform["transform"] == ("spinquant" if name.startswith("spin") else "quarot")
+        if name == "spinquant_gptq":
+            tr = res.transform
+            assert tr["steps"] == 3 and tr["sequences"] == 2 and tr["tokens_seen"] == 3 * 64
+            assert t["diagnostics"] >= tr["t_diagnostics"] > 0
+
+
+def test_session_restores_a_rotated_model(base_cfg, session):
+    run(with_method(base_cfg, "fp"), session, progress=False)
+    ids = session.calib_ids[:2]
+    model = session.model
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    run(with_method(base_cfg, "quarot_rtn"), session, progress=False)
+    assert model.lm_head.weight is not model.model.embed_tokens.weight
+    run(with_method(base_cfg, "fp"), session, progress=False)
+    assert model.lm_head.weight is model.model.embed_tokens.weight and model.config.tie_word_embeddings
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, ref)
+
+
+# -- refusals and bad values -------------------------------------------------------------------------------
+
+def _tiny_gemma3():
+    from transformers import AutoConfig, AutoModelForCausalLM
+    cfg = AutoConfig.for_model("gemma3_text", vocab_size=128, hidden_size=64, intermediate_size=96,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg).float().eval()
+
+
+@pytest.mark.parametrize("method", ["quarot_rtn", "quarot_gptq", "spinquant_gptq"])
+def test_sandwich_norms_are_refused_before_any_work(tiny_cfg, method, monkeypatch):
+    model = _tiny_gemma3()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def boom(*a, **k):
+        raise AssertionError("work started before the architecture check")
+    monkeypatch.setattr(run_mod, "run_blocks", boom)
+    monkeypatch.setattr(run_mod, "model_transform", boom)
+    cfg = with_method(tiny_cfg, method)
+    with pytest.raises(NotApplicableError, match=r"norm_layout='sandwich'.*gemma3_text|gemma3_text.*norm_layout='sandwich'"):
+        quantize_model(model, _ids(), cfg, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # the embedded Gemma3 is refused before anything is loaded, from its registered model type
+    monkeypatch.setattr(run_mod, "load_model", boom)
+    gcfg = dataclasses.replace(cfg, model=ModelConfig("gemma3-270m"))
+    with pytest.raises(NotApplicableError, match="rotates the residual stream"):
+        run_mod.check_inputs(gcfg)
+    assert run_mod.not_applicable(gcfg) and run_mod.not_applicable(with_method(gcfg, "awq")) is None
+
+
+def test_awq_runs_on_sandwich_layouts():
+    """AWQ only folds into the pre-norms (Gemma3: input_layernorm, pre_feedforward_layernorm)."""
+    model = _tiny_gemma3()
+    _perturb_norms(model)
+    ids = _ids()
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    transform = awq_block_transform(model, MethodConfig("awq"), QuantGrid(3, 16))
+    res = run_blocks(model, ids, lambda n, W, s: (W, {}), LoopConfig(batch_size=2), progress=False,
+                     block_transform=transform)
+    assert {r["awq_prev"] for r in res.rows} == {"input_layernorm", "pre_feedforward_layernorm",
+                                                 "self_attn.v_proj", "mlp.up_proj"}
+    with torch.no_grad():
+        assert _rel_diff(model(input_ids=ids).logits, ref) < 1e-4
+
+
+@pytest.mark.parametrize("override,key", [
+    ({"awq": {"grid": 0}}, "awq.grid"),
+    ({"awq": {"grid": 1}}, "awq.grid"),
+    ({"awq": {"clip_grid": 0}}, "awq.clip_grid"),
+    ({"awq": {"max_shrink": 1.0}}, "awq.max_shrink"),
+    ({"rotation": {"steps": -1}}, "rotation.steps"),
+    ({"rotation": {"lr": 0}}, "rotation.lr"),
+    ({"rotation": {"samples": 0}}, "rotation.samples"),
+    ({"rotation": {"seed": "x"}}, "rotation.seed"),
+    ({"awq": {"grids": 3}}, "method.awq.grids"),
+])
+def test_bad_baseline_values_name_their_key(override, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        from_dict(RunConfig, {"method": {"name": "awq", **override}})
+
+
+# -- runner and analysis ----------------------------------------------------------------------------------
+
+TINY = ("model=tiny-random-llama", "calib.n_samples=4", "calib.seq_len=64", "eval.seq_len=64", "eval.max_windows=2",
+        "method.rotation.steps=2", "tracking.wandb.mode=disabled")
+RUN_METHODS = ("awq", "quarot_rtn", "spinquant_gptq")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from experiments.grid import Composer
+    from experiments.run import run_job
+    root = tmp_path_factory.mktemp("store")
+    with Composer() as c:
+        for m in RUN_METHODS:
+            run_job(c.raw(["experiment=table1", "scale=embedded", *TINY, "quant=w3g64", f"method={m}",
+                           f"store.root={root}"]))
+    return root
+
+
+def test_records_show_what_was_done(store):
+    from astro.results import ResultStore
+    recs = {r["config"]["method"]["name"]: r for r in ResultStore(store).records()}
+    assert set(recs) == set(RUN_METHODS)
+    spin = recs["spinquant_gptq"]["transform"]
+    assert spin["steps"] == 2 and spin["sequences"] == 2 and spin["r1"].startswith("random_hadamard")  # embedded: 2
+    assert recs["quarot_rtn"]["transform"]["transform"] == "quarot" and recs["awq"]["transform"] == {}
+    assert all("awq_scale_max" in r and "clip_ratio_min" in r for r in recs["awq"]["rows"])
+    for r in recs.values():
+        assert {"transform", "block_transform"} <= set(r["timings"])
+
+
+def test_table1_and_fig3_show_the_baselines(store, tmp_path):
+    import pandas as pd
+    from analysis import fig3_efficiency, table1
+    from astro.results import ResultStore
+    ppl = {r["config"]["method"]["name"]: r["metrics"]["ppl"] for r in ResultStore(store).records()}
+    args = ["--scale", "embedded", "--store", str(store), "--out", str(tmp_path), *TINY[1:]]
+    table1.main([*args, "model=tiny-random-llama,gemma3-270m", "method=fp,awq,quarot_rtn,spinquant_gptq"])
+    df = pd.read_csv(tmp_path / "table1_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
+    col = "tiny-random-llama w3g64"
+    assert df.loc["AWQ", col] == f"{ppl['awq']:.2f}" and df.loc["QuaRot+RTN", col] == f"{ppl['quarot_rtn']:.2f}"
+    assert df.loc["SpinQuant", col] == f"{ppl['spinquant_gptq']:.2f}"
+    assert list(df.index).count("SpinQuant") == 1 and df.loc["OmniQuant", col] == "not run"
+    assert df.loc["QuaRot+RTN", "gemma3-270m w3g64"] == "n/a" and df.loc["AWQ", "gemma3-270m w3g64"] == "missing"
+    assert df.loc["SpinQuant", "reported llama2-13b w3g128"] == "5.29"   # the paper's SpinQuant row, via the stand-in
+    fig3_efficiency.main([*args, "model=tiny-random-llama", "method=awq,quarot_rtn,spinquant_gptq"])
+    t = pd.read_csv(tmp_path / "quant_time_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
+    assert float(t.loc["QuaRot+RTN", "transform (s)"]) > 0 and float(t.loc["AWQ", "block_transform (s)"]) > 0
+    assert "2 steps" in t.loc["SpinQuant", "transform"] and "quarot" in t.loc["QuaRot+RTN", "transform"]
+    assert (tmp_path / "fig3_efficiency_embedded.png").exists()
+
+
+def test_sweep_skips_points_that_do_not_apply(monkeypatch, tmp_path):
+    from experiments import run as runner
+    from experiments.grid import Composer
+    with Composer() as c:
+        raw = c.raw(["model=gemma3-270m", "method=quarot_rtn", f"store.root={tmp_path}"])
+    with pytest.raises(NotApplicableError):   # a single run fails loudly
+        runner.run_job(raw)
+    monkeypatch.setattr(runner, "_in_sweep", lambda: True)
+    out = runner.run_job(raw)                  # a sweep point is skipped, and no record is written
+    assert out["skipped"] and "sandwich" in out["not_applicable"] and not list(tmp_path.iterdir())

@@ -71,7 +71,8 @@ def figure(cs, scale: str):
         ax.set(xscale="log", xlabel="Astro (reconstruction) seconds per run", ylabel="perplexity",
                title=f"{cfg.model.source} W{b} g{cfg.quant.group_size} ({scale}); labels: beta")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
     return fig
 
 

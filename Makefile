@@ -17,7 +17,7 @@ analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 
 .PHONY: help setup setup-gemma bench-solver export quickstart test test-all bench clean-cache run sweep experiments status \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
-	reproduce-table7 figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha
+	reproduce-table7 figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study
 
 help:  ## list the targets (experiment targets take SCALE=embedded|paper, default embedded, and ARGS='overrides')
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 20
@@ -115,5 +115,10 @@ sweep-beta: setup  ## the paper's beta grid (5e-6 ... 5e-4) x alpha activation|u
 	$(call sweep,sweep_beta)
 	$(call analyze,table3)
 
+solver-study: setup  ## issue 8: PPL vs Astro time, pgd-200 (paper) vs fista-50/200/to-tolerance at W3 and W2 (+ pgd-40)
+	$(call sweep,solver_study)
+	$(call analyze,solver_study)
+
 ablation-alpha: setup  ## activation vs uniform alpha_k at W2, W3, W4
 	$(call sweep,ablation_alpha)
+	$(call analyze,ablation_alpha)

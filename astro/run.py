@@ -173,8 +173,10 @@ def quantize_model(model, calib_ids: torch.Tensor, cfg: RunConfig, progress: boo
     return loop
 
 
-def run(cfg: RunConfig, session: Session | None = None, progress: bool = True) -> RunResult:
-    """Quantize with cfg.method and evaluate perplexity. A given session is reset first and reused."""
+def run(cfg: RunConfig, session: Session | None = None, progress: bool = True,
+        on_linear: Callable[[str, LinearOutcome], None] | None = None) -> RunResult:
+    """Quantize with cfg.method and evaluate perplexity. A given session is reset first and reused.
+    on_linear: passed to quantize_model (e.g. an astro.export.ExportCollector)."""
     t0 = time.perf_counter()
     session = session or Session.open(cfg)
     check_widths(cfg, session.layer_widths)  # a reused session was opened for another grid/method
@@ -182,7 +184,7 @@ def run(cfg: RunConfig, session: Session | None = None, progress: bool = True) -
     session.reset()
     t_setup = time.perf_counter() - t0
     t = time.perf_counter()
-    loop = quantize_model(session.model, session.calib_ids, cfg, progress)
+    loop = quantize_model(session.model, session.calib_ids, cfg, progress, on_linear)
     t_quant = time.perf_counter() - t
     ppl = perplexity(session.model, session.eval_stream, cfg.eval.seq_len, cfg.eval.max_windows,
                      cfg.eval.batch_size, cfg.loop.device, progress)

@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from astro.config import RunConfig, from_dict
+from astro.export import ExportCollector, card_from_run, check_run_exportable, export_checkpoint
 from astro.results import ResultStore, canonical_config, environment, now_iso, run_key
 from astro.run import Session, check_inputs, run
 from astro.tracking import TrackingConfig, log_record
@@ -31,7 +32,7 @@ from astro.transforms import NotApplicableError
 
 log = logging.getLogger("astro.runner")
 
-NON_RUN_KEYS = ("store", "tracking", "experiment")
+NON_RUN_KEYS = ("store", "tracking", "experiment", "export")
 _session_cache: dict[str, Session] = {}
 
 
@@ -44,6 +45,8 @@ def split_config(raw: dict) -> tuple[RunConfig, dict]:
     if unknown:
         raise ValueError(f"unknown config key(s) {', '.join('store.' + k for k in unknown)}; allowed: root, skip_existing")
     extras["store"] = store
+    if not isinstance(extras.get("export", False), bool):
+        raise ValueError(f"export must be true or false, got {extras['export']!r}")
     extras["tracking"] = from_dict(TrackingConfig, extras.get("tracking"), "tracking")
     return from_dict(RunConfig, raw), extras
 
@@ -90,23 +93,39 @@ def _in_sweep() -> bool:
         return False
 
 
+def export_dir(store: ResultStore, key: str) -> Path:
+    """Where `export=true` writes a run's checkpoint: beside the store, one directory per record key."""
+    return store.root.parent / "exports" / key
+
+
 def run_job(raw: dict) -> dict:
-    """One job: validate, skip if recorded, run, record, track. Returns a short summary."""
+    """One job: validate, skip if recorded (and exported, when asked), run, record, track, export.
+    Returns a short summary."""
     cfg, extras = split_config(raw)
     key = run_key(cfg)
+    want_export = extras.get("export", False)
     try:
         check_inputs(cfg)
+        if want_export:
+            check_run_exportable(cfg)  # a method that does not quantize, act-order without static groups
         store = ResultStore(Path(extras["store"].get("root", "results/store")))
         exp = (extras.get("experiment") or {}).get("name", "single")
         if extras["store"].get("skip_existing", True) and store.exists(key):
-            log.info("skip %s [%s]: record exists at %s", describe(cfg), key, store.path(key))
-            return {"key": key, "skipped": True}
+            if not want_export or export_dir(store, key).exists():
+                log.info("skip %s [%s]: record exists at %s", describe(cfg), key, store.path(key))
+                return {"key": key, "skipped": True}
+            log.info("%s [%s] is recorded but not exported: running it again to export", describe(cfg), key)
         log.info("run start %s [%s] (experiment %s)", describe(cfg), key, exp)
         started = now_iso()
         t0 = time.perf_counter()
         session = _session(cfg)
         t_open = time.perf_counter() - t0
-        res = run(cfg, session)   # raises NotApplicableError before any work when the loaded model does not suit
+        collector = None
+        if want_export:
+            check_run_exportable(cfg, session.model)  # the real widths: no partial last group
+            collector = ExportCollector()
+        # raises NotApplicableError before any work when the loaded model does not suit the method
+        res = run(cfg, session, on_linear=collector)
     except NotApplicableError as e:
         if not _in_sweep():
             raise
@@ -124,6 +143,12 @@ def run_job(raw: dict) -> dict:
               "fallbacks": res.fallbacks(),
               "rows": res.rows, "tasks": res.tasks.to_dict() if res.tasks else None,
               "env": environment(cfg.loop.device), "wall_seconds": time.perf_counter() - t0}
+    if collector is not None:  # before the record: a record with export=true implies its checkpoint exists
+        ex = export_checkpoint(session.model, session.tokenizer, collector.results, export_dir(store, key),
+                               card_from_run(cfg, res.ppl, record_key=key), act_order=cfg.method.gptq.act_order,
+                               overwrite=True)
+        record["export"] = {"path": str(ex.path), "file_bytes": ex.inventory["file_bytes"],
+                            "n_quantized": ex.n_quantized, "ignored": list(ex.ignored), "seconds": ex.seconds}
     path = store.write(record)
     job_dir = Path(ctx.get("job_dir") or store.run_dir(key))
     mode = log_record(record, extras["tracking"].wandb, job_dir, group=exp)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import fig3_efficiency, table1, table3, table4, table5, table7
+from analysis import ablation_alpha, fig3_efficiency, solver_study, table1, table3, table4, table5, table7
 from analysis.common import reported
 from astro.results import ResultStore
 from experiments.grid import Composer
@@ -23,6 +23,9 @@ RUN = {
     "table3": [("method.beta=5e-5", "method.alpha=activation"), ("method.beta=5e-4", "method.alpha=uniform")],
     "table4": [("method=fp",), ("method=astro",)],
     "table7": [("method=rtn",), ("method=astro_rtn",)],
+    # TINY's method.iters=5 overrides the arms' budgets (so pgd40 = pgd200 here); solver and tol still differ
+    "solver_study": [("quant=w3g64", "method.beta=5e-6", "solver=pgd200"), ("quant=w3g64", "method.beta=5e-6", "solver=fista_tol")],
+    "ablation_alpha": [("quant=w3g64", "method.alpha=uniform")],   # activation W3: table3's record
 }
 
 
@@ -78,6 +81,32 @@ def test_table3(store, tmp_path):
     assert df.loc["uniform alpha_k = 1", "beta=0.0005"] != "missing"
     assert df.loc["reported: uniform alpha_k = 1", "beta=0.0005"] == "36.41"
     assert (tmp_path / "table3_beta_embedded.png").stat().st_size > 1000
+
+
+def test_solver_study(store, tmp_path):
+    _run(solver_study, store, tmp_path)
+    df = pd.read_csv(tmp_path / "solver_study_embedded.csv", dtype=str, keep_default_na=False)
+    w3 = df[(df["bits"] == "W3 g64") & (df["beta"] == "5e-06")].set_index("solver")
+    arm = {s.split(" ")[0]: s for s in w3.index}
+    recs = {r["config"]["method"]["solver"]: r for r in ResultStore(store).records() if r["experiment"] == "solver_study"}
+    ref, tol = recs["pgd"], recs["fista"]
+    assert w3.loc[arm["pgd200"], "PPL"] == f"{ref['metrics']['ppl']:.2f}"
+    assert w3.loc[arm["fista_tol"], "PPL - pgd200"] == f"{tol['metrics']['ppl'] - ref['metrics']['ppl']:+.2f}"
+    t = tol["timings"]["reconstruction"] / ref["timings"]["reconstruction"]
+    assert w3.loc[arm["fista_tol"], "Astro time / pgd200"] == f"{t:.2f}"
+    assert w3.loc[arm["fista200"], "PPL"] == "missing" and len(df) == 2 * 3 * 5  # every point, recorded or not
+    assert set(df[df["bits"] == "W2 g64"]["PPL"]) == {"missing"}
+    assert (tmp_path / "solver_study_embedded.png").stat().st_size > 1000
+
+
+def test_ablation_alpha(store, tmp_path):
+    _run(ablation_alpha, store, tmp_path)
+    df = pd.read_csv(tmp_path / "ablation_alpha_embedded.csv", dtype=str, keep_default_na=False).set_index("setting")
+    ppl = {r["canonical"]["method"]["alpha"]: r["metrics"]["ppl"] for r in ResultStore(store).records()
+           if r["config"]["method"]["name"] == "astro_gptq" and r["config"]["quant"]["bits"] == 3
+           and r["config"]["method"]["beta"] == 5e-5 and r["config"]["method"]["solver"] == "pgd"}
+    assert df.loc["W3 g64", "activation - uniform"] == f"{ppl['activation'] - ppl['uniform']:+.2f}"
+    assert df.loc["W2 g64", "uniform alpha_k"] == "missing" and df.loc["W2 g64", "activation - uniform"] == "-"
 
 
 def test_table4_and_table7(store, tmp_path):

@@ -47,12 +47,31 @@ CLAIMS = {
                         for s, m, w in (("paper", {"llama2-7b"}, {(3, 128)}), ("embedded", {"smollm2-135m"}, {(3, 64)}))},
     "sweep_beta": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
     "ablation_alpha": {"paper": ({"llama2-7b"}, W_PAPER, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, W_EMB, {"astro_gptq"})},
+    "solver_study": {"paper": ({"llama2-7b"}, {(3, 128), (2, 64)}, {"astro_gptq"}),
+                     "embedded": ({"smollm2-135m"}, {(3, 64), (2, 64)}, {"astro_gptq"})},
 }
+# (solver, iters, tol) of each conf/solver arm
+SOLVER_ARMS = {"pgd40": ("pgd", 40, None), "pgd200": ("pgd", 200, None), "fista50": ("fista", 50, None),
+               "fista200": ("fista", 200, None), "fista_tol": ("fista", 500, 1e-3)}
 EXTRA_AXES = {  # experiment -> {override key: expected set of values}
     "table3": {"method.beta": BETAS, "method.alpha": {"activation", "uniform"}},
     "sweep_beta": {"method.beta": BETAS, "method.alpha": {"activation", "uniform"}},
     "ablation_alpha": {"method.alpha": {"activation", "uniform"}},
+    "solver_study": {"method.beta": {"paper": BETAS, "embedded": {5e-6, 5e-5, 5e-4}},
+                     "solver": {"paper": set(SOLVER_ARMS) - {"pgd40"}, "embedded": set(SOLVER_ARMS)}},
 }
+
+
+def _extra_axes(experiment: str, scale: str) -> dict[str, set]:
+    """EXTRA_AXES of one experiment at one scale (a value may be given per scale)."""
+    return {k: v[scale] if isinstance(v, dict) else v for k, v in EXTRA_AXES.get(experiment, {}).items()}
+
+
+def _extra_value(cfg, key: str, over: dict):
+    if key == "solver":  # an arm sets (solver, iters, tol) together
+        assert (cfg.method.solver, cfg.method.iters, cfg.method.tol) == SOLVER_ARMS[over["solver"]]
+        return over["solver"]
+    return cfg.method.beta if key == "method.beta" else cfg.method.alpha
 
 
 @pytest.fixture(scope="module")
@@ -119,23 +138,23 @@ def test_experiment_grid(hydra_conf, experiment, scale):
         seen_models.add(over["model"])
         seen_settings.add((cfg.quant.bits, cfg.quant.group_size))
         seen_methods.add(cfg.method.name)
-        for k in EXTRA_AXES.get(experiment, {}):
-            value = cfg.method.beta if k == "method.beta" else cfg.method.alpha
-            seen_extra.setdefault(k, set()).add(value)
+        for k in _extra_axes(experiment, scale):
+            seen_extra.setdefault(k, set()).add(_extra_value(cfg, k, over))
         if experiment in ("table2", "table6"):  # the zero/few-shot tables evaluate tasks
             assert cfg.eval.lm_eval.tasks == (("paper",) if scale == "paper" else ("proxy",))
         if scale == "paper":
             assert (cfg.calib.corpus, cfg.calib.n_samples, cfg.calib.seq_len) == ("wikitext2", 128, 2048)
             assert (cfg.eval.corpus, cfg.eval.seq_len, cfg.eval.max_windows) == ("wikitext2", 2048, None)
-            assert cfg.method.iters == 200 and cfg.loop.device == "cuda"
+            assert cfg.loop.device == "cuda"
+            assert cfg.method.iters == 200 or "solver" in over  # the paper's 200 unless a solver arm is studied
         else:
             assert cfg.calib.corpus == "wiki_offline" and cfg.eval.corpus == "wiki_offline"
             assert cfg.loop.device == "cpu" and cfg.eval.max_windows is not None
     assert (seen_models, seen_settings, seen_methods) == (models, settings, methods)
-    for k, expected in EXTRA_AXES.get(experiment, {}).items():
+    for k, expected in _extra_axes(experiment, scale).items():
         assert seen_extra[k] == expected, k
     assert len(_grid(experiment, scale)) == len(models) * len(settings) * len(methods) * \
-        math.prod(len(v) for v in EXTRA_AXES.get(experiment, {}).values())
+        math.prod(len(v) for v in _extra_axes(experiment, scale).values())
 
 
 def test_table1_paper_grid_size(hydra_conf):
@@ -146,6 +165,17 @@ def test_table3_and_sweep_beta_share_records(hydra_conf):
     assert _grid("table3", "embedded") == _grid("sweep_beta", "embedded")
     keys = {run_key(_run_config(["experiment=table3", "scale=embedded", *j])) for j in _grid("table3", "embedded")[::5]}
     assert len(keys) == 3  # distinct grid points are distinct records
+
+
+def test_solver_arm_pgd40_shares_sweep_beta_records(hydra_conf):
+    """The embedded default budget is one arm of the solver study: its points are sweep_beta's records,
+    and every arm is a distinct record."""
+    beta = [j for j in _grid("sweep_beta", "embedded") if "method.beta=5e-5" in j and "method.alpha=activation" in j]
+    study = [j for j in _grid("solver_study", "embedded") if "method.beta=5e-5" in j and "quant=w3g64" in j]
+    key = lambda exp, j: run_key(_run_config([f"experiment={exp}", "scale=embedded", *j]))
+    keys = {j[-1]: key("solver_study", j) for j in study}
+    assert keys["solver=pgd40"] == key("sweep_beta", beta[0])
+    assert len(set(keys.values())) == len(SOLVER_ARMS)
 
 
 def test_method_schema_matches_dataclass():

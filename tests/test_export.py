@@ -275,3 +275,42 @@ def test_smollm2_rtn_w4_g64_round_trip(tmp_path):
     # 4-bit codes: half a byte per quantized weight
     n_q = sum(lin.weight.numel() for lin in chosen.values())
     assert res.inventory["by_dtype"]["I32"]["bytes"] == pytest.approx(n_q / 2, rel=1e-3)
+
+
+def test_runner_export_option(tmp_path, caplog):
+    """`export=true` on the runner: the checkpoint is written beside the store and noted in the record,
+    reloads to the in-memory model's logits, does not change the run key, and is redone if deleted."""
+    import logging
+    import shutil
+
+    from experiments import run as runner
+    from experiments.grid import Composer
+    args = ["model=tiny-random-llama", "calib.n_samples=4", "calib.seq_len=64", "eval.seq_len=64", "eval.max_windows=2",
+            "method=gptq", "quant=w4g64", "tracking.wandb.mode=disabled", f"store.root={tmp_path / 'store'}"]
+    with Composer() as c:
+        raw = c.raw([*args, "export=true"])
+        assert runner.run_key(runner.split_config(raw)[0]) == runner.run_key(c.run_config(args))
+        with pytest.raises(ExportError, match="nothing to pack"):
+            runner.run_job(c.raw([*args, "export=true", "method=fp"]))  # refused before any loading
+        with pytest.raises(ValueError, match="export must be true or false"):
+            runner.split_config(c.raw([*args, "export=yes"]))
+    runner._session_cache.clear()
+    out = runner.run_job(raw)
+    rec = runner.ResultStore(tmp_path / "store").read(out["key"])
+    path = tmp_path / "exports" / out["key"]
+    assert rec["export"]["path"] == str(path) and rec["export"]["file_bytes"] == checkpoint_inventory(path)["file_bytes"]
+    session = next(iter(runner._session_cache.values()))  # still holds the quantized weights
+    ids = session.calib_ids[:2]
+    reloaded, _ = load_exported(path, tokenizer=False)
+    with torch.no_grad():
+        diff = (reloaded(ids).logits - session.model(ids).logits).abs().max().item()
+    assert diff <= LOGITS_ATOL
+    card = json.loads((path / "astro_export.json").read_text())["card"]
+    assert card["record_key"] == out["key"] and math.isclose(card["ppl"], rec["metrics"]["ppl"], rel_tol=1e-4)
+
+    assert runner.run_job(raw)["skipped"]            # recorded and exported: nothing to do
+    shutil.rmtree(path)
+    with caplog.at_level(logging.INFO, logger="astro.runner"):
+        assert not runner.run_job(raw)["skipped"]    # recorded, export deleted: run again to export
+    assert "not exported" in caplog.text and path.exists()
+    runner._session_cache.clear()

@@ -1,0 +1,93 @@
+"""Issue 8's solver study: perplexity vs Astro time for the paper's pgd-200 and the accelerated arms
+(conf/solver/: pgd40, pgd200, fista50, fista200, fista_tol) over W3/W2 and the beta grid.
+
+Astro time is the reconstruction stage of the run (sum of the per-linear solver wall times); method time
+is the whole quantization pipeline without our diagnostics (calibration + Astro + GPTQ). Ratios and PPL
+deltas are against pgd-200 at the same (bits, beta). One run per cell unless seeds were swept.
+
+  python -m analysis.solver_study --scale embedded      (make solver-study)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from astro.results import ResultStore
+
+from .common import MISSING, cells, data_caption, markdown, parser, save_figure, write_table
+
+ARMS = ("pgd40", "pgd200", "fista50", "fista200", "fista_tol")
+REFERENCE = "pgd200"
+
+
+def _iters(cell) -> str:
+    """Mean solver iterations per linear (older records call the field pgd_iters)."""
+    vals = [r.get("iters_used", r.get("pgd_iters")) for rec in cell.records for r in rec["rows"]]
+    vals = [v for v in vals if v is not None]
+    return f"{sum(vals) / len(vals):.0f}" if vals else MISSING
+
+
+def build(cs) -> pd.DataFrame:
+    by = {(c.config.quant.bits, c.config.method.beta, c.choices.get("solver")): c for c in cs}
+    rows = []
+    for (bits, beta, arm), c in sorted(by.items(), key=lambda kv: (-kv[0][0], kv[0][1], ARMS.index(kv[0][2]))):
+        ref = by.get((bits, beta, REFERENCE))
+        ppl, t_astro = c.mean_std("metrics.ppl")[0], c.mean_std("timings.reconstruction")[0]
+        ref_ppl = ref.mean_std("metrics.ppl")[0] if ref else None
+        ref_t = ref.mean_std("timings.reconstruction")[0] if ref else None
+        m = c.config.method
+        rows.append({
+            "bits": f"W{bits} g{c.config.quant.group_size}", "beta": f"{beta:g}",
+            "solver": f"{arm} ({m.solver}, max {m.iters} it" + (f", tol {m.tol:g})" if m.tol else ")"),
+            "PPL": c.fmt("metrics.ppl"),
+            "PPL - pgd200": f"{ppl - ref_ppl:+.2f}" if ppl is not None and ref_ppl is not None else "-",
+            "iters/linear": _iters(c),
+            "Astro s": c.fmt("timings.reconstruction", 1),
+            "Astro time / pgd200": f"{t_astro / ref_t:.2f}" if t_astro is not None and ref_t else "-",
+            "method s": c.fmt("timings.method", 1),
+        })
+    return pd.DataFrame(rows)
+
+
+def figure(cs, scale: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    bits = sorted({c.config.quant.bits for c in cs}, reverse=True)
+    fig, axes = plt.subplots(1, len(bits), figsize=(5.2 * len(bits), 4), squeeze=False)
+    markers = dict(zip(ARMS, "vosD^"))
+    for ax, b in zip(axes[0], bits):
+        for arm in ARMS:
+            pts = sorted((c.mean_std("timings.reconstruction")[0], c.mean_std("metrics.ppl")[0], c.config.method.beta)
+                         for c in cs if c.config.quant.bits == b and c.choices.get("solver") == arm and c.records)
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], markers[arm], label=arm, alpha=0.85)
+            for t, p, beta in pts:
+                ax.annotate(f"{beta:g}", (t, p), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        cfg = next(c.config for c in cs if c.config.quant.bits == b)
+        ax.set(xscale="log", xlabel="Astro (reconstruction) seconds per run", ylabel="perplexity",
+               title=f"{cfg.model.source} W{b} g{cfg.quant.group_size} ({scale}); labels: beta")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    return fig
+
+
+def main(argv=None) -> None:
+    a = parser(__doc__.splitlines()[0]).parse_args(argv)
+    cs = cells("solver_study", a.scale, ResultStore(a.store), tuple(a.overrides))
+    df = build(cs)
+    caption = ("Astro+GPTQ perplexity and Astro time per solver arm; ratios and deltas against pgd-200 at the "
+               "same bits and beta (one run each, wall times on the machine in each record's env). "
+               + data_caption(cs, a.scale).split(" Reported:")[0])
+    write_table(df, "solver_study", a.scale, caption, a.out or a.store.parent / "tables")
+    save_figure(figure(cs, a.scale), "solver_study", a.scale, a.out or a.store.parent / "figures")
+    print(markdown(df))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main()

@@ -24,6 +24,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 PAPER_MODELS = {"llama2-7b", "llama2-13b", "llama2-70b"}
 EMBEDDED_MODELS = {"smollm2-135m", "gemma3-270m"}
 MAIN_METHODS = {"fp", "rtn", "gptq", "magr_gptq", "astro_gptq"}
+BASELINES = {"awq", "awq_gptq", "quarot_rtn", "quarot_gptq", "spinquant_gptq"}   # issue 6
 BETAS = {5e-6, 1e-5, 3e-5, 5e-5, 1e-4, 5e-4}
 
 # What each artifact must sweep, from the paper (../shared/astro-paper.md): per scale, the set of
@@ -31,7 +32,8 @@ BETAS = {5e-6, 1e-5, 3e-5, 5e-5, 1e-4, 5e-4}
 W_PAPER = {(2, 64), (3, 128), (4, 128)}
 W_EMB = {(2, 64), (3, 64), (4, 64)}
 CLAIMS = {
-    "table1": {"paper": (PAPER_MODELS, W_PAPER, MAIN_METHODS), "embedded": (EMBEDDED_MODELS, W_EMB, MAIN_METHODS)},
+    "table1": {"paper": (PAPER_MODELS, W_PAPER, MAIN_METHODS | BASELINES),
+               "embedded": (EMBEDDED_MODELS, W_EMB, MAIN_METHODS | BASELINES)},
     "table2": {"paper": (PAPER_MODELS, {(3, 128)}, {"fp", "magr_gptq", "astro_gptq"}),
                "embedded": (EMBEDDED_MODELS, {(3, 64)}, {"fp", "magr_gptq", "astro_gptq"})},
     "table3": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
@@ -43,7 +45,7 @@ CLAIMS = {
                "embedded": ({"smollm2-135m"}, {(3, 64)}, {"rtn", "magr_rtn", "astro_rtn"})},
     "fig1_outliers": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
     "fig2_landscape": {"paper": ({"llama2-7b"}, {(3, 128)}, {"fp", "astro"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"fp", "astro"})},
-    "fig3_efficiency": {s: (m, w, {"rtn", "gptq", "magr_rtn", "astro_rtn", "magr_gptq", "astro_gptq"})
+    "fig3_efficiency": {s: (m, w, {"rtn", "gptq", "magr_rtn", "astro_rtn", "magr_gptq", "astro_gptq"} | BASELINES)
                         for s, m, w in (("paper", {"llama2-7b"}, {(3, 128)}), ("embedded", {"smollm2-135m"}, {(3, 64)}))},
     "sweep_beta": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
     "ablation_alpha": {"paper": ({"llama2-7b"}, W_PAPER, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, W_EMB, {"astro_gptq"})},
@@ -158,7 +160,7 @@ def test_experiment_grid(hydra_conf, experiment, scale):
 
 
 def test_table1_paper_grid_size(hydra_conf):
-    assert len(_grid("table1", "paper")) == 3 * 3 * 5
+    assert len(_grid("table1", "paper")) == 3 * 3 * 10
 
 
 def test_table3_and_sweep_beta_share_records(hydra_conf):

@@ -19,7 +19,7 @@ from .common import MISSING, cells, fmt_reported, markdown, parser, reported, wr
 def layer_row(record: dict, block: int | None, linear: str) -> dict:
     rows = record["rows"]
     if block is None:
-        block = max(r["block"] for r in rows) // 2
+        block = (max(r["block"] for r in rows) + 1) // 2   # n_blocks // 2, as experiments/outliers.py (Fig. 1)
     for r in rows:
         if r["block"] == block and r["linear"] == linear:
             return r

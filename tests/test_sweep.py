@@ -99,6 +99,9 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         store.write({"key": "k2", "status": "running"})
     store.write({"key": "k3", "status": "complete", "metrics": {"ppl": float("nan")}})
     assert json.loads(store.path("k3").read_text())["key"] == "k3"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert store.path("k3").stat().st_mode & 0o777 == 0o666 & ~umask  # like any written file, not mkstemp's 0600
 
 
 def test_submitit_local_launcher_runs_jobs(tmp_path):

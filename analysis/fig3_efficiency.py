@@ -67,7 +67,7 @@ def figure(cs, scale: str):
         ax.annotate(LABELS[name], (t, ppl), textcoords="offset points", xytext=(5, 4), fontsize=8)
     missing = [LABELS[c.config.method.name] for c in cs if not c.records]
     cfg = cs[0].config
-    ax.set(xscale="log", xlabel="total quantization time (s, log)", ylabel="perplexity",
+    ax.set(xscale="log", yscale="log", xlabel="total quantization time (s, log)", ylabel="perplexity (log)",
            title=f"{cfg.model.source} W{cfg.quant.bits} g{cfg.quant.group_size} ({scale})"
            + (f"\nmissing: {', '.join(missing)}" if missing else ""))
     ax.grid(alpha=0.3, which="both")

@@ -158,15 +158,16 @@ def save_figure(fig, name: str, scale: str, out: Path) -> list[Path]:
     return paths
 
 
-def data_caption(cs: list[Cell], scale: str) -> str:
-    """Which corpus, calibration and evaluation sizes the measured numbers come from."""
+def data_caption(cs: list[Cell], scale: str, with_reported: bool = True) -> str:
+    """Which corpus, calibration and evaluation sizes the measured numbers come from (and, for tables
+    that show the paper's numbers beside ours, where those come from)."""
     cfg = cs[0].config
     ev = cfg.eval
     windows = f"{ev.max_windows} windows" if ev.max_windows else "all windows"
-    return (f"Measured: {cfg.calib.corpus} calibration {cfg.calib.n_samples} x {cfg.calib.seq_len}, "
+    text = (f"Measured: {cfg.calib.corpus} calibration {cfg.calib.n_samples} x {cfg.calib.seq_len}, "
             f"perplexity on {ev.corpus} test ({windows} x {ev.seq_len}); "
-            f"{'paper-scale models' if scale == 'paper' else 'embedded stand-ins for the paper models'}. "
-            f"Reported: the paper's numbers (LLaMA-2, WikiText-2, seq 2048).")
+            f"{'paper-scale models' if scale == 'paper' else 'embedded stand-ins for the paper models'}.")
+    return text + (" Reported: the paper's numbers (LLaMA-2, WikiText-2, seq 2048)." if with_reported else "")
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -82,7 +82,7 @@ def main(argv=None) -> None:
     df = build(cs)
     caption = ("Astro+GPTQ perplexity and Astro time per solver arm; ratios and deltas against pgd-200 at the "
                "same bits and beta (one run each, wall times on the machine in each record's env). "
-               + data_caption(cs, a.scale).split(" Reported:")[0])
+               + data_caption(cs, a.scale, with_reported=False))
     write_table(df, "solver_study", a.scale, caption, a.out or a.store.parent / "tables")
     save_figure(figure(cs, a.scale), "solver_study", a.scale, a.out or a.store.parent / "figures")
     print(markdown(df))

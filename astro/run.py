@@ -180,8 +180,7 @@ def run(cfg: RunConfig, session: Session | None = None, progress: bool = True,
     t0 = time.perf_counter()
     session = session or Session.open(cfg)
     check_widths(cfg, session.layer_widths)  # a reused session was opened for another grid/method
-    check_applicable(cfg.method, architecture_of(session.model), getattr(session.model.config, "model_type", None))
-    session.reset()
+    session.reset()   # quantize_model checks the method against the loaded architecture before any work
     t_setup = time.perf_counter() - t0
     t = time.perf_counter()
     loop = quantize_model(session.model, session.calib_ids, cfg, progress, on_linear)

@@ -55,22 +55,30 @@ def figure(cs, scale: str):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for c in cs:
-        if not c.records:
-            continue
+    from matplotlib.ticker import FormatStrFormatter
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    colors = plt.get_cmap("tab20").colors
+    for i, c in enumerate(c for c in cs if c.records):
         t, ppl = c.mean_std("timings.method")[0], c.mean_std("metrics.ppl")[0]
         name = c.config.method.name
         marker = "*" if name.startswith("astro") else ("s" if c.config.method.block_transform or
                                                          c.config.method.model_transform else "o")
-        ax.scatter([t], [ppl], s=60, marker=marker, zorder=3)
-        ax.annotate(LABELS[name], (t, ppl), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        # a legend, not annotations: methods of similar cost and PPL overlap (MagR/Astro+RTN at W3)
+        ax.scatter([t], [ppl], s=110 if marker == "*" else 55, marker=marker, zorder=3, color=colors[i % 20],
+                   edgecolor="black", linewidth=0.5, label=f"{LABELS[name]}  ({ppl:.2f}, {t:.0f} s)")
     missing = [LABELS[c.config.method.name] for c in cs if not c.records]
     cfg = cs[0].config
     ax.set(xscale="log", yscale="log", xlabel="total quantization time (s, log)", ylabel="perplexity (log)",
            title=f"{cfg.model.source} W{cfg.quant.bits} g{cfg.quant.group_size} ({scale})"
            + (f"\nmissing: {', '.join(missing)}" if missing else ""))
+    for axis in (ax.xaxis, ax.yaxis):   # plain numbers on log axes (10^2 style hides the 30-60 PPL range)
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.tick_params(which="both", labelsize=7)
     ax.grid(alpha=0.3, which="both")
+    ax.legend(title="method  (PPL, time)", fontsize=7, title_fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.tight_layout()
     return fig
 
 
@@ -78,7 +86,7 @@ def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
     cs = cells("fig3_efficiency", a.scale, ResultStore(a.store), tuple(a.overrides))
     df = time_table(cs)
-    write_table(df, "quant_time", a.scale, "Quantization time per stage (seconds). " + data_caption(cs, a.scale),
+    write_table(df, "quant_time", a.scale, "Quantization time per stage (seconds). " + data_caption(cs, a.scale, with_reported=False),
                 a.out or a.store.parent / "tables")
     save_figure(figure(cs, a.scale), "fig3_efficiency", a.scale, a.out or a.store.parent / "figures")
     print(markdown(df))

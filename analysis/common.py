@@ -167,7 +167,8 @@ def data_caption(cs: list[Cell], scale: str, with_reported: bool = True) -> str:
     text = (f"Measured: {cfg.calib.corpus} calibration {cfg.calib.n_samples} x {cfg.calib.seq_len}, "
             f"perplexity on {ev.corpus} test ({windows} x {ev.seq_len}); "
             f"{'paper-scale models' if scale == 'paper' else 'embedded stand-ins for the paper models'}.")
-    return text + (" Reported: the paper's numbers (LLaMA-2, WikiText-2, seq 2048)." if with_reported else "")
+    return text + (" Reported: the paper's numbers (LLaMA-2, WikiText-2, seq 2048); '-': the paper gives none there."
+                   if with_reported else "")
 
 
 def parser(description: str) -> argparse.ArgumentParser:

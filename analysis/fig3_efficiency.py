@@ -86,8 +86,8 @@ def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
     cs = cells("fig3_efficiency", a.scale, ResultStore(a.store), tuple(a.overrides))
     df = time_table(cs)
-    write_table(df, "quant_time", a.scale, "Quantization time per stage (seconds). " + data_caption(cs, a.scale, with_reported=False),
-                a.out or a.store.parent / "tables")
+    caption = "Quantization time per stage (seconds). " + data_caption(cs, a.scale, with_reported=False)
+    write_table(df, "quant_time", a.scale, caption, a.out or a.store.parent / "tables")
     save_figure(figure(cs, a.scale), "fig3_efficiency", a.scale, a.out or a.store.parent / "figures")
     print(markdown(df))
 

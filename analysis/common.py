@@ -158,6 +158,19 @@ def save_figure(fig, name: str, scale: str, out: Path) -> list[Path]:
     return paths
 
 
+def machines_phrase(cs: list[Cell]) -> str:
+    """The distinct machines the recorded runs used (accelerator or CPU count, torch threads), from each
+    record's env: wall times are only comparable between runs on the same one."""
+    seen = {}
+    for c in cs:
+        for r in c.records:
+            env = r.get("env", {})
+            where = env.get("gpu") or f"CPU ({env.get('cpu_count', '?')} cores)"
+            name = f"{where}, {env.get('torch_threads', '?')} torch threads"
+            seen[name] = seen.get(name, 0) + 1
+    return "; ".join(f"{name} ({n} run{'s' * (n != 1)})" for name, n in seen.items())
+
+
 def data_caption(cs: list[Cell], scale: str, with_reported: bool = True) -> str:
     """Which corpus, calibration and evaluation sizes the measured numbers come from (and, for tables
     that show the paper's numbers beside ours, where those come from)."""
@@ -167,6 +180,8 @@ def data_caption(cs: list[Cell], scale: str, with_reported: bool = True) -> str:
     text = (f"Measured: {cfg.calib.corpus} calibration {cfg.calib.n_samples} x {cfg.calib.seq_len}, "
             f"perplexity on {ev.corpus} test ({windows} x {ev.seq_len}); "
             f"{'paper-scale models' if scale == 'paper' else 'embedded stand-ins for the paper models'}.")
+    machines = machines_phrase(cs)
+    text += f" Ran on: {machines}." if machines else ""
     return text + (" Reported: the paper's numbers (LLaMA-2, WikiText-2, seq 2048); '-': the paper gives none there."
                    if with_reported else "")
 

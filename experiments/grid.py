@@ -97,7 +97,7 @@ def main(argv=None) -> None:
     ap.add_argument("--scale", default="embedded", choices=SCALES)
     ap.add_argument("--store", default="results/store")
     ap.add_argument("overrides", nargs="*", help="extra overrides applied to every point (as in ARGS)")
-    a = ap.parse_args(argv)
+    a = ap.parse_intermixed_args(argv)  # overrides may follow --scale (make status ARGS=...)
     store = ResultStore(Path(a.store))
     with Composer() as c:
         pts = c.points(a.experiment, a.scale, tuple(a.overrides))

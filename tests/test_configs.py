@@ -279,3 +279,13 @@ def test_output_dirs_resolve_before_any_job(hydra_conf, scale):
     hc = _compose(["experiment=table1", f"scale={scale}"], hydra_cfg=True)
     sweep_dir = hc.hydra.sweep.dir
     assert sweep_dir.startswith(f"multirun/table1/{scale}/")
+
+
+def test_status_cli_takes_overrides_after_scale(tmp_path, capsys):
+    """`make status EXP=... ARGS=...` passes overrides after --scale: they must reach the grid (an
+    override on an axis narrows it) instead of being rejected as unrecognized arguments."""
+    from experiments.grid import main
+    main(["solver_study", "--scale", "embedded", "--store", str(tmp_path), "quant=w3g64", "loop.device=cuda"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"solver_study (embedded): 0/15 points recorded in {tmp_path}"
+    assert all("quant=w3g64" in line for line in out[:-1]) and len(out) == 16

@@ -166,7 +166,8 @@ def machines_phrase(cs: list[Cell]) -> str:
         for r in c.records:
             env = r.get("env", {})
             where = env.get("gpu") or f"CPU ({env.get('cpu_count', '?')} cores)"
-            name = f"{where}, {env.get('torch_threads', '?')} torch threads"
+            threads = env.get("torch_threads", "?")
+            name = f"{where}, {threads} torch thread{'s' * (threads != 1)}"
             seen[name] = seen.get(name, 0) + 1
     return "; ".join(f"{name} ({n} run{'s' * (n != 1)})" for name, n in seen.items())
 

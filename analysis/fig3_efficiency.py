@@ -47,7 +47,8 @@ def time_table(cs) -> pd.DataFrame:
         env = (c.records[0].get("env") or {}) if c.records else {}
         rows.append({"method": LABELS[c.config.method.name], "PPL": c.fmt("metrics.ppl"),
                      **{f"{s} (s)": _stage(c, s) for s in STAGES}, "transform": transform_note(c),
-                     "device": env.get("gpu") or (f"{env.get('device')} x{env.get('torch_threads')} threads" if env else "-")})
+                     "device": env.get("gpu") or (f"{env.get('device')}, {env.get('torch_threads')} thread"
+                                                  f"{'s' * (env.get('torch_threads') != 1)}" if env else "-")})
     return pd.DataFrame(rows)
 
 

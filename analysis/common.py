@@ -158,6 +158,19 @@ def save_figure(fig, name: str, scale: str, out: Path) -> list[Path]:
     return paths
 
 
+def plural(n, noun: str) -> str:
+    """'1 thread', '2 threads' (n may be '?' when a record lacks the field)."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def plain_log_ticks(*axes) -> None:
+    """Plain numbers (6, 30, 200) instead of 6x10^0 style on log-scale matplotlib axes (x/y axis objects)."""
+    from matplotlib.ticker import FormatStrFormatter
+    for axis in axes:
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.set_minor_formatter(FormatStrFormatter("%g"))
+
+
 def machines_phrase(cs: list[Cell]) -> str:
     """The distinct machines the recorded runs used (accelerator or CPU count, torch threads), from each
     record's env: wall times are only comparable between runs on the same one."""
@@ -166,10 +179,9 @@ def machines_phrase(cs: list[Cell]) -> str:
         for r in c.records:
             env = r.get("env", {})
             where = env.get("gpu") or f"CPU ({env.get('cpu_count', '?')} cores)"
-            threads = env.get("torch_threads", "?")
-            name = f"{where}, {threads} torch thread{'s' * (threads != 1)}"
+            name = f"{where}, {plural(env.get('torch_threads', '?'), 'torch thread')}"
             seen[name] = seen.get(name, 0) + 1
-    return "; ".join(f"{name} ({n} run{'s' * (n != 1)})" for name, n in seen.items())
+    return "; ".join(f"{name} ({plural(n, 'run')})" for name, n in seen.items())
 
 
 def data_caption(cs: list[Cell], scale: str, with_reported: bool = True) -> str:

@@ -16,7 +16,8 @@ import pandas as pd
 
 from astro.results import ResultStore
 
-from .common import LABELS, cells, data_caption, markdown, parser, save_figure, write_table
+from .common import (LABELS, cells, data_caption, markdown, parser, plain_log_ticks, plural, save_figure,
+                     write_table)
 
 STAGES = ("transform", "block_transform", "calibration", "reconstruction", "quantization", "method", "evaluation")
 
@@ -47,8 +48,8 @@ def time_table(cs) -> pd.DataFrame:
         env = (c.records[0].get("env") or {}) if c.records else {}
         rows.append({"method": LABELS[c.config.method.name], "PPL": c.fmt("metrics.ppl"),
                      **{f"{s} (s)": _stage(c, s) for s in STAGES}, "transform": transform_note(c),
-                     "device": env.get("gpu") or (f"{env.get('device')}, {env.get('torch_threads')} thread"
-                                                  f"{'s' * (env.get('torch_threads') != 1)}" if env else "-")})
+                     "device": env.get("gpu") or (f"{env.get('device')}, {plural(env.get('torch_threads'), 'thread')}"
+                                                  if env else "-")})
     return pd.DataFrame(rows)
 
 
@@ -56,7 +57,6 @@ def figure(cs, scale: str):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     colors = plt.get_cmap("tab20").colors
     for i, c in enumerate(c for c in cs if c.records):
@@ -72,9 +72,7 @@ def figure(cs, scale: str):
     ax.set(xscale="log", yscale="log", xlabel="total quantization time (s, log)", ylabel="perplexity (log)",
            title=f"{cfg.model.source} W{cfg.quant.bits} g{cfg.quant.group_size} ({scale})"
            + (f"\nmissing: {', '.join(missing)}" if missing else ""))
-    for axis in (ax.xaxis, ax.yaxis):   # plain numbers on log axes (10^2 style hides the 30-60 PPL range)
-        axis.set_major_formatter(FormatStrFormatter("%g"))
-        axis.set_minor_formatter(FormatStrFormatter("%g"))
+    plain_log_ticks(ax.xaxis, ax.yaxis)   # 10^2 style hides the 30-60 PPL range
     ax.tick_params(which="both", labelsize=7)
     ax.grid(alpha=0.3, which="both")
     ax.legend(title="method  (PPL, time)", fontsize=7, title_fontsize=8, loc="upper left",

@@ -16,7 +16,7 @@ import pandas as pd
 
 from astro.results import ResultStore
 
-from .common import MISSING, cells, data_caption, markdown, parser, save_figure, write_table
+from .common import MISSING, cells, data_caption, markdown, parser, plain_log_ticks, save_figure, write_table
 
 ARMS = ("pgd40", "pgd200", "fista50", "fista200", "fista_tol")
 REFERENCE = "pgd200"
@@ -55,7 +55,6 @@ def figure(cs, scale: str):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter
     bits = sorted({c.config.quant.bits for c in cs}, reverse=True)
     fig, axes = plt.subplots(1, len(bits), figsize=(5.2 * len(bits), 4), squeeze=False)
     markers = dict(zip(ARMS, "vosD^"))
@@ -71,8 +70,7 @@ def figure(cs, scale: str):
         cfg = next(c.config for c in cs if c.config.quant.bits == b)
         ax.set(xscale="log", xlabel="Astro (reconstruction) seconds per run", ylabel="perplexity",
                title=f"{cfg.model.source} W{b} g{cfg.quant.group_size} ({scale}); labels: beta")
-        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))   # plain seconds, not 3x10^1
-        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        plain_log_ticks(ax.xaxis)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)

@@ -12,7 +12,8 @@ import pandas as pd
 
 from astro.results import ResultStore
 
-from .common import cells, data_caption, fmt_reported, markdown, parser, reported, save_figure, write_table
+from .common import (cells, data_caption, fmt_reported, markdown, parser, plain_log_ticks, reported, save_figure,
+                     write_table)
 
 ALPHA_LABEL = {"activation": "alpha_k from activations (Astro)", "uniform": "uniform alpha_k = 1"}
 
@@ -34,7 +35,6 @@ def figure(cs, scale: str):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter
     rep = reported()["table3"]
     fig, (ax, axr) = plt.subplots(1, 2, figsize=(10, 3.8))
     for alpha, style in (("activation", "o-"), ("uniform", "s--")):
@@ -48,8 +48,7 @@ def figure(cs, scale: str):
     ax.set(xscale="log", xlabel="beta", ylabel="perplexity",
            title=f"measured: {cfg.model.source} W{cfg.quant.bits} g{cfg.quant.group_size} ({scale})")
     axr.set(xscale="log", yscale="log", xlabel="beta", ylabel="perplexity", title="reported: LLaMA-2-7B W3 g128")
-    axr.yaxis.set_major_formatter(FormatStrFormatter("%g"))   # 6, 10, 30 rather than 6x10^0, 3x10^1
-    axr.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    plain_log_ticks(axr.yaxis)
     betas = [c.config.method.beta for c in cs]
     for a in (ax, axr):
         a.set_xlim(min(betas) / 1.5, max(betas) * 1.5)  # the whole grid, measured or not

@@ -160,7 +160,7 @@ def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig) -> Re
     H = stats.H.to(W.device, torch.float32)
     lam = float(torch.linalg.eigvalsh(H)[-1])
     alpha = group_alpha(stats, g, cfg.alpha).to(W.device)  # [G]
-    trace = _Trace(cfg.iters, cfg.tol, t0)
+    trace = _Trace(cfg.iters, cfg.tol, t0, W.device)
     if lam <= 0 or cfg.beta == 0 or cfg.iters == 0:
         trace.record(_objective(W, torch.zeros_like(W), W.new_zeros(()), alpha, cfg.beta, g))
         return trace.result(W.clone(), alpha, lam, g, cfg.solver, 0)
@@ -180,34 +180,45 @@ def stopping_iteration(objective: torch.Tensor, tol: float) -> int | None:
 
 
 class _Trace:
-    """Objective and elapsed time at each iterate, and the stopping rule."""
+    """Objective and elapsed time at each iterate, and the stopping rule.
 
-    def __init__(self, iters: int, tol: float | None, t0: float):
-        self.objective = torch.empty(iters + 1, dtype=torch.float64)
-        self.seconds = torch.empty(iters + 1, dtype=torch.float64)
+    The objective trace lives on the compute device so that recording it costs no host-device sync; on an
+    accelerator the per-iterate seconds are not taken (they would time kernel launches, not the work) and
+    `result` leaves them None. Only the stopping rule reads values back, and only when tol is set."""
+
+    def __init__(self, iters: int, tol: float | None, t0: float, device: torch.device | str = "cpu"):
+        self.objective = torch.empty(iters + 1, dtype=torch.float64, device=device)
+        self.timed = torch.device(device).type == "cpu"
+        self.seconds = torch.empty(iters + 1, dtype=torch.float64) if self.timed else None
         self.n, self.tol, self.t0 = 0, tol, t0
 
     def record(self, value: torch.Tensor) -> None:
         self.objective[self.n] = value
-        self.seconds[self.n] = time.perf_counter() - self.t0
+        if self.timed:
+            self.seconds[self.n] = time.perf_counter() - self.t0
         self.n += 1
 
     def converged(self) -> bool:
         """|F_{k-1} - F_k| <= tol (F_0 - F_k) for the latest F_k (never true when tol is None)."""
         if self.tol is None or self.n < 2:
             return False
-        first, prev, cur = (float(self.objective[i]) for i in (0, self.n - 2, self.n - 1))
+        first, prev, cur = self.objective[[0, self.n - 2, self.n - 1]].tolist()  # one read-back
         return abs(prev - cur) <= self.tol * (first - cur)
 
     def result(self, Wp, alpha, lam, g, solver, restarts) -> RegularizeResult:
-        return RegularizeResult(Wp, alpha, self.objective[:self.n].clone(), lam, g, solver, self.n - 1, restarts,
-                                self.seconds[:self.n].clone())
+        seconds = self.seconds[:self.n].clone() if self.timed else None
+        return RegularizeResult(Wp, alpha, self.objective[:self.n].to("cpu", copy=True), lam, g, solver, self.n - 1,
+                                int(restarts), seconds)
 
 
 def _prox_step(V: torch.Tensor, tau: torch.Tensor, g: int) -> torch.Tensor:
-    """Per (row, group) prox of V [out, in]; zero padding of a partial last group leaves it exact."""
+    """Per (row, group) prox of V [out, in]; zero padding of a partial last group leaves it exact.
+
+    On CPU the partial sort (top 4) is faster; on an accelerator its exactness fallback would need a host
+    sync per call, so groups are sorted fully there (same result either way, see l1_threshold)."""
     n_out, n_in = V.shape
-    return prox_linf(pad_to_groups(V, g, "zero"), tau).reshape(n_out, -1)[:, :n_in]
+    topk = 4 if V.device.type == "cpu" else None
+    return prox_linf(pad_to_groups(V, g, "zero"), tau, topk).reshape(n_out, -1)[:, :n_in]
 
 
 def _pgd(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace) -> tuple[torch.Tensor, int]:
@@ -225,29 +236,30 @@ def _pgd(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace) -> tup
     return Wp, 0
 
 
-def _fista(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace) -> tuple[torch.Tensor, int]:
-    """FISTA with gradient-based adaptive restart (module docstring); one matmul per iteration."""
+def _fista(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace) -> tuple[torch.Tensor, torch.Tensor]:
+    """FISTA with gradient-based adaptive restart (module docstring); one matmul per iteration.
+
+    theta and the restart count stay on the device (float64 / int64 scalars, the same arithmetic as Python
+    floats), so the restart test costs no host sync."""
     X = W.clone()
     X_prev, G_prev = X, torch.zeros_like(W)
-    theta, restarts = 1.0, 0
+    theta = torch.ones((), dtype=torch.float64, device=W.device)
+    restarts = torch.zeros((), dtype=torch.int64, device=W.device)
     for _ in range(cfg.iters):
         D = X - W
         G = D @ Hn                                          # gradient at the iterate X
         trace.record(_objective(X, D, G, alpha, cfg.beta, g))
         if trace.converged():
             return X, restarts
-        theta_next = (1 + math.sqrt(1 + 4 * theta * theta)) / 2
-        m = (theta - 1) / theta_next
-        if m == 0:
-            Y, V = X, X - G
-        else:  # lerp(a, b, 1 + m) = b + m (b - a); the gradient is affine: grad(Y) = G + m (G - G_prev)
-            Y = torch.lerp(X_prev, X, 1 + m)
-            V = Y - torch.lerp(G_prev, G, 1 + m)            # Y - grad(Y), no second matmul
+        theta_next = (1 + torch.sqrt(1 + 4 * theta * theta)) / 2
+        weight = (1 + (theta - 1) / theta_next).to(W.dtype)  # 1 + m_k; m_0 = 0 gives Y = X, V = X - G exactly
+        # lerp(a, b, 1 + m) = b + m (b - a); the gradient is affine: grad(Y) = G + m (G - G_prev)
+        Y = torch.lerp(X_prev, X, weight)
+        V = Y - torch.lerp(G_prev, G, weight)               # Y - grad(Y), no second matmul
         X_new = _prox_step(V, tau, g)
-        if float(torch.dot((Y - X_new).reshape(-1), (X_new - X).reshape(-1))) > 0:  # step opposes momentum
-            theta, restarts = 1.0, restarts + 1
-        else:
-            theta = theta_next
+        restart = torch.dot((Y - X_new).reshape(-1), (X_new - X).reshape(-1)) > 0  # step opposes momentum
+        theta = torch.where(restart, torch.ones_like(theta), theta_next)
+        restarts += restart
         X_prev, G_prev, X = X, G, X_new
     D = X - W
     trace.record(_objective(X, D, D @ Hn, alpha, cfg.beta, g))

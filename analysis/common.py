@@ -173,10 +173,14 @@ def plain_log_ticks(*axes) -> None:
 
 def machines_phrase(cs: list[Cell]) -> str:
     """The distinct machines the recorded runs used (accelerator or CPU count, torch threads), from each
-    record's env: wall times are only comparable between runs on the same one."""
-    seen = {}
+    record's env: wall times are only comparable between runs on the same one. A record shared by several
+    cells (FP under every bit-width) counts once."""
+    seen, keys = {}, set()
     for c in cs:
         for r in c.records:
+            if r.get("key") in keys:
+                continue
+            keys.add(r.get("key"))
             env = r.get("env", {})
             where = env.get("gpu") or f"CPU ({env.get('cpu_count', '?')} cores)"
             name = f"{where}, {plural(env.get('torch_threads', '?'), 'torch thread')}"

@@ -60,6 +60,9 @@ def test_table1(store, tmp_path):
     assert row.loc["RTN", col] == f"{recs_any('rtn', store):.2f}"  # table7's RTN run is the same computation
     assert row.loc["MagR+GPTQ", col] == "missing" and row.loc["GPTQ", "tiny-random-llama w2g64"] == "missing"
     assert row.loc["AWQ", col] == "missing" and row.loc["OmniQuant", col] == "not run"
+    # the caption counts runs, not cells: the FP record fills the W2, W3 and W4 columns but is one run
+    assert row.loc["FP", "tiny-random-llama w2g64"] == row.loc["FP", col] != "missing"
+    assert "torch thread" in md and "(4 runs)" in md  # FP, RTN, GPTQ, Astro+GPTQ
 
 
 def test_table1_reported_values_are_verbatim(store, tmp_path):

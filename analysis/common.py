@@ -132,7 +132,11 @@ def fmt_reported(v) -> str:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    return df.to_markdown(index=False, disable_numparse=True)  # cells are already formatted strings
+    """A pipe table; '|' inside a header or cell (||X^(k)||_F, max|w|) is escaped so it stays one column."""
+    def esc(v):
+        return str(v).replace("|", r"\|")
+    # cells are already formatted strings
+    return df.rename(columns=esc).map(esc).to_markdown(index=False, disable_numparse=True)
 
 
 def write_table(df: pd.DataFrame, name: str, scale: str, caption: str, out: Path) -> list[Path]:

@@ -4,6 +4,7 @@ files, a grid point without a record is a labelled gap, reported values are exac
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -135,6 +136,10 @@ def test_table5_group_statistics(store, tmp_path):
     alphas = [float(a) for a in df["alpha_k"]]
     assert alphas[0] >= alphas[1] >= alphas[2] > 0  # highest, median, lowest activation groups
     assert list(df["reported alpha_k"]) == ["3.305", "0.721", "0.248"]
+    # ||X^(k)||_F and max|w| hold '|': escaped, every Markdown row splits into exactly the table's columns
+    rows = [ln for ln in (tmp_path / "table5_embedded.md").read_text().splitlines() if ln.startswith("|")]
+    assert len(rows) == 2 + len(df)
+    assert all(len(re.split(r"(?<!\\)\|", ln)) == len(df.columns) + 2 for ln in rows)
 
 
 def test_fig3_and_time_table(store, tmp_path):

@@ -170,7 +170,7 @@ def main(argv=None) -> None:
         return timing_only(a, tag)
     cfg = build_config(a)
     session = Session.open(cfg)
-    probe = session.eval_stream[: a.probe_batch * a.probe_len].reshape(a.probe_batch, a.probe_len)
+    probe = session.eval_stream.ids[: a.probe_batch * a.probe_len].reshape(a.probe_batch, a.probe_len)
     records, models = {}, {}
     for m in METHODS:
         log.info("%s: quantize, evaluate, export, reload", m)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,17 +180,12 @@ def machines_phrase(cs: list[Cell]) -> str:
     """The distinct machines the recorded runs used (accelerator or CPU count, torch threads), from each
     record's env: wall times are only comparable between runs on the same one. A record shared by several
     cells (FP under every bit-width) counts once."""
-    seen, keys = {}, set()
-    for c in cs:
-        for r in c.records:
-            if r.get("key") in keys:
-                continue
-            keys.add(r.get("key"))
-            env = r.get("env", {})
-            where = env.get("gpu") or f"CPU ({env.get('cpu_count', '?')} cores)"
-            name = f"{where}, {plural(env.get('torch_threads', '?'), 'torch thread')}"
-            seen[name] = seen.get(name, 0) + 1
-    return "; ".join(f"{name} ({plural(n, 'run')})" for name, n in seen.items())
+    def machine(env: dict) -> str:
+        where = env.get("gpu") or f"CPU ({env.get('cpu_count', '?')} cores)"
+        return f"{where}, {plural(env.get('torch_threads', '?'), 'torch thread')}"
+
+    by_key = {r.get("key"): machine(r.get("env", {})) for c in cs for r in c.records}
+    return "; ".join(f"{name} ({plural(n, 'run')})" for name, n in Counter(by_key.values()).items())
 
 
 def data_caption(cs: list[Cell], scale: str, with_reported: bool = True) -> str:

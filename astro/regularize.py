@@ -188,13 +188,13 @@ class _Trace:
 
     def __init__(self, iters: int, tol: float | None, t0: float, device: torch.device | str = "cpu"):
         self.objective = torch.empty(iters + 1, dtype=torch.float64, device=device)
-        self.timed = torch.device(device).type == "cpu"
-        self.seconds = torch.empty(iters + 1, dtype=torch.float64) if self.timed else None
+        timed = torch.device(device).type == "cpu"
+        self.seconds = torch.empty(iters + 1, dtype=torch.float64) if timed else None
         self.n, self.tol, self.t0 = 0, tol, t0
 
     def record(self, value: torch.Tensor) -> None:
         self.objective[self.n] = value
-        if self.timed:
+        if self.seconds is not None:
             self.seconds[self.n] = time.perf_counter() - self.t0
         self.n += 1
 
@@ -206,7 +206,7 @@ class _Trace:
         return abs(prev - cur) <= self.tol * (first - cur)
 
     def result(self, Wp, alpha, lam, g, solver, restarts) -> RegularizeResult:
-        seconds = self.seconds[:self.n].clone() if self.timed else None
+        seconds = self.seconds[:self.n].clone() if self.seconds is not None else None
         return RegularizeResult(Wp, alpha, self.objective[:self.n].to("cpu", copy=True), lam, g, solver, self.n - 1,
                                 int(restarts), seconds)
 

@@ -314,3 +314,28 @@ def test_runner_export_option(tmp_path, caplog):
         assert not runner.run_job(raw)["skipped"]    # recorded, export deleted: run again to export
     assert "not exported" in caplog.text and path.exists()
     runner._session_cache.clear()
+
+
+def test_export_benchmark_round_trips_both_methods(tmp_path):
+    """`make export`'s script end to end on the tiny model: both checkpoints reload to the in-memory model
+    (every packed weight bit-identical, same PPL and logits), share one tensor layout, and the timing-only
+    mode re-times them from disk."""
+    from benchmarks import export_forward
+    args = ["--model", "tiny-random-llama", "--calib-samples", "2", "--calib-len", "32", "--eval-len", "32",
+            "--eval-windows", "2", "--eval-batch", "1", "--probe-len", "16", "--repeats", "2", "--iters", "3",
+            "--threads", "1", "--export-dir", str(tmp_path / "export"), "--out", str(tmp_path / "ef")]
+    export_forward.main(args)
+    res = json.loads((tmp_path / "ef.json").read_text())
+    assert res["same_layout"]
+    for m in export_forward.METHODS:
+        r = res["records"][m]
+        n_ok, n_all = map(int, r["weights_bit_identical"].split("/"))
+        assert n_ok == n_all == r["n_packed_linears"] > 0
+        assert math.isclose(r["ppl_reloaded"], r["ppl_in_memory"], rel_tol=1e-5)
+        assert r["logits_max_abs_diff"] <= LOGITS_ATOL
+    assert res["records"]["astro_gptq"]["ppl_in_memory"] != res["records"]["gptq"]["ppl_in_memory"]  # Astro ran
+    assert math.isfinite(res["ratio"]) and res["ratio"] > 0
+    export_forward.main([*args, "--timing-only"])
+    timing = json.loads((tmp_path / "ef_timing.json").read_text())
+    assert set(timing["forward_times_s"]) == {*export_forward.METHODS, "fp (float32 original)"}
+    assert all(len(v) == 2 for v in timing["forward_times_s"].values())

@@ -11,6 +11,7 @@ deltas are against pgd-200 at the same (bits, beta). One run per cell unless see
 from __future__ import annotations
 
 import logging
+import math
 
 import pandas as pd
 
@@ -60,16 +61,22 @@ def figure(cs, scale: str):
     markers = dict(zip(ARMS, "vosD^"))
     for ax, b in zip(axes[0], bits):
         for arm in ARMS:
-            pts = sorted((c.mean_std("timings.reconstruction")[0], c.mean_std("metrics.ppl")[0], c.config.method.beta)
+            pts = sorted((*c.mean_std("timings.reconstruction")[:2], *c.mean_std("metrics.ppl")[:2], c.config.method.beta)
                          for c in cs if c.config.quant.bits == b and c.choices.get("solver") == arm and c.records)
             if not pts:
                 continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], markers[arm], label=arm, alpha=0.85)
-            for t, p, beta in pts:
-                ax.annotate(f"{beta:g}", (t, p), fontsize=6, xytext=(3, 2), textcoords="offset points")
+            t, t_sd, ppl, ppl_sd, betas = zip(*pts)
+            # error bars (+- std over calibration seeds) only where a cell has several runs
+            ax.errorbar(t, ppl, xerr=[s or 0 for s in t_sd], yerr=[s or 0 for s in ppl_sd], fmt=markers[arm],
+                        label=arm, alpha=0.85, capsize=2, elinewidth=0.8)
+            for x, y, beta in zip(t, ppl, betas):
+                ax.annotate(f"{beta:g}", (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
         cfg = next(c.config for c in cs if c.config.quant.bits == b)
         ax.set(xscale="log", xlabel="Astro (reconstruction) seconds per run", ylabel="perplexity",
                title=f"{cfg.model.source} W{b} g{cfg.quant.group_size} ({scale}); labels: beta")
+        lo = min(line.get_xdata().min() for line in ax.lines) if ax.lines else None
+        if lo and lo > 0:  # show the decade below the data, so a span under one decade still has a labelled tick
+            ax.set_xlim(left=min(ax.get_xlim()[0], 10 ** math.floor(math.log10(lo))))
         plain_log_ticks(ax.xaxis)
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -82,7 +89,8 @@ def main(argv=None) -> None:
     cs = cells("solver_study", a.scale, ResultStore(a.store), tuple(a.overrides))
     df = build(cs)
     caption = ("Astro+GPTQ perplexity and Astro time per solver arm; ratios and deltas against pgd-200 at the "
-               "same bits and beta (one run each, wall times on the machine in each record's env). "
+               "same bits and beta; one run per cell, or mean +- std over calibration seeds where n= is shown "
+               "(error bars in the figure); wall times only compare within one machine. "
                + data_caption(cs, a.scale, with_reported=False))
     write_table(df, "solver_study", a.scale, caption, a.out or a.store.parent / "tables")
     save_figure(figure(cs, a.scale), "solver_study", a.scale, a.out or a.store.parent / "figures")

@@ -74,9 +74,10 @@ def figure(cs, scale: str):
         cfg = next(c.config for c in cs if c.config.quant.bits == b)
         ax.set(xscale="log", xlabel="Astro (reconstruction) seconds per run", ylabel="perplexity",
                title=f"{cfg.model.source} W{b} g{cfg.quant.group_size} ({scale}); labels: beta")
-        lo = min(line.get_xdata().min() for line in ax.lines) if ax.lines else None
-        if lo and lo > 0:  # show the decade below the data, so a span under one decade still has a labelled tick
-            ax.set_xlim(left=min(ax.get_xlim()[0], 10 ** math.floor(math.log10(lo))))
+        xs = [x for line in ax.lines for x in line.get_xdata() if x > 0]
+        if xs and math.floor(math.log10(min(xs))) == math.floor(math.log10(max(xs))):
+            # no power of ten inside the data: show the one below, so the axis has a labelled major tick
+            ax.set_xlim(left=min(ax.get_xlim()[0], 10 ** math.floor(math.log10(min(xs)))))
         plain_log_ticks(ax.xaxis)
         ax.grid(alpha=0.3)
         if ax.lines:

@@ -61,8 +61,9 @@ def figure(cs, scale: str):
     markers = dict(zip(ARMS, "vosD^"))
     for ax, b in zip(axes[0], bits):
         for arm in ARMS:
-            pts = sorted((*c.mean_std("timings.reconstruction")[:2], *c.mean_std("metrics.ppl")[:2], c.config.method.beta)
-                         for c in cs if c.config.quant.bits == b and c.choices.get("solver") == arm and c.records)
+            # markers only, so no ordering is needed (sorting would compare a None std with a float on a tie)
+            pts = [(*c.mean_std("timings.reconstruction")[:2], *c.mean_std("metrics.ppl")[:2], c.config.method.beta)
+                   for c in cs if c.config.quant.bits == b and c.choices.get("solver") == arm and c.records]
             if not pts:
                 continue
             t, t_sd, ppl, ppl_sd, betas = zip(*pts)

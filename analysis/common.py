@@ -168,12 +168,34 @@ def plural(n, noun: str) -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
 
 
+def log_tick_label(x: float, decades: float) -> str:
+    """A log-axis tick's label as a plain number (6, 30, 200 instead of 6x10^0 style), or '' to leave it
+    unlabelled so labels do not collide: powers of ten always; between them, every tick on an axis that
+    spans under 0.8 decades, 2/3/4/6 x 10^k (near-even steps in log) up to 1.5 decades, 2/5 x 10^k up to
+    3, none beyond."""
+    if x <= 0:
+        return ""
+    exponent = math.floor(math.log10(x) + 1e-9)
+    mantissa = round(x / 10 ** exponent, 6)
+    shown = {1.0} | (set(range(1, 10)) if decades < 0.8 else {2, 3, 4, 6} if decades <= 1.5 else
+                     {2, 5} if decades <= 3 else set())
+    return f"{x:g}" if mantissa in shown else ""
+
+
 def plain_log_ticks(*axes) -> None:
-    """Plain numbers (6, 30, 200) instead of 6x10^0 style on log-scale matplotlib axes (x/y axis objects)."""
-    from matplotlib.ticker import FormatStrFormatter
+    """Label log-scale matplotlib axes (x/y axis objects) with `log_tick_label`, which reads each axis's
+    current view span when the figure is drawn."""
+    from matplotlib.ticker import FuncFormatter
+
+    def formatter(axis):
+        def label(x, _pos):
+            lo, hi = sorted(axis.get_view_interval())
+            return log_tick_label(x, math.log10(hi / lo) if lo > 0 else math.inf)
+        return FuncFormatter(label)
+
     for axis in axes:
-        axis.set_major_formatter(FormatStrFormatter("%g"))
-        axis.set_minor_formatter(FormatStrFormatter("%g"))
+        axis.set_major_formatter(formatter(axis))
+        axis.set_minor_formatter(formatter(axis))
 
 
 def machines_phrase(cs: list[Cell]) -> str:

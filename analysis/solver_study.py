@@ -79,6 +79,10 @@ def figure(cs, scale: str):
         if xs and math.floor(math.log10(min(xs))) == math.floor(math.log10(max(xs))):
             # no power of ten inside the data: show the one below, so the axis has a labelled major tick
             ax.set_xlim(left=min(ax.get_xlim()[0], 10 ** math.floor(math.log10(min(xs)))))
+        ys = [y for line in ax.lines for y in line.get_ydata() if y > 0]
+        if ys and max(ys) > 10 * min(ys):
+            ax.set_yscale("log")   # collapsed W2 runs span decades of PPL; a linear axis flattens the good ones
+            plain_log_ticks(ax.yaxis)
         plain_log_ticks(ax.xaxis)
         ax.grid(alpha=0.3)
         if ax.lines:

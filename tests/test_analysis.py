@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from analysis import ablation_alpha, fig3_efficiency, solver_study, table1, table3, table4, table5, table7
-from analysis.common import reported
+from analysis.common import log_tick_label, plain_log_ticks, reported
 from astro.results import ResultStore
 from experiments.grid import Composer
 from experiments.run import run_job
@@ -101,6 +101,34 @@ def test_solver_study(store, tmp_path):
     assert w3.loc[arm["fista200"], "PPL"] == "missing" and len(df) == 2 * 3 * 5  # every point, recorded or not
     assert set(df[df["bits"] == "W2 g64"]["PPL"]) == {"missing"}
     assert (tmp_path / "solver_study_embedded.png").stat().st_size > 1000
+
+
+def test_log_tick_labels_thin_out_with_the_span():
+    # under 0.8 decades every tick is labelled; up to 1.5 only 1/2/3/4/6 x 10^k; past 3 only powers of ten
+    assert [log_tick_label(x, 0.3) for x in (30, 40, 50, 60)] == ["30", "40", "50", "60"]
+    assert [log_tick_label(x, 1.0) for x in (90, 100, 200, 300, 400, 500, 700, 800)] == \
+        ["", "100", "200", "300", "400", "", "", ""]
+    assert [log_tick_label(x, 2.0) for x in (1000, 2000, 3000, 5000, 20000)] == ["1000", "2000", "", "5000", "20000"]
+    assert [log_tick_label(x, 4.0) for x in (0.01, 0.05, 1e5)] == ["0.01", "", "100000"]
+
+
+def test_plain_log_ticks_on_a_drawn_axis():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    ax.plot([88, 830], [487, 51664], "o")
+    ax.set(xscale="log", yscale="log")
+    plain_log_ticks(ax.xaxis, ax.yaxis)
+    fig.canvas.draw()
+
+    def shown(axis):
+        ticks = axis.get_major_ticks() + axis.get_minor_ticks()
+        lo, hi = sorted(axis.get_view_interval())
+        return {t.label1.get_text() for t in ticks if lo <= t.get_loc() <= hi} - {""}
+    assert {"100", "200", "300", "400", "600"} <= shown(ax.xaxis) and not {"90", "500", "700", "800"} & shown(ax.xaxis)
+    assert {"1000", "10000", "2000", "5000"} <= shown(ax.yaxis) and not {"3000", "4000"} & shown(ax.yaxis)
+    plt.close(fig)
 
 
 def test_ablation_alpha(store, tmp_path):

@@ -32,6 +32,7 @@ import torch
 
 from .quantizer import QuantGrid, dequantize, params_from_ranges, pad_to_groups, quantize_codes
 from .rtn import rtn
+from .stats import h_error
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,6 @@ class ScaleSearch:
     @property
     def err_best(self) -> float:
         return min(self.errors)
-
-
-def h_error(dW: torch.Tensor, H: torch.Tensor) -> float:
-    return float(((dW @ H) * dW).sum(dtype=torch.float64))
 
 
 def scales_for(m: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -26,7 +26,7 @@ from .quantizer import QuantGrid, QuantResult, pad_to_groups
 from .regularize import RegularizeConfig, reconstruct
 from .rotation import RotationConfig
 from .rtn import rtn
-from .stats import LayerStats
+from .stats import LayerStats, h_error
 
 
 class Pipeline(NamedTuple):
@@ -130,11 +130,6 @@ class LinearOutcome:
     W: torch.Tensor                      # new weights [out, in] (fp32)
     quant: QuantResult | None            # codes/scales/zeros when quantized
     row: dict
-
-
-def h_error(dW: torch.Tensor, H: torch.Tensor) -> float:
-    """tr(dW H dW^T): mean over calibration tokens of the squared output error."""
-    return float(((dW @ H) * dW).sum(dtype=torch.float64))
 
 
 def thm45_bound(W: torch.Tensor, stats: LayerStats, grid: QuantGrid) -> float:

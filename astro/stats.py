@@ -75,3 +75,9 @@ class AbsMeanAccumulator:
         if self.n_tokens == 0:
             raise ValueError("no calibration tokens reached this layer")
         return (self.total / self.n_tokens).float()
+
+
+def h_error(dW: torch.Tensor, H: torch.Tensor) -> float:
+    """tr(dW H dW^T) for dW [out, in], H [in, in]: the mean over calibration tokens of the squared output
+    error ||X dW^T||_F^2 / N, the quantity GPTQ (and Astro's fidelity term, eq. 12) measures."""
+    return float(((dW @ H) * dW).sum(dtype=torch.float64))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from astro import run as run_mod
-from astro.awq import AWQConfig, h_error, search_clip, search_scales
+from astro.awq import AWQConfig, search_clip, search_scales
 from astro.blockwise import LoopConfig, architecture_of, run_blocks
 from astro.config import RunConfig, from_dict
 from astro.methods import MethodConfig
@@ -22,6 +22,7 @@ from astro.rotation import (RotationConfig, cayley_step, hadamard, learn_rotatio
                             random_orthogonal, random_rotation)
 from astro.rtn import rtn
 from astro.run import Session, quantize_model, run, with_method
+from astro.stats import h_error
 from astro.transforms import NotApplicableError, apply_rotation, awq_block_transform
 
 BASELINES = ("awq", "awq_gptq", "quarot_rtn", "quarot_gptq", "spinquant_gptq")

@@ -7,7 +7,7 @@ import torch
 
 from astro.data import load_corpus, token_stream
 from astro.evaluate import perplexity
-from astro.methods import h_error
+from astro.stats import h_error
 from astro.models import ModelConfig, load_model
 from astro.quantizer import QuantGrid
 from astro.rtn import rtn

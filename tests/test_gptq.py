@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from astro.gptq import CholeskyError, GPTQConfig, gptq
-from astro.methods import h_error
+from astro.stats import h_error
 from astro.quantizer import QuantGrid, find_params, expand, dequantize
 from astro.rtn import rtn
 

@@ -7,10 +7,10 @@ import torch
 
 from astro.data import load_corpus, token_stream
 from astro.evaluate import perplexity
-from astro.stats import h_error
 from astro.models import ModelConfig, load_model
 from astro.quantizer import QuantGrid
 from astro.rtn import rtn
+from astro.stats import h_error
 
 pytestmark = pytest.mark.embedded
 

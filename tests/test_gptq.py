@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from astro.gptq import CholeskyError, GPTQConfig, gptq
-from astro.stats import h_error
 from astro.quantizer import QuantGrid, find_params, expand, dequantize
 from astro.rtn import rtn
+from astro.stats import h_error
 
 
 def _correlated(seed, n_out=32, n_in=128, tokens=1024):

@@ -17,7 +17,8 @@ analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 
 .PHONY: help setup setup-gemma bench-solver export quickstart test test-all bench clean-cache run sweep experiments status \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
-	reproduce-table7 figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study
+	reproduce-table7 figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
+	calib-study calib-sink
 
 help:  ## list the targets (experiment targets take SCALE=embedded|paper, default embedded, and ARGS='overrides')
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 20
@@ -122,3 +123,12 @@ solver-study: setup  ## issue 8: PPL vs Astro time, pgd-200 (paper) vs fista-50/
 ablation-alpha: setup  ## activation vs uniform alpha_k at W2, W3, W4
 	$(call sweep,ablation_alpha)
 	$(call analyze,ablation_alpha)
+
+calib-study: setup  ## PPL + held-out layer errors vs calibration tokens (GPTQ, MagR, Astro, AWQ; 3 seeds); FP and RTN once
+	$(RUN) -m experiment=calib_study scale=$(SCALE) method=fp,rtn calib.n_samples=8 calib.seed=0 $(ARGS)
+	$(call sweep,calib_study)
+	$(call analyze,calib_study)
+
+calib-sink: setup  ## GPTQ with the first position of each calibration sequence weighted 1 / 0.1 / 0 in H (3 seeds)
+	$(call sweep,calib_sink)
+	$(call analyze,calib_study) --sink

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .stats import HessianAccumulator, LayerStats
+from .stats import HessianAccumulator, LayerStats, TokenWeights
 
 log = logging.getLogger(__name__)
 
@@ -233,23 +233,76 @@ def capture_inputs(model: nn.Module, arch: Architecture, input_ids: torch.Tensor
     return hidden, kwargs
 
 
+def collect_stats(forward: Callable[[torch.Tensor], object], hidden: list[torch.Tensor], linears: dict[str, nn.Module],
+                  where: str, weights: TokenWeights = TokenWeights(), device: str = "cpu"
+                  ) -> tuple[dict[str, LayerStats], dict[str, str]]:
+    """Run each chunk of `hidden` through the block (forward) until every one of `linears` has seen its
+    input, accumulating H per distinct input tensor. Returns the statistics of each linear that owns an
+    input and {linear: owner} for linears that read the very same tensor as an earlier one (q/k/v,
+    gate/up share one H). where: names the block in errors."""
+    accs = {name: HessianAccumulator(lin.in_features, device=device, weights=weights) for name, lin in linears.items()}
+    fired: set[str] = set()
+    seen: dict[int, tuple[str, torch.Tensor]] = {}   # input tensors of this chunk (kept alive)
+    shared: dict[str, str] = {}
+
+    def hook_for(name):
+        def hook(_module, args):
+            x = args[0]
+            owner = seen.get(id(x), (None,))[0]
+            if owner is None:
+                if name in shared:
+                    raise RuntimeError(f"{where} {name}: input sharing changed between chunks")
+                seen[id(x)] = (name, x)
+                accs[name].add(x)
+            elif shared.setdefault(name, owner) != owner:
+                raise RuntimeError(f"{where} {name}: input sharing changed between chunks")
+            fired.add(name)
+            if len(fired) == len(linears):
+                raise _GroupDone  # the rest of the block is not needed for these statistics
+        return hook
+
+    handles = [lin.register_forward_pre_hook(hook_for(name)) for name, lin in linears.items()]
+    try:
+        for h in hidden:
+            fired.clear()
+            seen.clear()
+            try:
+                forward(h)
+            except _GroupDone:
+                pass
+    finally:
+        for hd in handles:
+            hd.remove()
+    return {name: accs[name].result(f"{where} {name}") for name in linears if name not in shared}, shared
+
+
 @torch.no_grad()
 def run_blocks(model: nn.Module, input_ids: torch.Tensor, process: Callable[[str, torch.Tensor, LayerStats], tuple[torch.Tensor, dict]],
                cfg: LoopConfig, arch: Architecture | None = None, progress: bool = True,
-               block_transform: BlockTransform | None = None) -> LoopResult:
+               block_transform: BlockTransform | None = None, holdout_ids: torch.Tensor | None = None,
+               weights: TokenWeights = TokenWeights()) -> LoopResult:
     """Calibrate and process every linear of every block in order.
 
     input_ids: [n, seq] calibration tokens. process(qualified module name, W [out, in] fp32, stats) -> (W_new, row).
     block_transform: the block-level extension point (module docstring); its row fields join the rows of
-    that block's linears.
+    that block's linears. holdout_ids: [m, seq] calibration tokens the method never sees: they travel
+    through the same (processed) blocks and give each linear's stats.holdout, for held-out errors (their
+    forwards are timed as `holdout`, a diagnostic). weights: how H weighs the first positions (TokenWeights;
+    the held-out H is always the plain token mean).
     """
     arch = arch or architecture_of(model)
     model.eval()
     res = LoopResult()
-    tm = dict(capture=0.0, block_transform=0.0, calibrate=0.0, process=0.0, propagate=0.0)
+    tm = dict(capture=0.0, block_transform=0.0, calibrate=0.0, process=0.0, propagate=0.0, holdout=0.0)
     t0 = time.perf_counter()
     hidden, kwargs = capture_inputs(model, arch, input_ids, cfg)
     tm["capture"] = time.perf_counter() - t0
+    held: list[torch.Tensor] = []
+    if holdout_ids is not None:
+        t = time.perf_counter()
+        held, held_kwargs = capture_inputs(model, arch, holdout_ids, cfg)
+        kwargs = {**held_kwargs, **kwargs}   # keyed by (block, chunk size): equal where both have a key
+        tm["holdout"] += time.perf_counter() - t
 
     blocks = get_module(model, arch.blocks)
     groups = arch.sequential if cfg.true_sequential else (arch.linears,)
@@ -269,43 +322,17 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor, process: Callable[[str
         for group in groups:
             t = time.perf_counter()
             linears = {name: block.get_submodule(name) for name in group}
-            accs = {name: HessianAccumulator(lin.in_features, device=cfg.device) for name, lin in linears.items()}
-            fired: set[str] = set()
-            seen: dict[int, tuple[str, torch.Tensor]] = {}   # input tensors of this chunk (kept alive)
-            shared: dict[str, str] = {}   # linear -> linear that got the very same input tensor (q/k/v, gate/up)
-
-            def hook_for(name):
-                def hook(_module, args):
-                    x = args[0]
-                    owner = seen.get(id(x), (None,))[0]
-                    if owner is None:
-                        if name in shared:
-                            raise RuntimeError(f"block {b} {name}: input sharing changed between chunks")
-                        seen[id(x)] = (name, x)
-                        accs[name].add(x)
-                    elif shared.setdefault(name, owner) != owner:
-                        raise RuntimeError(f"block {b} {name}: input sharing changed between chunks")
-                    fired.add(name)
-                    if len(fired) == len(linears):
-                        raise _GroupDone  # the rest of the block is not needed for these statistics
-                return hook
-
-            handles = [lin.register_forward_pre_hook(hook_for(name)) for name, lin in linears.items()]
-            try:
-                for h in hidden:
-                    fired.clear()
-                    seen.clear()
-                    try:
-                        forward(h)
-                    except _GroupDone:
-                        pass
-            finally:
-                for hd in handles:
-                    hd.remove()
+            stats_of, shared = collect_stats(forward, hidden, linears, f"block {b}", weights, cfg.device)
             tm["calibrate"] += time.perf_counter() - t
+            if held:
+                t = time.perf_counter()
+                held_of, held_shared = collect_stats(forward, held, linears, f"block {b} (held-out)", device=cfg.device)
+                if held_shared != shared:
+                    raise RuntimeError(f"block {b}: held-out inputs are shared differently from calibration ones")
+                stats_of = {n: dataclasses.replace(st, holdout=held_of[n]) for n, st in stats_of.items()}
+                tm["holdout"] += time.perf_counter() - t
 
             t = time.perf_counter()
-            stats_of = {name: accs[name].result(f"block {b} {name}") for name in linears if name not in shared}
             for name, lin in linears.items():
                 stats = stats_of[shared.get(name, name)]
                 W_new, row = process(f"{arch.blocks}.{b}.{name}", lin.weight.data.float(), stats)
@@ -316,6 +343,10 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor, process: Callable[[str
         t = time.perf_counter()
         hidden = [_first(forward(h)).to(cfg.offload) for h in hidden]
         tm["propagate"] += time.perf_counter() - t
+        if held:
+            t = time.perf_counter()
+            held = [_first(forward(h)).to(cfg.offload) for h in held]
+            tm["holdout"] += time.perf_counter() - t
         if cfg.device != "cpu":
             block.to("cpu")
     tm["total"] = time.perf_counter() - t0

@@ -14,20 +14,40 @@ from .evaluate import TaskEvalConfig
 from .methods import MethodConfig
 from .models import ModelConfig
 from .quantizer import QuantGrid
+from .stats import TokenWeights
 
 
 @dataclass(frozen=True)
 class CalibConfig:
-    """corpus: calibration corpus (train split). n_samples x seq_len random windows, seeded by seed."""
+    """corpus: calibration corpus (train split). n_samples x seq_len random windows, seeded by seed; they
+    start with a BOS exactly when evaluation windows do (astro.data.calibration_bos).
+    holdout: further windows of seq_len, disjoint from the calibration ones, that the method never sees:
+    each per-layer row then gets held-out errors (err_holdout, err_rtn_holdout; 0 = none, a diagnostic
+    that does not change the quantized model). first_tokens / first_weight: the weight of the first
+    positions of every sequence in H (astro.stats.TokenWeights; 0 / 1 = the plain token mean)."""
 
     corpus: str = "wiki_offline"
     n_samples: int = 128
     seq_len: int = 2048
     seed: int = 0
+    holdout: int = 0
+    first_tokens: int = 0
+    first_weight: float = 1.0
 
     def __post_init__(self):
-        if self.n_samples < 1 or self.seq_len < 2:
-            raise ValueError(f"calib.n_samples must be >= 1 and calib.seq_len >= 2, got {self.n_samples}, {self.seq_len}")
+        if self.n_samples < 1:
+            raise ValueError(f"calib.n_samples must be >= 1, got {self.n_samples}")
+        if self.seq_len < 2:
+            raise ValueError(f"calib.seq_len must be >= 2, got {self.seq_len}")
+        if self.holdout < 0:
+            raise ValueError(f"calib.holdout must be >= 0, got {self.holdout}")
+        if self.first_tokens >= self.seq_len:
+            raise ValueError(f"calib.first_tokens must be < calib.seq_len={self.seq_len}, got {self.first_tokens}")
+        TokenWeights(self.first_tokens, self.first_weight)  # validates them
+
+    @property
+    def token_weights(self) -> TokenWeights:
+        return TokenWeights(self.first_tokens, self.first_weight)
 
 
 @dataclass(frozen=True)

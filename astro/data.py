@@ -270,10 +270,68 @@ def eval_tokens(tokenizer, corpus: Corpus, seq_len: int, bos: str = "tokenizer",
     return EvalTokens(torch.tensor(ids, dtype=torch.long), seq_len, protocol)
 
 
-def sample_calibration(stream: torch.Tensor, n_samples: int, seq_len: int, seed: int) -> torch.Tensor:
-    """[n_samples, seq_len] windows at seeded uniformly random starts of the token stream."""
-    if stream.numel() <= seq_len:
+def _window_starts(stream_len: int, n: int, span: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, stream_len - span, (n,), generator=gen)
+
+
+def _windows(stream: torch.Tensor, starts: list[int], span: int, bos_id: int | None) -> torch.Tensor:
+    rows = [stream[s:s + span] for s in starts]
+    if bos_id is not None:
+        rows = [torch.cat([torch.tensor([bos_id], dtype=stream.dtype), r]) for r in rows]
+    return torch.stack(rows)
+
+
+HOLDOUT_SEED_OFFSET = 1_000_003   # held-out windows draw from their own generator: seed + this
+
+
+def _span(stream: torch.Tensor, seq_len: int, bos_id: int | None) -> int:
+    span = seq_len - (bos_id is not None)
+    if stream.numel() <= span:
         raise ValueError(f"calibration stream has {stream.numel()} tokens, fewer than seq_len={seq_len}")
-    gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, stream.numel() - seq_len, (n_samples,), generator=gen)
-    return torch.stack([stream[s:s + seq_len] for s in starts.tolist()])
+    return span
+
+
+def _calibration_starts(stream: torch.Tensor, n_samples: int, span: int, seed: int) -> list[int]:
+    return _window_starts(stream.numel(), n_samples, span, torch.Generator().manual_seed(seed)).tolist()
+
+
+def sample_calibration(stream: torch.Tensor, n_samples: int, seq_len: int, seed: int,
+                       bos_id: int | None = None) -> torch.Tensor:
+    """[n_samples, seq_len] windows at seeded uniformly random starts of the token stream. bos_id: start
+    every window with this token (then seq_len - 1 stream tokens follow): the rule evaluation windows
+    follow for the same model (calibration_bos)."""
+    span = _span(stream, seq_len, bos_id)
+    return _windows(stream, _calibration_starts(stream, n_samples, span, seed), span, bos_id)
+
+
+def sample_holdout(stream: torch.Tensor, n_samples: int, seq_len: int, seed: int, holdout: int,
+                   bos_id: int | None = None) -> torch.Tensor:
+    """[holdout, seq_len] windows that overlap none of sample_calibration's windows (same stream, n_samples,
+    seq_len, seed) nor each other: calibration tokens the method never sees, for held-out errors. Drawn
+    with their own generator (seed + HOLDOUT_SEED_OFFSET), so the calibration windows do not depend on them."""
+    span = _span(stream, seq_len, bos_id)
+    taken = _calibration_starts(stream, n_samples, span, seed)
+    gen = torch.Generator().manual_seed(seed + HOLDOUT_SEED_OFFSET)
+    held: list[int] = []
+    for _ in range(100 * holdout):   # bounded rejection sampling
+        if len(held) == holdout:
+            break
+        s = int(_window_starts(stream.numel(), 1, span, gen))
+        if all(abs(s - t) >= span for t in taken):
+            taken.append(s)
+            held.append(s)
+    if len(held) < holdout:
+        raise ValueError(f"calib.holdout={holdout}: cannot place that many windows of {seq_len} tokens disjoint "
+                         f"from the calibration windows in a stream of {stream.numel()} tokens")
+    return _windows(stream, held, span, bos_id)
+
+
+def calibration_bos(bos: str, model_type: str | None, bos_id: int | None) -> int | None:
+    """The BOS token calibration windows start with: the one evaluation windows start with (eval.bos
+    resolved for the model, resolve_bos), so a model that needs a BOS per window (Gemma) is calibrated
+    on the same kind of sequence it is evaluated on; None otherwise (the reference samples raw windows)."""
+    if resolve_bos(bos, model_type) != "window":
+        return None
+    if bos_id is None:
+        raise ValueError("eval.bos=window needs a tokenizer with a BOS token; this one has none")
+    return bos_id

@@ -5,7 +5,9 @@ transform (QuaRot / SpinQuant rotations): astro/transforms.py applies those arou
 (the extension points are described in astro/blockwise.py).
 
 Diagnostics use the calibration second moment H (token mean), so errors are per token:
-err = tr(dW H dW^T) = ||X dW^T||_F^2 / N (the GPTQ loss). The Thm 4.5 bound is reported in the same
+err = tr(dW H dW^T) = ||X dW^T||_F^2 / N (the GPTQ loss). With held-out calibration windows (calib.holdout),
+err_holdout / err_rtn_holdout are the same errors under the H of tokens the method never saw, and
+err_holdout / err > err_rtn_holdout / err_rtn measures how much the method fitted its own calibration tokens. The Thm 4.5 bound is reported in the same
 per-token Frobenius units: sqrt(g) / (2 (2^(b-1) - 1)) * sum_rows sum_k sqrt(sum_{c in k} H_cc) ||W_(row,k)||_inf,
 to be compared with sqrt(err) of RTN on the same weights. With a transform, W and H are those of the
 transformed model (e.g. the rotated or AWQ-scaled weights, statistics collected after the transform).
@@ -194,6 +196,12 @@ def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: 
                group_linf_before=group_linf_mean(W0, g),
                group_xnorm=stats.group_sq_norms(g).clamp(min=0).sqrt().tolist())  # ||X^(k)||_F / sqrt(N)
     row["rtn_fro_before"] = math.sqrt(row["err_rtn"])
+    if stats.first_share is not None:   # massive activations: how much of tr(H) the first positions carry
+        row.update(trace_share_pos0=stats.first_share[0], trace_share_pos0_3=stats.first_share[1])
+    if stats.holdout is not None:   # the same errors on tokens the method never saw (overfitting)
+        H_ho = stats.holdout.H.to(W0.device)
+        row.update(err_holdout=h_error(W_new - W0, H_ho), err_rtn_holdout=h_error(rtn_before - W0, H_ho),
+                   n_tokens_holdout=stats.holdout.n_tokens)
     if method.preprocess or method.clip:
         row.update(bound_after=thm45_bound(Wp, stats, grid),
                    rtn_fro_after=math.sqrt(h_error(rtn(Wp, grid).W_q - Wp, H)),

@@ -48,6 +48,7 @@ KEY_STABLE_DEFAULTS: dict[tuple[str, ...], object] = {
     ("method", "rotation", "steps"): 100,
     ("method", "rotation", "lr"): 1.5,
     ("method", "rotation", "samples"): None,
+    ("calib", "holdout"): 0,
 }
 _LEARNED_ROTATION_FIELDS = ("steps", "lr", "samples")   # SpinQuant only; QuaRot uses rotation.seed alone
 
@@ -70,6 +71,11 @@ def canonical_config(cfg: RunConfig) -> dict:
     elif cfg.method.model_transform != "spinquant":
         for k in _LEARNED_ROTATION_FIELDS:
             m["rotation"].pop(k, None)
+    if not cfg.calib.token_weights.active:   # every token weighs 1: the plain token mean, however written
+        for k in ("first_tokens", "first_weight"):
+            d["calib"].pop(k)
+    if calibrates_with_bos(cfg):  # calibration windows follow the evaluation's per-window BOS (Gemma)
+        d["calib"]["bos"] = "window"
     if not cfg.method.needs_calibration:  # nothing is calibrated; only where evaluation runs matters
         d.pop("calib", None)
         d["loop"] = {"device": cfg.loop.device}
@@ -86,6 +92,15 @@ def canonical_config(cfg: RunConfig) -> dict:
     elif cfg.method.quantizer is None:  # reconstruction only: the grid matters only through its group size
         d["quant"] = {"group_size": cfg.quant.group_size}
     return d
+
+
+def calibrates_with_bos(cfg: RunConfig) -> bool:
+    """Whether calibration windows start with a BOS (astro.data.calibration_bos), when the model type is
+    known before loading. Records of such models made before calibration followed that rule lack the
+    marker, so they are not reused."""
+    from .data import resolve_bos
+    from .models import known_model_type
+    return resolve_bos(cfg.eval.bos, known_model_type(cfg.model)) == "window"
 
 
 def run_key(cfg: RunConfig) -> str:

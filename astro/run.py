@@ -13,7 +13,8 @@ import torch
 
 from .blockwise import ARCHITECTURES, LoopResult, architecture_of, run_blocks
 from .config import RunConfig, to_dict
-from .data import EvalTokens, check_corpus, eval_tokens, load_corpus, sample_calibration, token_stream
+from .data import (EvalTokens, calibration_bos, check_corpus, eval_tokens, load_corpus, sample_calibration,
+                   sample_holdout, token_stream)
 from .evaluate import PerplexityResult, TaskResult, check_tasks, evaluate_tasks, perplexity
 from .methods import LinearOutcome, process_linear
 from .models import known_model_type, load_model
@@ -29,7 +30,7 @@ class RunResult:
     learning included), block_transform (the block-level transform inside the loop: AWQ's scale search
     and folding), calibration (capture + statistics + propagation forwards), reconstruction
     (Astro/MagR), quantization (RTN/GPTQ, AWQ's clip search included), diagnostics (our per-layer error
-    rows and SpinQuant's before/after loss evaluation, not part of any method), pipeline (wall time of
+    rows, the held-out forwards and SpinQuant's before/after loss evaluation, not part of any method), pipeline (wall time of
     transform + block loop), method (pipeline - diagnostics: what the method costs, Fig. 3's x axis),
     evaluation, total."""
 
@@ -116,6 +117,7 @@ class Session:
     eval_stream: EvalTokens
     layer_widths: frozenset[int]           # in_features of the model's linears (checked against every config)
     ties: dict | None = None               # astro.transforms.tie_state at load time
+    holdout_ids: torch.Tensor | None = None   # calib.holdout windows the method never sees (None: none)
 
     @classmethod
     def open(cls, cfg: RunConfig) -> "Session":
@@ -127,12 +129,15 @@ class Session:
         widths = frozenset(model.get_submodule(f"{arch.blocks}.0.{lin}").in_features for lin in arch.linears)
         check_widths(cfg, widths)
         check_applicable(cfg.method, arch, getattr(model.config, "model_type", None))
+        model_type = getattr(model.config, "model_type", None)
         stream = token_stream(tok, calib_corpus.train, calib_corpus.train_join)
-        calib = sample_calibration(stream, cfg.calib.n_samples, cfg.calib.seq_len, cfg.calib.seed)
-        evals = eval_tokens(tok, eval_corpus, cfg.eval.seq_len, cfg.eval.bos, cfg.eval.corpus,
-                            getattr(model.config, "model_type", None))
+        c = cfg.calib
+        bos = calibration_bos(cfg.eval.bos, model_type, tok.bos_token_id)
+        calib = sample_calibration(stream, c.n_samples, c.seq_len, c.seed, bos)
+        held = sample_holdout(stream, c.n_samples, c.seq_len, c.seed, c.holdout, bos) if c.holdout else None
+        evals = eval_tokens(tok, eval_corpus, cfg.eval.seq_len, cfg.eval.bos, cfg.eval.corpus, model_type)
         original = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return cls(model, tok, original, calib, evals, widths, tie_state(model, arch))
+        return cls(model, tok, original, calib, evals, widths, tie_state(model, arch), held)
 
     def reset(self) -> None:
         """Restore the loaded model: embedding tying (undone by rotations), then every weight (rotated,
@@ -143,11 +148,12 @@ class Session:
 
 
 def quantize_model(model, calib_ids: torch.Tensor, cfg: RunConfig, progress: bool = True,
-                   on_linear: Callable[[str, LinearOutcome], None] | None = None) -> LoopResult | None:
+                   on_linear: Callable[[str, LinearOutcome], None] | None = None,
+                   holdout_ids: torch.Tensor | None = None) -> LoopResult | None:
     """Apply cfg.method to the model (in place): its model-level transform once (rotations; timed as
     `transform`), then the one block loop with its block-level transform (AWQ scales) and per-linear
     pipeline. None for the 'fp' method. on_linear(module name, outcome) sees every linear's full outcome
-    (e.g. export keeps the codes)."""
+    (e.g. export keeps the codes). holdout_ids: windows the method never sees, for held-out errors."""
     if not cfg.method.needs_calibration:
         return None
     arch = architecture_of(model)
@@ -167,7 +173,8 @@ def quantize_model(model, calib_ids: torch.Tensor, cfg: RunConfig, progress: boo
         return out.W, out.row
 
     loop = run_blocks(model, calib_ids, process, cfg.loop, arch, progress=progress,
-                      block_transform=block_transform(model, cfg.method, cfg.quant))
+                      block_transform=block_transform(model, cfg.method, cfg.quant), holdout_ids=holdout_ids,
+                      weights=cfg.calib.token_weights)
     loop.timings["transform"] = t_transform
     loop.transform = info
     return loop
@@ -183,7 +190,7 @@ def run(cfg: RunConfig, session: Session | None = None, progress: bool = True,
     session.reset()   # quantize_model checks the method against the loaded architecture before any work
     t_setup = time.perf_counter() - t0
     t = time.perf_counter()
-    loop = quantize_model(session.model, session.calib_ids, cfg, progress, on_linear)
+    loop = quantize_model(session.model, session.calib_ids, cfg, progress, on_linear, session.holdout_ids)
     t_quant = time.perf_counter() - t
     ppl = perplexity(session.model, session.eval_stream, cfg.eval.seq_len, cfg.eval.max_windows,
                      cfg.eval.batch_size, cfg.loop.device, progress)
@@ -191,7 +198,9 @@ def run(cfg: RunConfig, session: Session | None = None, progress: bool = True,
              if cfg.eval.lm_eval.tasks else None)
     rows = loop.rows if loop else []
     calibration = (loop.timings["capture"] + loop.timings["calibrate"] + loop.timings["propagate"]) if loop else 0.0
-    diagnostics = sum(r["t_diagnostics"] for r in rows) + (loop.transform.get("t_diagnostics", 0.0) if loop else 0.0)
+    # our per-layer rows, SpinQuant's before/after loss and the held-out forwards: not part of any method
+    diagnostics = sum(r["t_diagnostics"] for r in rows) + (
+        loop.transform.get("t_diagnostics", 0.0) + loop.timings.get("holdout", 0.0) if loop else 0.0)
     timings = {"setup": t_setup, "transform": loop.timings["transform"] if loop else 0.0,
                "block_transform": loop.timings["block_transform"] if loop else 0.0, "calibration": calibration,
                "reconstruction": sum(r["t_regularize"] for r in rows),

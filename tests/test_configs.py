@@ -51,6 +51,9 @@ CLAIMS = {
     "ablation_alpha": {"paper": ({"llama2-7b"}, W_PAPER, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, W_EMB, {"astro_gptq"})},
     "solver_study": {"paper": ({"llama2-7b"}, {(3, 128), (2, 64)}, {"astro_gptq"}),
                      "embedded": ({"smollm2-135m"}, {(3, 64), (2, 64)}, {"astro_gptq"})},
+    "calib_study": {"paper": ({"llama2-7b"}, {(3, 128), (4, 128)}, {"gptq", "magr_gptq", "astro_gptq", "awq"}),
+                    "embedded": ({"smollm2-135m"}, {(3, 64)}, {"gptq", "magr_gptq", "astro_gptq", "awq"})},
+    "calib_sink": {"paper": ({"llama2-7b"}, {(3, 128)}, {"gptq"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"gptq"})},
 }
 # (solver, iters, tol) of each conf/solver arm
 SOLVER_ARMS = {"pgd40": ("pgd", 40, None), "pgd200": ("pgd", 200, None), "fista50": ("fista", 50, None),
@@ -61,6 +64,9 @@ EXTRA_AXES = {  # experiment -> {override key: expected set of values}
     "ablation_alpha": {"method.alpha": {"activation", "uniform"}},
     "solver_study": {"method.beta": {"paper": BETAS, "embedded": {5e-6, 5e-5, 5e-4}},
                      "solver": {"paper": set(SOLVER_ARMS) - {"pgd40"}, "embedded": set(SOLVER_ARMS)}},
+    "calib_study": {"calib.n_samples": {8, 32, 128}, "calib.seed": {0, 1, 2}},
+    "calib_sink": {"calib.n_samples": {"paper": {128}, "embedded": {8, 32}}, "calib.seed": {0, 1, 2},
+                   "calib.first_weight": {1.0, 0.1, 0.0}},
 }
 
 
@@ -73,7 +79,8 @@ def _extra_value(cfg, key: str, over: dict):
     if key == "solver":  # an arm sets (solver, iters, tol) together
         assert (cfg.method.solver, cfg.method.iters, cfg.method.tol) == SOLVER_ARMS[over["solver"]]
         return over["solver"]
-    return cfg.method.beta if key == "method.beta" else cfg.method.alpha
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +152,8 @@ def test_experiment_grid(hydra_conf, experiment, scale):
         if experiment in ("table2", "table6"):  # the zero/few-shot tables evaluate tasks
             assert cfg.eval.lm_eval.tasks == (("paper",) if scale == "paper" else ("proxy",))
         if scale == "paper":
-            assert (cfg.calib.corpus, cfg.calib.n_samples, cfg.calib.seq_len) == ("wikitext2", 128, 2048)
+            n_samples = 128 if "calib.n_samples" not in over else int(over["calib.n_samples"])  # calibration studies
+            assert (cfg.calib.corpus, cfg.calib.n_samples, cfg.calib.seq_len) == ("wikitext2", n_samples, 2048)
             assert (cfg.eval.corpus, cfg.eval.seq_len, cfg.eval.max_windows) == ("wikitext2", 2048, None)
             assert cfg.loop.device == "cuda"
             assert cfg.method.iters == 200 or "solver" in over  # the paper's 200 unless a solver arm is studied

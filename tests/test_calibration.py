@@ -1,0 +1,137 @@
+"""Calibration sampling and statistics: held-out windows, the BOS rule shared with evaluation, the
+first-position weights and trace shares of H, and the held-out errors of the per-layer rows."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from astro.blockwise import LoopConfig, run_blocks
+from astro.config import CalibConfig, EvalConfig, RunConfig
+from astro.data import Corpus, calibration_bos, eval_tokens, sample_calibration, sample_holdout
+from astro.methods import MethodConfig, process_linear
+from astro.models import EMBEDDED, TINY_RANDOM, ModelConfig, known_model_type, load_model
+from astro.quantizer import QuantGrid
+from astro.results import canonical_config, run_key
+from astro.stats import HessianAccumulator, TokenWeights, h_error
+
+
+def test_holdout_windows_are_disjoint_and_leave_calibration_unchanged():
+    stream = torch.arange(20_000)   # every token value is its position: overlap = a shared value
+    calib = sample_calibration(stream, 16, 256, seed=3)
+    held = sample_holdout(stream, 16, 256, seed=3, holdout=12)
+    assert held.shape == (12, 256)
+    assert torch.equal(calib, sample_calibration(stream, 16, 256, seed=3))
+    seen = set(calib.flatten().tolist())
+    assert not seen & set(held.flatten().tolist())
+    assert len(set(held.flatten().tolist())) == held.numel()       # held-out windows do not overlap each other
+    assert all(torch.equal(w, torch.arange(w[0], w[0] + 256)) for w in held)   # contiguous windows
+    with pytest.raises(ValueError, match="calib.holdout=40"):
+        sample_holdout(torch.arange(3000), 8, 256, seed=0, holdout=40)
+
+
+class _Tok:
+    """A tokenizer stand-in: one token per character, BOS id 1 added at the start of a text by default."""
+
+    bos_token_id = 1
+
+    def __call__(self, text, add_special_tokens=True, verbose=False):
+        ids = [10 + ord(ch) % 50 for ch in text]
+        return {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids}
+
+
+@pytest.mark.parametrize("source", [*EMBEDDED, TINY_RANDOM])
+@pytest.mark.parametrize("bos", ["auto", "tokenizer", "window", "none"])
+def test_calibration_follows_the_evaluation_bos_rule(source, bos):
+    """For every registered model: calibration windows start with BOS exactly when every evaluation window
+    does (Gemma needs one per window; the others are calibrated on raw windows, as the reference)."""
+    tok, model_type = _Tok(), known_model_type(ModelConfig(source))
+    corpus = Corpus(train=["abc def ghi " * 200], test=["the test text " * 100, "another document " * 100])
+    ev = eval_tokens(tok, corpus, 64, bos, "t", model_type)
+    windows = ev.ids[: len(ev.ids) // 64 * 64].view(-1, 64)
+    every_eval_window = bool((windows[:, 0] == tok.bos_token_id).all())
+    stream = torch.tensor(tok(corpus.train[0], add_special_tokens=False)["input_ids"])
+    calib = sample_calibration(stream, 8, 64, 0, calibration_bos(bos, model_type, tok.bos_token_id))
+    assert calib.shape == (8, 64)
+    assert bool((calib[:, 0] == tok.bos_token_id).all()) == every_eval_window
+    assert not (calib[:, 1:] == tok.bos_token_id).any()
+    # the rule is part of the run key of the models it applies to, so older records are not reused
+    cfg = RunConfig(model=ModelConfig(source), eval=EvalConfig(bos=bos))
+    assert (canonical_config(cfg)["calib"].get("bos") == "window") == every_eval_window
+    assert every_eval_window == (model_type.startswith("gemma") and bos == "auto" or bos == "window")
+
+
+def test_first_position_weights_and_trace_shares():
+    torch.manual_seed(0)
+    X = torch.randn(3, 10, 6)
+    X[:, 0] *= 20   # an attention-sink-like first position
+    plain = HessianAccumulator(6)
+    plain.add(X)
+    st = plain.result()
+    energy = X.pow(2).sum(-1).sum(0)                     # [seq]
+    assert st.first_share == pytest.approx((float(energy[0] / energy.sum()), float(energy[:4].sum() / energy.sum())),
+                                           rel=1e-6)
+    Xf = X.reshape(-1, 6)
+    assert torch.allclose(st.H, Xf.T @ Xf / 30, rtol=1e-5, atol=1e-5)
+    excluded = HessianAccumulator(6, weights=TokenWeights(1, 0.0))
+    for chunk in X.split(2):   # chunks of different sizes accumulate like one pass
+        excluded.add(chunk)
+    rest = X[:, 1:].reshape(-1, 6)
+    assert torch.allclose(excluded.result().H, rest.T @ rest / rest.shape[0], rtol=1e-5, atol=1e-5)
+    assert excluded.result().n_tokens == 30
+    half = HessianAccumulator(6, weights=TokenWeights(2, 0.5))
+    half.add(X)
+    w = torch.ones(10)
+    w[:2] = 0.5
+    ref = torch.einsum("bs,bsi,bsj->ij", w.expand(3, -1), X, X) / (3 * w.sum())
+    assert torch.allclose(half.result().H, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="calib.first_weight"):
+        TokenWeights(1, 1.5)
+
+
+def test_calibration_settings_validate_and_key():
+    with pytest.raises(ValueError, match="calib.holdout"):
+        CalibConfig(holdout=-1)
+    with pytest.raises(ValueError, match="calib.first_tokens"):
+        CalibConfig(seq_len=8, first_tokens=8)
+    base = RunConfig(method=MethodConfig("gptq"))
+    cal = lambda **kw: dataclasses.replace(base, calib=dataclasses.replace(base.calib, **kw))  # noqa: E731
+    # weight 1 is the plain token mean however it is written; an active weighting and held-out rows are keyed
+    assert run_key(base) == run_key(cal(first_tokens=1, first_weight=1.0)) == run_key(cal(first_weight=0.3))
+    assert len({run_key(base), run_key(cal(first_tokens=1, first_weight=0.0)), run_key(cal(holdout=8))}) == 3
+
+
+def test_holdout_errors_equal_an_independent_reference():
+    """Every linear's err_holdout / err_rtn_holdout equal tr(dW H dW^T) with H taken from the finished
+    (quantized) model's own forward on the held-out windows: the held-out inputs travel through the same
+    processed blocks as the calibration ones (true-sequential), and the method never sees them."""
+    model, _ = load_model(ModelConfig(TINY_RANDOM))
+    g = torch.Generator().manual_seed(0)
+    ids, held = torch.randint(0, 128, (6, 32), generator=g), torch.randint(0, 128, (5, 32), generator=g)
+    original = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    grid, method = QuantGrid(3, 16), MethodConfig("gptq")
+    res = run_blocks(model, ids, lambda n, W, s: (lambda o: (o.W, o.row))(process_linear(W, s, grid, method)),
+                     LoopConfig(batch_size=4), progress=False, holdout_ids=held)
+    inputs = {}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda m, a, n=n: inputs.setdefault(n, []).append(a[0].reshape(-1, a[0].shape[-1]))) for n in original
+        if n.startswith("model.layers")]
+    with torch.no_grad():
+        model(input_ids=held)
+    for h in hooks:
+        h.remove()
+    assert len(res.rows) == 14 and res.timings["holdout"] > 0
+    for r in res.rows:
+        name = f"model.layers.{r['block']}.{r['linear']}"
+        X = torch.cat(inputs[name])
+        H = X.T @ X / X.shape[0]
+        W0, W = original[name], model.get_submodule(name).weight.detach()
+        assert r["n_tokens_holdout"] == 5 * 32
+        assert r["err_holdout"] == pytest.approx(h_error(W - W0, H), rel=1e-4)
+        from astro.rtn import rtn
+        assert r["err_rtn_holdout"] == pytest.approx(h_error(rtn(W0, grid).W_q - W0, H), rel=1e-4)
+    # GPTQ fits its own tokens: its in-sample gain over RTN is larger than its held-out one in most layers
+    better_in_sample = [r["err"] / r["err_rtn"] < r["err_holdout"] / r["err_rtn_holdout"] for r in res.rows]
+    assert sum(better_in_sample) > len(better_in_sample) / 2

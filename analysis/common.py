@@ -53,6 +53,14 @@ def seedless_key(canonical: dict) -> str:
     return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def lookup(record: dict, path: str):
+    """record['metrics']['ppl'] for path 'metrics.ppl'; None where any step is absent."""
+    v = record
+    for p in path.split("."):
+        v = v.get(p) if isinstance(v, dict) else None
+    return v
+
+
 @dataclass
 class Cell:
     """One grid point: its overrides and the records (one per seed) found for it."""
@@ -67,14 +75,8 @@ class Cell:
         return "recorded" if self.records else MISSING
 
     def values(self, path: str) -> list[float]:
-        out = []
-        for r in self.records:
-            v = r
-            for p in path.split("."):
-                v = v.get(p) if isinstance(v, dict) else None
-            if v is not None:
-                out.append(float(v))
-        return out
+        """The value at `path` ('metrics.ppl') of every record that has one."""
+        return [float(v) for v in (lookup(r, path) for r in self.records) if v is not None]
 
     def mean_std(self, path: str) -> tuple[float | None, float | None, int]:
         v = self.values(path)
@@ -85,13 +87,15 @@ class Cell:
         return m, sd, len(v)
 
     def fmt(self, path: str, digits: int = 2) -> str:
+        """'mean ± std (n=N)' over the seeds; one seed shows 'value (n=1)' so it reads as single-seed;
+        'missing' without a record, 'NaN' when the mean is not finite."""
         m, sd, n = self.mean_std(path)
         if n == 0:
             return MISSING
         if not math.isfinite(m):
             return "NaN"
         s = f"{m:.{digits}f}" if abs(m) < 1e5 else f"{m:.3g}"
-        return s + (f" ± {sd:.{digits}f} (n={n})" if sd is not None else "")
+        return s + (f" ± {sd:.{digits}f}" if sd is not None else "") + f" (n={n})"
 
 
 def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...] = ()) -> list[Cell]:

@@ -18,6 +18,9 @@ from astro.results import ResultStore
 
 from .common import (LABELS, cells, data_caption, markdown, parser, plain_log_ticks, plural, save_figure,
                      write_table)
+from .paired import paired_table, write_paired
+from .table1 import PAIRS as TABLE1_PAIRS
+from .table7 import PAIRS as TABLE7_PAIRS
 
 STAGES = ("transform", "block_transform", "calibration", "reconstruction", "quantization", "method", "evaluation")
 
@@ -51,6 +54,11 @@ def time_table(cs) -> pd.DataFrame:
                      "device": env.get("gpu") or (f"{env.get('device')}, {plural(env.get('torch_threads'), 'thread')}"
                                                   if env else "-")})
     return pd.DataFrame(rows)
+
+
+def build_paired(cs) -> pd.DataFrame:
+    """Table 1's and Table 7's comparisons, those whose two methods are both in this grid."""
+    return paired_table(cs, TABLE1_PAIRS + TABLE7_PAIRS)
 
 
 def figure(cs, scale: str):
@@ -89,6 +97,8 @@ def main(argv=None) -> None:
     write_table(df, "quant_time", a.scale, caption, a.out or a.store.parent / "tables")
     save_figure(figure(cs, a.scale), "fig3_efficiency", a.scale, a.out or a.store.parent / "figures")
     print(markdown(df))
+    write_paired(build_paired(cs), "fig3_efficiency", a.scale, a.out or a.store.parent / "tables",
+                 "Figure 3's methods, Table 1's and Table 7's comparisons where both are in the grid.")
 
 
 if __name__ == "__main__":

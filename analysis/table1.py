@@ -15,10 +15,13 @@ from astro.run import not_applicable
 
 from .common import (LABELS, NOT_APPLICABLE, REPORTED_AS, STAND_IN_MODEL, STAND_IN_QUANT, cells, data_caption,
                      fmt_reported, markdown, parser, reported, write_table)
+from .paired import paired_table, write_paired
 
 # the paper's baselines: reported-only rows unless the grid runs them (awq; spinquant_gptq reproduces the
 # paper's SpinQuant row); OmniQuant is not implemented here
 REPORTED_ONLY = ("awq", "omniquant", "spinquant")
+# the comparisons the paper draws from Table 1, each A vs B within one model and setting
+PAIRS = [("astro_gptq", "magr_gptq"), ("magr_gptq", "gptq"), ("gptq", "rtn"), ("astro_gptq", "spinquant_gptq")]
 
 
 def build(cs, scale: str) -> pd.DataFrame:
@@ -49,6 +52,11 @@ def build(cs, scale: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def build_paired(cs) -> pd.DataFrame:
+    """PAIRS per model and setting, paired on calibration seeds (a rotation on Gemma3 is 'n/a')."""
+    return paired_table(cs, PAIRS, not_applicable=lambda c: not_applicable(c.config))
+
+
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
     cs = cells("table1", a.scale, ResultStore(a.store), tuple(a.overrides))
@@ -57,8 +65,10 @@ def main(argv=None) -> None:
                " 'not run': a method this codebase does not run (reported only); 'missing': no record yet;"
                " 'n/a': the method does not apply to that model (e.g. a residual rotation across Gemma3's sandwich"
                " norms). SpinQuant is the weight-only recipe: learned rotations, then GPTQ.")
-    write_table(df, "table1", a.scale, caption, a.out or a.store.parent / "tables")
+    out = a.out or a.store.parent / "tables"
+    write_table(df, "table1", a.scale, caption, out)
     print(markdown(df))
+    write_paired(build_paired(cs), "table1", a.scale, out, "Table 1's comparisons.")
 
 
 if __name__ == "__main__":

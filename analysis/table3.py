@@ -14,8 +14,11 @@ from astro.results import ResultStore
 
 from .common import (cells, data_caption, fmt_reported, markdown, parser, plain_log_ticks, reported, save_figure,
                      write_table)
+from .paired import paired_table, write_paired
 
 ALPHA_LABEL = {"activation": "alpha_k from activations (Astro)", "uniform": "uniform alpha_k = 1"}
+# the paired comparison's shorter names (its rows also name beta)
+ALPHA_SHORT = {"activation": "activation alpha_k", "uniform": "uniform alpha_k"}
 
 
 def build(cs) -> pd.DataFrame:
@@ -29,6 +32,11 @@ def build(cs) -> pd.DataFrame:
         rows.append({"alpha_k": f"reported: {ALPHA_LABEL[alpha]}",
                      **{f"beta={b:g}": fmt_reported(rep[alpha].get(b)) for b in betas}})
     return pd.DataFrame(rows)
+
+
+def build_paired(cs) -> pd.DataFrame:
+    """Activation vs uniform alpha_k at each beta, paired on calibration seeds."""
+    return paired_table(cs, [("activation", "uniform")], key="method.alpha", labels=ALPHA_SHORT)
 
 
 def figure(cs, scale: str):
@@ -67,6 +75,8 @@ def main(argv=None) -> None:
     write_table(df, "table3", a.scale, caption, a.out or a.store.parent / "tables")
     save_figure(figure(cs, a.scale), "table3_beta", a.scale, (a.out or a.store.parent / "figures"))
     print(markdown(df))
+    write_paired(build_paired(cs), "table3", a.scale, a.out or a.store.parent / "tables",
+                 "Table 3's comparison: alpha_k from activations vs uniform at each beta.")
 
 
 if __name__ == "__main__":

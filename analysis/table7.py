@@ -12,6 +12,10 @@ import pandas as pd
 from astro.results import ResultStore
 
 from .common import LABELS, STAND_IN_MODEL, cells, data_caption, fmt_reported, markdown, parser, reported, write_table
+from .paired import paired_table, write_paired
+
+# the comparisons Table 7 makes, each A vs B within one model and setting
+PAIRS = [("astro_rtn", "magr_rtn"), ("magr_rtn", "rtn"), ("astro_rtn", "rtn")]
 
 
 def build(cs, scale: str) -> pd.DataFrame:
@@ -26,12 +30,19 @@ def build(cs, scale: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def build_paired(cs) -> pd.DataFrame:
+    """PAIRS per model and setting, paired on calibration seeds."""
+    return paired_table(cs, PAIRS)
+
+
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
     cs = cells("table7", a.scale, ResultStore(a.store), tuple(a.overrides))
     df = build(cs, a.scale)
-    write_table(df, "table7", a.scale, "Astro on RTN. " + data_caption(cs, a.scale), a.out or a.store.parent / "tables")
+    out = a.out or a.store.parent / "tables"
+    write_table(df, "table7", a.scale, "Astro on RTN. " + data_caption(cs, a.scale), out)
     print(markdown(df))
+    write_paired(build_paired(cs), "table7", a.scale, out, "Table 7's comparisons.")
 
 
 if __name__ == "__main__":

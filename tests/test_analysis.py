@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from analysis import ablation_alpha, fig3_efficiency, solver_study, table1, table3, table4, table5, table7
-from analysis.common import log_tick_label, plain_log_ticks, reported
+from analysis.common import Cell, log_tick_label, plain_log_ticks, reported
+from analysis.paired import signed
 from astro.results import ResultStore
 from experiments.grid import Composer
 from experiments.run import run_job
@@ -57,13 +58,27 @@ def test_table1(store, tmp_path):
     row = df.set_index("method")
     col = "tiny-random-llama w3g64"
     recs = {r["config"]["method"]["name"]: r for r in ResultStore(store).records() if r["experiment"] == "table1"}
-    assert row.loc["GPTQ", col] == f"{recs['gptq']['metrics']['ppl']:.2f}"
-    assert row.loc["RTN", col] == f"{recs_any('rtn', store):.2f}"  # table7's RTN run is the same computation
+    # one calibration seed: the value, visibly single-seed
+    assert row.loc["GPTQ", col] == f"{recs['gptq']['metrics']['ppl']:.2f} (n=1)"
+    assert row.loc["RTN", col] == f"{recs_any('rtn', store):.2f} (n=1)"  # table7's RTN run is the same computation
     assert row.loc["MagR+GPTQ", col] == "missing" and row.loc["GPTQ", "tiny-random-llama w2g64"] == "missing"
     assert row.loc["AWQ", col] == "missing" and row.loc["OmniQuant", col] == "not run"
     # the caption counts runs, not cells: the FP record fills the W2, W3 and W4 columns but is one run
     assert row.loc["FP", "tiny-random-llama w2g64"] == row.loc["FP", col] != "missing"
     assert "torch thread" in md and "(4 runs)" in md  # FP, RTN, GPTQ, Astro+GPTQ
+    # the comparisons, paired on calibration seeds: one seed each, so a difference but no interval
+    paired = pd.read_csv(tmp_path / "table1_paired_embedded.csv", dtype=str, keep_default_na=False)
+    assert "per shared calibration seed" in (tmp_path / "table1_paired_embedded.md").read_text()
+    assert (tmp_path / "table1_paired_embedded.tex").exists()
+    w3 = paired[paired["setting"] == "tiny-random-llama w3g64"].set_index("comparison")
+    seed = str(recs["gptq"]["config"]["calib"]["seed"])
+    d = recs["gptq"]["metrics"]["ppl"] - recs_any("rtn", store)
+    assert w3.loc["GPTQ vs RTN", "paired diff A-B"] == signed(d) and w3.loc["GPTQ vs RTN", "seeds"] == seed
+    assert w3.loc["GPTQ vs RTN", "verdict"] == "single-seed (n=1): no interval"
+    assert w3.loc["GPTQ vs RTN", "95% CI"] == "-"
+    assert w3.loc["Astro+GPTQ vs MagR+GPTQ", "verdict"] == "missing: MagR+GPTQ"
+    assert w3.loc["MagR+GPTQ vs GPTQ", "verdict"] == "missing: MagR+GPTQ"
+    assert len(paired) == 4 * 3  # four comparisons x three settings, each with a row
 
 
 def test_table1_reported_values_are_verbatim(store, tmp_path):
@@ -85,6 +100,16 @@ def test_table3(store, tmp_path):
     assert df.loc["uniform alpha_k = 1", "beta=0.0005"] != "missing"
     assert df.loc["reported: uniform alpha_k = 1", "beta=0.0005"] == "36.41"
     assert (tmp_path / "table3_beta_embedded.png").stat().st_size > 1000
+    # activation vs uniform at each beta; beta 5e-5 has both (the fixture's ablation_alpha uniform run is that point)
+    paired = pd.read_csv(tmp_path / "table3_paired_embedded.csv", dtype=str, keep_default_na=False).set_index("setting")
+    assert len(paired) == 6 and set(paired["comparison"]) == {"activation alpha_k vs uniform alpha_k"}
+    assert paired.loc["tiny-random-llama w3g64 Astro+GPTQ beta=5e-4", "verdict"] == "missing: activation alpha_k"
+    both = paired.loc["tiny-random-llama w3g64 Astro+GPTQ beta=5e-5"]
+    ppl = {r["canonical"]["method"]["alpha"]: r["metrics"]["ppl"] for r in ResultStore(store).records()
+           if r["config"]["method"]["name"] == "astro_gptq" and r["config"]["quant"]["bits"] == 3
+           and r["config"]["method"]["beta"] == 5e-5 and r["config"]["method"]["solver"] == "pgd"}
+    assert both["verdict"] == "single-seed (n=1): no interval" and both["95% CI"] == "-"
+    assert both["paired diff A-B"] == signed(ppl["activation"] - ppl["uniform"])
 
 
 def test_solver_study(store, tmp_path):
@@ -94,13 +119,21 @@ def test_solver_study(store, tmp_path):
     arm = {s.split(" ")[0]: s for s in w3.index}
     recs = {r["config"]["method"]["solver"]: r for r in ResultStore(store).records() if r["experiment"] == "solver_study"}
     ref, tol = recs["pgd"], recs["fista"]
-    assert w3.loc[arm["pgd200"], "PPL"] == f"{ref['metrics']['ppl']:.2f}"
+    assert w3.loc[arm["pgd200"], "PPL"] == f"{ref['metrics']['ppl']:.2f} (n=1)"
     assert w3.loc[arm["fista_tol"], "PPL - pgd200"] == f"{tol['metrics']['ppl'] - ref['metrics']['ppl']:+.2f}"
     t = tol["timings"]["reconstruction"] / ref["timings"]["reconstruction"]
     assert w3.loc[arm["fista_tol"], "Astro time / pgd200"] == f"{t:.2f}"
     assert w3.loc[arm["fista200"], "PPL"] == "missing" and len(df) == 2 * 3 * 5  # every point, recorded or not
     assert set(df[df["bits"] == "W2 g64"]["PPL"]) == {"missing"}
     assert (tmp_path / "solver_study_embedded.png").stat().st_size > 1000
+
+
+def test_cell_format_shows_seeds_and_spread():
+    def cell(*ppls):
+        return Cell({}, None, "k", [{"metrics": {"ppl": v}} for v in ppls])
+    assert cell(10.0, 12.0).fmt("metrics.ppl") == f"11.00 ± {2 ** 0.5:.2f} (n=2)"
+    assert cell(10.123).fmt("metrics.ppl") == "10.12 (n=1)" and cell(10.123).fmt("metrics.ppl", 1) == "10.1 (n=1)"
+    assert cell().fmt("metrics.ppl") == "missing" and cell(float("nan")).fmt("metrics.ppl") == "NaN"
 
 
 def test_log_tick_labels_thin_out_with_the_span():
@@ -153,6 +186,10 @@ def test_table4_and_table7(store, tmp_path):
     df = pd.read_csv(tmp_path / "table7_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
     assert df.loc["MagR+RTN", "PPL"] == "missing" and df.loc["Astro+RTN", "PPL"] != "missing"
     assert df.loc["MagR+RTN", "reported (llama2-7b W3 g128)"] == "-"  # tiny model: no paper counterpart
+    paired = pd.read_csv(tmp_path / "table7_paired_embedded.csv", dtype=str, keep_default_na=False)
+    paired = paired.set_index("comparison")
+    assert paired.loc["Astro+RTN vs RTN", "verdict"] == "single-seed (n=1): no interval"
+    assert paired.loc["Astro+RTN vs MagR+RTN", "verdict"] == "missing: MagR+RTN"
     _run(table7, store, tmp_path, "model=smollm2-135m")
     df = pd.read_csv(tmp_path / "table7_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
     assert list(df["reported (llama2-7b W3 g128)"]) == ["6.66", "6.48", "6.40"] and set(df["PPL"]) == {"missing"}

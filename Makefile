@@ -18,7 +18,7 @@ analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 .PHONY: help setup setup-gemma bench-solver export quickstart test test-all bench clean-cache run sweep experiments status \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
 	reproduce-table7 figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
-	calib-study calib-sink
+	calib-study calib-sink w2-groups
 
 help:  ## list the targets (experiment targets take SCALE=embedded|paper, default embedded, and ARGS='overrides')
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 20
@@ -132,3 +132,7 @@ calib-study: setup  ## PPL + held-out layer errors vs calibration tokens (GPTQ, 
 calib-sink: setup  ## GPTQ with the first position of each calibration sequence weighted 1 / 0.1 / 0 in H (3 seeds)
 	$(call sweep,calib_sink)
 	$(call analyze,calib_study) --sink
+
+w2-groups: setup  ## W2 at g64 / g32 / g16 (RTN, GPTQ, MagR, Astro, AWQ): where W2 stops collapsing
+	$(call sweep,w2_groups)
+	$(call analyze,w2_groups)

@@ -16,7 +16,8 @@ down_proj, on the KV cache) are not needed and not applied.
 R1/R2 start as randomised Hadamard matrices, diag(random signs) H / sqrt(n), when n has a Hadamard
 construction here (Sylvester for powers of 2; Paley I / II for q + 1 / 2(q + 1), q prime, times a power
 of 2 by a Kronecker product), otherwise as a seeded Haar-random orthogonal matrix; `kind` says which.
-SpinQuant then learns them by Cayley SGD on the Stiefel manifold (`cayley_step`, `learn_rotations`).
+SpinQuant then learns them by Cayley SGD on the Stiefel manifold (`cayley_step`, `learn_rotations`), with the
+reference optimizer's step cap min(lr, 1 / ||R^T G - G^T R||_1) (`cayley_step_size`).
 Rotations are computed in float64 and cast afterwards.
 """
 
@@ -172,13 +173,45 @@ def fake_quant_ste(W: torch.Tensor, grid: QuantGrid) -> torch.Tensor:
 
 # -- Cayley SGD on the Stiefel manifold --------------------------------------------------------------
 
-def cayley_step(R: torch.Tensor, G: torch.Tensor, lr: float) -> torch.Tensor:
-    """One Cayley-retraction step: A = G R^T - R G^T (skew-symmetric), R <- (I + lr/2 A)^-1 (I - lr/2 A) R.
+CAYLEY_EPS = 1e-8
+
+
+def cayley_skew(R: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """S = R^T G - G^T R: the skew-symmetric generator of the Cayley step in R's own frame
+    (R S R^T = G R^T - R G^T = A, the generator `cayley_step` applies from the left)."""
+    return R.T @ G - G.T @ R
+
+
+def cayley_step_size(R: torch.Tensor, G: torch.Tensor, lr: float) -> float:
+    """The step size `cayley_step` takes: min(lr, 1 / (||S||_1 + eps)), S = R^T G - G^T R (`cayley_skew`),
+    ||.||_1 the matrix 1-norm (largest column sum of |S|; S is skew, so also the largest row sum), eps = 1e-8.
+
+    This is the cap of the Cayley SGD reference that SpinQuant trains with (Li et al. 2020's SGD-G, SpinQuant's
+    train_utils/optimizer.py): alpha = min(lr, 1 / (||W||_1 + eps)) with its skew matrix W = S / 2 and its step
+    alpha = 2 lr in our units (its retraction R (I - alpha/4 S)(I + alpha/4 S)^-1 is ours at lr = alpha / 2),
+    i.e. lr ||S||_1 <= 1 up to eps: the Cayley generator (lr/2) S has 1-norm (and so spectral norm) at most 1/2,
+    every eigen-angle of the step's rotation is at most 2 arctan(1/2) (about 53 degrees) and
+    ||R' - R||_2 <= 2 / sqrt(5). The cap binds only when the gradient is large (early steps, a high lr); the
+    reference needs it for its fixed-point retraction to converge, here (an exact solve) it bounds the step."""
+    norm = float(torch.linalg.matrix_norm(cayley_skew(R, G), ord=1))
+    return min(lr, 1.0 / (norm + CAYLEY_EPS))
+
+
+def cayley_step(R: torch.Tensor, G: torch.Tensor, lr: float, cap: bool = True) -> torch.Tensor:
+    """One Cayley-retraction step: A = G R^T - R G^T (skew-symmetric), R <- (I + eta/2 A)^-1 (I - eta/2 A) R.
     The Cayley transform of a skew-symmetric matrix is orthogonal, so R stays orthogonal (to rounding);
-    to first order the step is R - lr A R, a descent direction for the Euclidean gradient G."""
+    to first order the step is R - eta A R, a descent direction for the Euclidean gradient G.
+
+    eta = `cayley_step_size(R, G, lr)` = min(lr, 1 / (||R^T G - G^T R||_1 + 1e-8)): the reference's step cap
+    (see there), so a large gradient or lr cannot swing R by more than a bounded rotation; cap=False takes
+    eta = lr (uncapped, for comparison only)."""
+    return _cayley(R, G, cayley_step_size(R, G, lr) if cap else lr)
+
+
+def _cayley(R: torch.Tensor, G: torch.Tensor, eta: float) -> torch.Tensor:
     A = G @ R.T - R @ G.T
     eye = torch.eye(R.shape[0], dtype=R.dtype, device=R.device)
-    return torch.linalg.solve(eye + (lr / 2) * A, (eye - (lr / 2) * A) @ R)
+    return torch.linalg.solve(eye + (eta / 2) * A, (eye - (eta / 2) * A) @ R)
 
 
 @dataclass(frozen=True)
@@ -205,31 +238,47 @@ class RotationConfig:
 @dataclass
 class SpinResult:
     """R1 [d, d], R2: one [hd, hd] per layer (float64); losses: the training loss at every step (before
-    its update); seconds: wall time of the learning."""
+    its update); seconds: wall time of the learning. step_sizes: R1's step size at every step (the scheduled
+    lr_t, or less where `cayley_step_size`'s cap bound); updates / capped: how many Cayley updates were taken
+    (steps x matrices, R1 and every R2) and in how many of them the cap bound."""
 
     R1: torch.Tensor
     R2: list[torch.Tensor]
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    step_sizes: list[float] = field(default_factory=list)
+    updates: int = 0
+    capped: int = 0
 
 
 def learn_rotations(loss_fn: Callable[[torch.Tensor, list[torch.Tensor], int], torch.Tensor], R1: torch.Tensor,
                     R2: list[torch.Tensor], steps: int, lr: float) -> SpinResult:
     """Cayley SGD on (R1, R2_1..R2_L): at step t, loss_fn(R1, R2s, t) (differentiable in them), Euclidean
     gradients by autograd, then `cayley_step` with lr_t = lr (1 - t / steps) on each matrix (plain SGD,
-    no momentum)."""
+    no momentum), each capped on its own at min(lr_t, 1 / (||R^T G - G^T R||_1 + eps)) as the reference does
+    (`cayley_step_size`); the step sizes taken and how often the cap bound are recorded."""
     t0 = time.perf_counter()
     R1, R2 = R1.detach().clone(), [r.detach().clone() for r in R2]
-    losses = []
+    res = SpinResult(R1, R2)
     for t in range(steps):
         R1.requires_grad_(True)
         for r in R2:
             r.requires_grad_(True)
         loss = loss_fn(R1, R2, t)
         grads = torch.autograd.grad(loss, [R1, *R2])
-        losses.append(float(loss.detach()))
+        res.losses.append(float(loss.detach()))
         lr_t = lr * (1 - t / steps)
         with torch.no_grad():
-            R1 = cayley_step(R1.detach(), grads[0].to(R1.dtype), lr_t)
-            R2 = [cayley_step(r.detach(), g.to(r.dtype), lr_t) for r, g in zip(R2, grads[1:])]
-    return SpinResult(R1.detach(), [r.detach() for r in R2], losses, time.perf_counter() - t0)
+            new = []
+            for i, (R, G) in enumerate(zip([R1, *R2], grads)):
+                R, G = R.detach(), G.to(R.dtype)
+                eta = cayley_step_size(R, G, lr_t)
+                if i == 0:
+                    res.step_sizes.append(eta)
+                res.updates += 1
+                res.capped += eta < lr_t
+                new.append(_cayley(R, G, eta))
+            R1, R2 = new[0], new[1:]
+    res.R1, res.R2 = R1.detach(), [r.detach() for r in R2]
+    res.seconds = time.perf_counter() - t0
+    return res

@@ -7,7 +7,8 @@ pure functions in astro/rotation.py (QuaRot / SpinQuant) and astro/awq.py (AWQ).
               -> identity), rotate the residual stream by a randomised Hadamard R1 and each head's v -> o
               path by R2 (astro.rotation), fused into the weights. The FP model's function is unchanged.
   'spinquant' the same, with R1 and per-layer R2 learned by Cayley SGD from the QuaRot start, minimising
-              the next-token loss of the model with RTN fake-quantized block linears (straight-through).
+              the next-token loss of the model with RTN fake-quantized block linears (straight-through); each
+              Cayley step is capped as in the reference optimizer (astro.rotation.cayley_step_size).
 - block-level, inside `run_blocks` before a block is calibrated (timed as `block_transform`):
   'awq'       collect each scale group's FP input statistics with one block forward, search AWQ's scales,
               fold them into the preceding norm / linear (function-preserving) and return row fields.
@@ -245,6 +246,8 @@ def apply_rotation(model: nn.Module, arch: Architecture, kind: str, method, grid
             if moved:
                 model.to("cpu")
         info.update(steps=rc.steps, lr=rc.lr, lr_schedule="linear decay to 0", optimizer="Cayley SGD (no momentum)",
+                    cayley_cap="min(lr_t, 1 / (||R^T G - G^T R||_1 + 1e-8)) per matrix",
+                    cayley_updates=res.updates, cayley_capped=res.capped, step_sizes_r1=res.step_sizes,
                     sequences=n_seq, seq_len=int(calib_ids.shape[1]), tokens_per_step=int(calib_ids.shape[1]),
                     tokens_seen=rc.steps * int(calib_ids.shape[1]), losses=res.losses,
                     loss_init=loss_init, loss_final=loss_final, t_learn=res.seconds,

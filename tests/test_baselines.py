@@ -18,8 +18,8 @@ from astro.config import RunConfig, from_dict
 from astro.methods import MethodConfig
 from astro.models import ModelConfig, tiny_random_llama
 from astro.quantizer import QuantGrid
-from astro.rotation import (RotationConfig, cayley_step, hadamard, learn_rotations, orthogonality_error,
-                            random_orthogonal, random_rotation)
+from astro.rotation import (RotationConfig, cayley_skew, cayley_step, cayley_step_size, hadamard, learn_rotations,
+                            orthogonality_error, random_orthogonal, random_rotation)
 from astro.rtn import rtn
 from astro.run import Session, quantize_model, run, with_method
 from astro.stats import h_error
@@ -119,6 +119,39 @@ def test_cayley_step_stays_orthogonal():
         G = torch.randn(32, 32, generator=g, dtype=torch.float64)
         R = cayley_step(R, G, lr=1.5)
     assert orthogonality_error(R) < 1e-5
+
+
+def test_cayley_step_is_capped_as_the_reference():
+    """SpinQuant's Cayley SGD caps the step at 1 / ||S||_1 (S = R^T G - G^T R, our units): with a huge lr the
+    step is still a bounded rotation (eigen-angles <= 2 arctan(1/2): ||R' - R||_2 <= 2 / sqrt(5)), while the
+    uncapped step at that lr nearly reflects R (||R' - R||_2 -> 2)."""
+    R, _ = random_rotation(32, seed=0)
+    G = torch.randn(32, 32, generator=GEN(1), dtype=torch.float64)
+    norm1 = float(torch.linalg.matrix_norm(R.T @ G - G.T @ R, ord=1))
+    assert torch.equal(cayley_skew(R, G), R.T @ G - G.T @ R)
+    capped, uncapped = cayley_step(R, G, lr=1e6), cayley_step(R, G, lr=1e6, cap=False)
+    assert orthogonality_error(capped) < 1e-12
+    assert float(torch.linalg.matrix_norm(capped - R, ord=2)) <= 2 / math.sqrt(5)
+    assert float(torch.linalg.matrix_norm(uncapped - R, ord=2)) > 1.99
+    eta = cayley_step_size(R, G, 1e6)
+    assert eta * norm1 == pytest.approx(1.0, rel=1e-6)          # the cap is what bound the step
+    assert torch.equal(capped, cayley_step(R, G, lr=eta, cap=False))
+    small = 0.5 / norm1                                            # below the cap: the lr is taken as is
+    assert cayley_step_size(R, G, small) == small and torch.equal(cayley_step(R, G, small),
+                                                                  cayley_step(R, G, small, cap=False))
+
+
+def test_cayley_sgd_records_capped_steps_and_still_descends():
+    """With lr = 1e3 every update is capped (and recorded as such); Cayley SGD still solves Procrustes."""
+    T, R0 = random_orthogonal(16, GEN(5)), random_orthogonal(16, GEN(6))
+    T2, R20 = random_orthogonal(4, GEN(7)), random_orthogonal(4, GEN(8))
+    res = learn_rotations(lambda R1, R2, t: -(T * R1).sum() - (T2 * R2[0]).sum(), R0, [R20], steps=100, lr=1e3)
+    assert res.updates == 200 and res.capped == 200 and len(res.step_sizes) == 100
+    assert all(eta < 1e3 * (1 - t / 100) for t, eta in enumerate(res.step_sizes))
+    assert float((T * res.R1).sum()) > 0.9 * 16 and orthogonality_error(res.R1) < 1e-10
+    assert float((T2 * res.R2[0]).sum()) > 0.9 * 4 and orthogonality_error(res.R2[0]) < 1e-10
+    low = learn_rotations(lambda R1, R2, t: -(T * R1).sum(), R0, [], steps=100, lr=0.05)
+    assert low.capped == 0 and low.step_sizes == [0.05 * (1 - t / 100) for t in range(100)]
 
 
 def test_cayley_sgd_descends():

@@ -21,7 +21,8 @@ Clip search (one linear, after the scales): each (row, group) range [min, max] s
 1, 1 - max_shrink / n, ..., 1 - max_shrink (n - 1) / n; per (row, group) the r with the smallest error of
 that group's partial output, dw H_kk dw^T (H_kk: the group's diagonal block of H), is kept, as AWQ does.
 If the resulting clipped weights quantize worse than the unclipped ones under the full H, nothing is
-clipped (recorded as `reverted`).
+clipped (recorded as `reverted`). As in the AWQ reference implementations, the pipeline runs no clip search
+for q_proj / k_proj (their outputs meet in q k^T before a softmax): astro.methods.AWQ_CLIP_SKIP.
 """
 
 from __future__ import annotations

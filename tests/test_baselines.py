@@ -15,14 +15,14 @@ from astro import run as run_mod
 from astro.awq import AWQConfig, search_clip, search_scales
 from astro.blockwise import LoopConfig, architecture_of, run_blocks
 from astro.config import RunConfig, from_dict
-from astro.methods import MethodConfig
+from astro.methods import MethodConfig, process_linear
 from astro.models import ModelConfig, tiny_random_llama
 from astro.quantizer import QuantGrid
 from astro.rotation import (RotationConfig, cayley_skew, cayley_step, cayley_step_size, hadamard, learn_rotations,
                             orthogonality_error, random_orthogonal, random_rotation)
 from astro.rtn import rtn
 from astro.run import Session, quantize_model, run, with_method
-from astro.stats import h_error
+from astro.stats import LayerStats, h_error
 from astro.transforms import NotApplicableError, apply_rotation, awq_block_transform
 
 BASELINES = ("awq", "awq_gptq", "quarot_rtn", "quarot_gptq", "spinquant_gptq")
@@ -216,6 +216,41 @@ def test_awq_clip_never_worse_than_no_clipping():
     assert res2.W.shape == W.shape and res2.err_after <= res2.err_before
 
 
+QK = ("self_attn.q_proj", "self_attn.k_proj")
+CLIPPED = ("self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+@pytest.mark.parametrize("name", ["awq", "awq_gptq"])
+def test_awq_clips_v_o_gate_up_down_but_not_q_k(name):
+    """As the AWQ reference implementations do: no clipping search for q/k (their outputs meet in q k^T before
+    a softmax). On weights where clipping clearly pays, q/k are quantized unclipped, every other role clipped."""
+    _, H, _ = _outlier_data(n_in=48)
+    W = torch.randn(40, 48, generator=GEN(2))
+    W[:, 5] *= 6
+    stats, grid, method = LayerStats(H, 512), QuantGrid(3, 16), MethodConfig(name)
+    unclipped = process_linear(W, stats, grid, MethodConfig({"awq": "rtn", "awq_gptq": "gptq"}[name])).W
+    for role in (*QK, "model.layers.1.self_attn.k_proj"):
+        out = process_linear(W, stats, grid, method, linear=role)
+        assert out.row["clip_skipped"] is True and "clip_ratio_min" not in out.row, role
+        assert torch.equal(out.W, unclipped), role          # quantized from the unclipped weights
+    for role in (*CLIPPED, "model.layers.0.mlp.down_proj"):
+        out = process_linear(W, stats, grid, method, linear=role)
+        assert out.row["clip_skipped"] is False and out.row["clip_ratio_min"] < 1, role
+        assert not out.row["clip_reverted"] and out.row["clip_err_rtn_after"] < out.row["clip_err_rtn_before"]
+        assert not torch.equal(out.W, unclipped), role
+
+
+def test_awq_clip_skip_through_the_loop():
+    """The loop's qualified names (model.layers.<b>.<role>) select the skip: q/k rows skipped, the rest searched."""
+    model = _tiny()
+    method, grid = MethodConfig("awq"), QuantGrid(3, 16)
+    res = run_blocks(model, _ids(), lambda n, W, s: (lambda o: (o.W, o.row))(process_linear(W, s, grid, method, n)),
+                     LoopConfig(batch_size=2), progress=False, block_transform=awq_block_transform(model, method, grid))
+    assert len(res.rows) == 14
+    for r in res.rows:
+        assert r["clip_skipped"] is (r["linear"] in QK) and ("clip_ratio_min" in r) is (r["linear"] in CLIPPED)
+
+
 def test_awq_scale_folding_preserves_fp_outputs():
     model = _tiny()
     ids = _ids()
@@ -265,7 +300,7 @@ def test_every_baseline_runs_end_to_end(base_cfg, session):
         assert t["method"] <= t["pipeline"]
         if name.startswith("awq"):
             assert t["block_transform"] > 0 and t["transform"] == 0 and res.transform == {}
-            assert all("awq_alpha" in r and "clip_ratio_mean" in r for r in rows), name
+            assert all("awq_alpha" in r and ("clip_ratio_mean" in r or r["clip_skipped"]) for r in rows), name
         else:
             assert t["transform"] > 0 and t["block_transform"] == 0
             kind = "random_hadamard:sylvester(64)" if name.startswith("quarot") else "spinquant from random_hadamard:sylvester(64)"
@@ -380,7 +415,7 @@ def test_records_show_what_was_done(store):
     spin = recs["spinquant_gptq"]["transform"]
     assert spin["steps"] == 2 and spin["sequences"] == 2 and spin["r1"].startswith("random_hadamard")  # embedded: 2
     assert recs["quarot_rtn"]["transform"]["transform"] == "quarot" and recs["awq"]["transform"] == {}
-    assert all("awq_scale_max" in r and "clip_ratio_min" in r for r in recs["awq"]["rows"])
+    assert all("awq_scale_max" in r and ("clip_ratio_min" in r or r["clip_skipped"]) for r in recs["awq"]["rows"])
     for r in recs.values():
         assert {"transform", "block_transform"} <= set(r["timings"])
 

@@ -25,7 +25,7 @@ import torch
 from .awq import AWQConfig, search_clip
 from .gptq import GPTQConfig, gptq
 from .quantizer import QuantGrid, QuantResult, pad_to_groups
-from .regularize import RegularizeConfig, reconstruct
+from .regularize import RegularizeConfig, reconstruct, shared_lambda_max
 from .rotation import RotationConfig
 from .rtn import rtn
 from .stats import LayerStats, h_error
@@ -184,9 +184,13 @@ def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: 
 
     t = time.perf_counter()
     Wp = W0
+    row["t_lambda_max"] = 0.0
     if method.preprocess:
         rcfg = method.regularize_config(grid.group_size)
-        reg = reconstruct(W0, stats, rcfg)
+        # lambda_max(H): one eigvalsh per shared H (q/k/v, gate/up get the same stats object); part of
+        # t_regularize, and its own t_lambda_max on the row that computed it (0 on the rows that reuse it)
+        lam, row["t_lambda_max"] = shared_lambda_max(stats, W0.device)
+        reg = reconstruct(W0, stats, rcfg, lam)
         Wp = reg.W
         row.update(solver=reg.solver, iters_used=reg.iters_used, restarts=reg.restarts,
                    obj_first=float(reg.objective[0]), obj_last=float(reg.objective[-1]), lambda_max=reg.lambda_max,

@@ -149,8 +149,35 @@ def group_alpha(stats: LayerStats, group_len: int, mode: str) -> torch.Tensor:
     return norms / mean
 
 
-def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig) -> RegularizeResult:
-    """Astro (alpha='activation') or MagR (alpha='uniform') reconstruction of W [out, in] (eq. 12)."""
+def lambda_max(H: torch.Tensor, device: torch.device | str) -> float:
+    """The largest eigenvalue of H, taken in float32 on `device` (as `reconstruct` uses H)."""
+    return float(torch.linalg.eigvalsh(H.to(device, torch.float32))[-1])
+
+
+def shared_lambda_max(stats: LayerStats, device: torch.device | str) -> tuple[float, float]:
+    """(lambda_max(stats.H) on `device`, seconds spent computing it now): the eigendecomposition runs once per
+    stats object and is kept on it (attribute `_lambda_max`, outside the dataclass fields, so equality and
+    repr ignore it), so the linears that share one H (q/k/v, gate/up: the block loop hands them the very
+    same LayerStats) pay for it once; reused values cost 0.0 seconds. The cache is dropped when stats.H is
+    replaced or modified in place (its tensor identity and version counter are part of the key) or the
+    device differs; the value is bit-identical to `lambda_max(stats.H, device)`."""
+    key = (stats.H, stats.H._version, str(torch.device(device)))
+    cached = stats.__dict__.get("_lambda_max")
+    if cached is not None and cached[0] is key[0] and cached[1:3] == key[1:]:
+        return cached[3], 0.0
+    t = time.perf_counter()
+    lam = lambda_max(stats.H, device)
+    seconds = time.perf_counter() - t
+    stats.__dict__["_lambda_max"] = (*key, lam)
+    return lam, seconds
+
+
+def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig,
+                lambda_max_h: float | None = None) -> RegularizeResult:
+    """Astro (alpha='activation') or MagR (alpha='uniform') reconstruction of W [out, in] (eq. 12).
+
+    lambda_max_h: lambda_max(stats.H) when the caller already has it (`shared_lambda_max`: once per shared
+    H); None computes it here (an eigvalsh of H)."""
     t0 = time.perf_counter()
     W = W.float()
     n_out, n_in = W.shape
@@ -158,7 +185,7 @@ def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig) -> Re
     if g > n_in:
         raise ValueError(f"regularize.group_size={g} is larger than the layer's in_features={n_in}")
     H = stats.H.to(W.device, torch.float32)
-    lam = float(torch.linalg.eigvalsh(H)[-1])
+    lam = lambda_max(H, W.device) if lambda_max_h is None else float(lambda_max_h)
     alpha = group_alpha(stats, g, cfg.alpha).to(W.device)  # [G]
     trace = _Trace(cfg.iters, cfg.tol, t0, W.device)
     if lam <= 0 or cfg.beta == 0 or cfg.iters == 0:

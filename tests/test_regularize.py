@@ -130,3 +130,58 @@ def test_partial_group_and_per_channel_supported():
     for gsz in (16, -1):  # 40 = 16 + 16 + 8
         res = reconstruct(W, st, RegularizeConfig(beta=1e-3, iters=100, group_size=gsz))
         assert res.W.shape == W.shape and res.objective[-1] < res.objective[0]
+
+
+def _counting_eigvalsh(monkeypatch):
+    calls = []
+    real = torch.linalg.eigvalsh
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch.linalg, "eigvalsh", counted)
+    return calls
+
+
+def test_lambda_max_once_per_shared_stats(monkeypatch):
+    """Linears sharing one stats object (q/k/v, gate/up) compute lambda_max(H) once; the reuse changes nothing."""
+    from astro.methods import MethodConfig, process_linear
+    from astro.quantizer import QuantGrid
+    W1, st = _problem(6)
+    W2 = _problem(7)[0]
+    grid, method = QuantGrid(3, 16), MethodConfig("astro_rtn", beta=1e-3, iters=30)
+    calls = _counting_eigvalsh(monkeypatch)
+    first, second = process_linear(W1, st, grid, method), process_linear(W2, st, grid, method)
+    assert len(calls) == 1
+    assert first.row["t_lambda_max"] > 0 and second.row["t_lambda_max"] == 0.0
+    fresh = process_linear(W2, LayerStats(st.H, st.n_tokens), grid, method)   # a new stats object: computed again
+    assert len(calls) == 2 and fresh.row["t_lambda_max"] > 0
+    assert torch.equal(second.W, fresh.W) and second.row["lambda_max"] == fresh.row["lambda_max"]
+    assert (second.row["obj_first"], second.row["obj_last"]) == (fresh.row["obj_first"], fresh.row["obj_last"])
+    # and bit-identical to reconstruct computing lambda_max itself
+    cfg = method.regularize_config(16)
+    own, given = reconstruct(W2, st, cfg), reconstruct(W2, st, cfg, second.row["lambda_max"])
+    assert torch.equal(own.W, given.W) and torch.equal(own.objective, given.objective) and len(calls) == 3
+    st.H.mul_(2.0)                            # H changed in place: the kept value is stale, so recomputed
+    assert process_linear(W2, st, grid, method).row["lambda_max"] == pytest.approx(2 * fresh.row["lambda_max"])
+    assert len(calls) == 4
+
+
+def test_lambda_max_once_per_shared_input_in_the_block_loop(monkeypatch):
+    """Through the loop: one eigvalsh per distinct input per block (q/k/v, o, gate/up, down: 4), not per linear (7)."""
+    from astro.blockwise import LoopConfig, run_blocks
+    from astro.methods import MethodConfig, process_linear
+    from astro.models import tiny_random_llama
+    from astro.quantizer import QuantGrid
+    model = tiny_random_llama(vocab_size=128)
+    ids = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    grid, method = QuantGrid(3, 16), MethodConfig("astro_rtn", beta=1e-3, iters=5)
+    calls = _counting_eigvalsh(monkeypatch)
+    res = run_blocks(model, ids, lambda n, W, s: (lambda o: (o.W, o.row))(process_linear(W, s, grid, method, n)),
+                     LoopConfig(batch_size=2), progress=False)
+    assert len(res.rows) == 14 and len(calls) == 2 * 4
+    computed = {(r["block"], r["linear"]) for r in res.rows if r["t_lambda_max"] > 0}
+    assert computed == {(b, n) for b in range(2) for n in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj",
+                                                           "mlp.down_proj")}
+    by = {(r["block"], r["linear"]): r["lambda_max"] for r in res.rows}
+    assert by[(0, "self_attn.q_proj")] == by[(0, "self_attn.k_proj")] == by[(0, "self_attn.v_proj")]

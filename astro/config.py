@@ -4,6 +4,7 @@ config). Unknown keys are errors that name the key; values are validated by each
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,11 @@ from .methods import MethodConfig
 from .models import ModelConfig
 from .quantizer import QuantGrid
 from .stats import TokenWeights
+
+
+class ConfigError(ValueError):
+    """A config value or key that validation refuses; the message names the key (from the config's root,
+    e.g. `method.gptq.damp_percent`) and the bad value, on one line."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,12 @@ class EvalConfig:
     lm_eval: TaskEvalConfig = field(default_factory=TaskEvalConfig)
 
     def __post_init__(self):
-        if self.seq_len < 2 or self.batch_size < 1 or (self.max_windows is not None and self.max_windows < 1):
-            raise ValueError("eval.seq_len must be >= 2, eval.batch_size >= 1, eval.max_windows >= 1 or null")
+        if self.seq_len < 2:
+            raise ValueError(f"eval.seq_len must be >= 2, got {self.seq_len}")
+        if self.batch_size < 1:
+            raise ValueError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        if self.max_windows is not None and self.max_windows < 1:
+            raise ValueError(f"eval.max_windows must be >= 1 or null, got {self.max_windows}")
         if self.bos not in BOS_MODES:
             raise ValueError(f"eval.bos must be one of {BOS_MODES}, got {self.bos!r}")
 
@@ -95,27 +105,42 @@ def _coerce(tp, value, key: str):
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ValueError(f"{key} must be {tp.__name__}, got {value!r}")
+        raise ConfigError(f"{key} must be {tp.__name__}, got {value!r}")
     return value
 
 
+def qualify(message: str, prefix: str) -> str:
+    """A nested dataclass names its fields from itself (`gptq.damp_percent`): name them from the config's
+    root (`method.gptq.damp_percent`), once; a message that names no key under `prefix` gets it in front."""
+    message = " ".join(message.split())   # one line
+    if not prefix:
+        return message
+    leaf = prefix.rsplit(".", 1)[-1]
+    if leaf != prefix:
+        message = re.sub(rf"(?<![\w.]){re.escape(leaf)}\.", prefix + ".", message)
+    return message if re.search(rf"(?<![\w.]){re.escape(prefix)}\b", message) else f"{prefix}: {message}"
+
+
 def from_dict(cls, data, prefix: str = ""):
-    """Build dataclass `cls` from a mapping; unknown keys raise ValueError naming the full key."""
+    """Build dataclass `cls` from a mapping; unknown keys and bad values raise ConfigError naming the full
+    key (and the bad value, as each dataclass's validation words it)."""
     if data is None:
-        return cls()
+        data = {}
     if not isinstance(data, typing.Mapping):
-        raise ValueError(f"{prefix or cls.__name__} must be a mapping, got {data!r}")
+        raise ConfigError(f"{prefix or cls.__name__} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ValueError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; allowed: {sorted(names)}")
+        raise ConfigError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; allowed: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise
     except ValueError as e:
-        raise ValueError(f"{prefix}: {e}" if prefix else str(e)) from None
+        raise ConfigError(qualify(str(e), prefix)) from None
 
 
 def to_dict(cfg) -> dict:

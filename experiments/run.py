@@ -5,7 +5,8 @@
   python -m experiments.run -m experiment=table3 hydra/launcher=joblib    # parallel on this machine
   python -m experiments.run -m experiment=table1 scale=paper hydra/launcher=slurm   # a SLURM cluster
 
-Each job validates its config (unknown keys and bad values fail before anything loads), skips at once
+Each job validates its config (unknown keys and bad values fail before anything loads: one line
+`error: <message>` on stderr, exit code 2), skips at once
 when the results store already holds its record, otherwise quantizes, evaluates, writes the record
 atomically and logs it to W&B. Jobs of one process reuse the loaded model and token streams.
 In a sweep (-m), a point whose method cannot apply to its model (astro.transforms.NotApplicableError,
@@ -16,6 +17,7 @@ as n/a); a single run raises the error.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from astro.config import RunConfig, from_dict
+from astro.config import ConfigError, RunConfig, from_dict
 from astro.export import ExportCollector, card_from_run, check_run_exportable, export_checkpoint
 from astro.results import ResultStore, canonical_config, environment, now_iso, run_key
 from astro.run import Session, check_inputs, run
@@ -43,10 +45,10 @@ def split_config(raw: dict) -> tuple[RunConfig, dict]:
     store = dict(extras.get("store") or {})
     unknown = sorted(set(store) - {"root", "skip_existing"})
     if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join('store.' + k for k in unknown)}; allowed: root, skip_existing")
+        raise ConfigError(f"unknown config key(s) {', '.join('store.' + k for k in unknown)}; allowed: root, skip_existing")
     extras["store"] = store
     if not isinstance(extras.get("export", False), bool):
-        raise ValueError(f"export must be true or false, got {extras['export']!r}")
+        raise ConfigError(f"export must be true or false, got {extras['export']!r}")
     extras["tracking"] = from_dict(TrackingConfig, extras.get("tracking"), "tracking")
     return from_dict(RunConfig, raw), extras
 
@@ -159,7 +161,11 @@ def run_job(raw: dict) -> dict:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(hcfg: DictConfig) -> dict:
-    return run_job(OmegaConf.to_container(hcfg, resolve=True))
+    try:
+        return run_job(OmegaConf.to_container(hcfg, resolve=True))
+    except ConfigError as e:   # a bad key or value: one line naming it, no traceback, exit code 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

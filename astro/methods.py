@@ -25,7 +25,7 @@ import torch
 from .awq import AWQConfig, search_clip
 from .gptq import GPTQConfig, gptq
 from .quantizer import QuantGrid, QuantResult, pad_to_groups
-from .regularize import RegularizeConfig, reconstruct
+from .regularize import RegularizeConfig, reconstruct, shared_lambda_max
 from .rotation import RotationConfig
 from .rtn import rtn
 from .stats import LayerStats, h_error
@@ -34,14 +34,23 @@ from .stats import LayerStats, h_error
 class Pipeline(NamedTuple):
     """preprocess: per-linear reconstruction before quantization ('astro' = activation alpha, 'magr' =
     uniform alpha, None). quantizer: 'rtn' | 'gptq' | None. clip: AWQ's per-linear clipping search before
-    quantization. block_transform: 'awq' (scales folded per block before its calibration) or None.
-    model_transform: 'quarot' | 'spinquant' (residual rotations fused once before the loop) or None."""
+    quantization. clip_skip: the roles (a linear's path inside its block, e.g. 'self_attn.q_proj') whose
+    clipping search is skipped. block_transform: 'awq' (scales folded per block before its calibration) or
+    None. model_transform: 'quarot' | 'spinquant' (residual rotations fused once before the loop) or None."""
 
     preprocess: str | None
     quantizer: str | None
     clip: bool = False
     block_transform: str | None = None
     model_transform: str | None = None
+    clip_skip: tuple[str, ...] = ()
+
+
+# AWQ's reference implementations (llm-awq's auto_clip, AutoAWQ) search no clipping for the query and key
+# projections: their outputs meet in the q k^T product before a softmax, where a clipped range is hard to
+# fit from the linear's own output error and was found harmful. Roles in the layout of every registered
+# Architecture (astro.blockwise: Llama, Mistral, Qwen2/3, Gemma/2/3 name them alike).
+AWQ_CLIP_SKIP = ("self_attn.q_proj", "self_attn.k_proj")
 
 
 PIPELINES: dict[str, Pipeline] = {
@@ -55,8 +64,8 @@ PIPELINES: dict[str, Pipeline] = {
     "astro": Pipeline("astro", None),   # reconstructed, unquantized (Table 4)
     "magr": Pipeline("magr", None),
     # baselines the paper compares against (astro/awq.py, astro/rotation.py, astro/transforms.py)
-    "awq": Pipeline(None, "rtn", clip=True, block_transform="awq"),
-    "awq_gptq": Pipeline(None, "gptq", clip=True, block_transform="awq"),
+    "awq": Pipeline(None, "rtn", clip=True, block_transform="awq", clip_skip=AWQ_CLIP_SKIP),
+    "awq_gptq": Pipeline(None, "gptq", clip=True, block_transform="awq", clip_skip=AWQ_CLIP_SKIP),
     "quarot_rtn": Pipeline(None, "rtn", model_transform="quarot"),
     "quarot_gptq": Pipeline(None, "gptq", model_transform="quarot"),
     "spinquant_gptq": Pipeline(None, "gptq", model_transform="spinquant"),
@@ -113,6 +122,14 @@ class MethodConfig:
     def clip(self) -> bool:
         return self.pipeline.clip
 
+    def clips(self, linear: str | None) -> bool:
+        """Whether the pipeline's clipping search runs on `linear` (its role in the block, e.g.
+        'self_attn.q_proj', or its qualified module name 'model.layers.3.self_attn.q_proj'; None: unknown,
+        searched). False for the roles in pipeline.clip_skip (AWQ: q/k, see AWQ_CLIP_SKIP)."""
+        if not self.clip:
+            return False
+        return linear is None or not any(linear == r or linear.endswith("." + r) for r in self.pipeline.clip_skip)
+
     @property
     def block_transform(self) -> str | None:
         return self.pipeline.block_transform
@@ -157,8 +174,13 @@ def _quantize(kind: str, W: torch.Tensor, stats: LayerStats, grid: QuantGrid, me
     return rtn(W, grid) if kind == "rtn" else gptq(W, stats.H, grid, method.gptq)
 
 
-def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig) -> LinearOutcome:
-    """Run the method's pipeline on one linear W [out, in] and return the new weights and its row."""
+def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig,
+                   linear: str | None = None) -> LinearOutcome:
+    """Run the method's pipeline on one linear W [out, in] and return the new weights and its row.
+
+    linear: the linear's role in its block ('self_attn.q_proj') or its qualified module name, for per-role
+    steps: AWQ searches no clipping for q/k (Pipeline.clip_skip; the row says clip_skipped=True). None =
+    unknown role: every linear is treated alike (AWQ then clips q/k too)."""
     W0 = W.float()
     H = stats.H.to(W0.device)
     g = grid.group_len(W0.shape[1])
@@ -167,9 +189,13 @@ def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: 
 
     t = time.perf_counter()
     Wp = W0
+    row["t_lambda_max"] = 0.0
     if method.preprocess:
         rcfg = method.regularize_config(grid.group_size)
-        reg = reconstruct(W0, stats, rcfg)
+        # lambda_max(H): one eigvalsh per shared H (q/k/v, gate/up get the same stats object); part of
+        # t_regularize, and its own t_lambda_max on the row that computed it (0 on the rows that reuse it)
+        lam, row["t_lambda_max"] = shared_lambda_max(stats, W0.device)
+        reg = reconstruct(W0, stats, rcfg, lam)
         Wp = reg.W
         row.update(solver=reg.solver, iters_used=reg.iters_used, restarts=reg.restarts,
                    obj_first=float(reg.objective[0]), obj_last=float(reg.objective[-1]), lambda_max=reg.lambda_max,
@@ -177,11 +203,14 @@ def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: 
                    err_reconstruct=h_error(Wp - W0, H))
     row["t_regularize"] = time.perf_counter() - t
 
-    if method.clip:  # AWQ's clipping search: part of the quantization step's cost
+    if method.clip and not method.clips(linear):
+        row["clip_skipped"] = True
+    elif method.clip:  # AWQ's clipping search: part of the quantization step's cost
         t = time.perf_counter()
         clip = search_clip(Wp, H, grid, method.awq)
         Wp = clip.W
-        row.update(clip_ratio_mean=float(clip.ratio.mean()), clip_ratio_min=float(clip.ratio.min()),
+        row.update(clip_skipped=False, clip_ratio_mean=float(clip.ratio.mean()),
+                   clip_ratio_min=float(clip.ratio.min()),
                    clip_err_rtn_before=clip.err_before, clip_err_rtn_after=clip.err_after, clip_reverted=clip.reverted,
                    t_clip=time.perf_counter() - t)
 

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -69,6 +70,9 @@ def on_device(model, device: str):
         model.to(where)
 
 
+_LOG_FLOAT_MAX = math.log(sys.float_info.max)
+
+
 @torch.no_grad()
 def perplexity(model, stream: torch.Tensor | EvalTokens, seq_len: int, max_windows: int | None = None,
                batch_size: int = 1, device: str = "cpu", progress: bool = True) -> PerplexityResult:
@@ -95,7 +99,8 @@ def perplexity(model, stream: torch.Tensor | EvalTokens, seq_len: int, max_windo
                                   reduction="none").view(batch.shape[0], -1).mean(1)
             losses.append(nll.double().cpu())
     nll = float(torch.cat(losses).mean())
-    return PerplexityResult(math.exp(nll), nll, n, available, seq_len, n * (seq_len - 1),
+    ppl = math.inf if nll > _LOG_FLOAT_MAX else math.exp(nll)   # overflow: infinite (a NaN nll stays NaN)
+    return PerplexityResult(ppl, nll, n, available, seq_len, n * (seq_len - 1),
                             time.perf_counter() - t0, protocol)
 
 

@@ -6,6 +6,8 @@ float32 safetensors copy in the cache and loaded from that copy afterwards.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -57,6 +59,72 @@ def known_model_type(cfg: "ModelConfig") -> str | None:
 
 class HubUnavailableError(RuntimeError):
     pass
+
+
+class NonFiniteWeightsError(ValueError):
+    """A loaded model holds NaN or infinite weights (check_finite names the first such tensor)."""
+
+
+# The files of a local model directory that can change a run's numbers (weights, configs, tokenizer,
+# remote code); hidden files and subdirectories are not read by from_pretrained and are left out.
+FINGERPRINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".txt", ".tiktoken", ".py")
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cached_sha256(path: Path) -> str:
+    """A file's sha256, computed once per (path, mtime, size) in this process."""
+    st = path.stat()
+    ident = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if ident not in _SHA_CACHE:
+        _SHA_CACHE[ident] = _file_sha256(path)
+    return _SHA_CACHE[ident]
+
+
+def local_model_path(cfg: "ModelConfig") -> Path | None:
+    """The directory or .gguf file a local source names; None for embedded names, the tiny random model,
+    hub ids and paths that do not exist."""
+    src = cfg.source
+    if src in EMBEDDED or src == TINY_RANDOM:
+        return None
+    path = Path(src).expanduser()
+    if path.is_dir() or (src.endswith(".gguf") and path.is_file()):
+        return path
+    return None
+
+
+def local_fingerprint(cfg: "ModelConfig") -> str | None:
+    """For a local model: the sha256 over the sorted (relative path, size, sha256 of content) of its
+    files (a directory's FINGERPRINT_SUFFIXES files; a .gguf file itself), so the run key follows the
+    contents and not only the path. None for any other source. Each file is hashed once per process
+    (and again only when its mtime or size changes)."""
+    path = local_model_path(cfg)
+    if path is None:
+        return None
+    if path.is_file():
+        files = [(path.name, path)]
+    else:
+        files = sorted((f.name, f) for f in path.iterdir()
+                       if f.is_file() and not f.name.startswith(".") and f.suffix in FINGERPRINT_SUFFIXES)
+    entries = [[name, f.stat().st_size, _cached_sha256(f)] for name, f in files]
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+def check_finite(model, source: str) -> None:
+    """Raise NonFiniteWeightsError naming the first weight or buffer that holds NaN or +-Inf."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            raise NonFiniteWeightsError(
+                f"model {source}: weight {name} holds {n_nan} NaN and {n_inf} infinite value(s) "
+                f"(of {t.numel()}): fix the checkpoint")
 
 
 @dataclass(frozen=True)
@@ -164,7 +232,13 @@ def tiny_random_llama(seed: int = 0, vocab_size: int = 49152):
 
 
 def load_model(cfg: ModelConfig):
-    """(model, tokenizer) in eval mode, weights on CPU."""
+    """(model, tokenizer) in eval mode, weights on CPU; every weight is checked to be finite."""
+    model, tok = _load_model(cfg)
+    check_finite(model, cfg.source)
+    return model, tok
+
+
+def _load_model(cfg: ModelConfig):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     cfg.check_available()
     src, dtype = cfg.source, _torch_dtype(cfg.dtype)

@@ -1,14 +1,25 @@
 """The results store: one JSON record per run, keyed by a hash of what determines the run's numbers.
 
 Layout: <root>/<key>/record.json (plus whatever else a run keeps beside it). A record is written once,
-atomically (temporary file + os.replace), after the run finished, so a record that exists is complete;
-a run killed mid-way leaves nothing that looks like one. Analysis reads only these records.
+atomically (temporary file + os.replace), after the run finished, as strict JSON (no NaN or Infinity:
+a non-finite value is refused), so a run killed mid-way leaves nothing that looks like one. A record
+counts only when it is *valid* (`record_problem`): a JSON object with the required fields, its key equal
+to its directory's name and status 'complete'. Everywhere (a sweep's skip, `make status`, the analysis)
+an invalid record (truncated, hand-edited, the wrong shape) counts as missing; a sweep moves it aside
+(`record.json.corrupt-<UTC time>`) and redoes the run. Analysis reads only valid records.
+
+A sweep claims a point before running it with a lock file, <root>/<key>/.lock (created atomically with
+O_CREAT|O_EXCL; it holds the host, pid and start time), so two sweeps on one store never compute the
+same point: the second skips it. A lock whose process is gone (same host, dead pid), that cannot be
+read, or that is older than LOCK_STALE_AFTER_S is stale and taken over with a warning.
 
 The key hashes the *canonical* RunConfig: fields that cannot change the run's numbers are dropped
 (regularization settings when the pipeline has no Astro/MagR step, GPTQ settings when it does not use
 GPTQ, the quantization grid for the full-precision model), so sweeps of different experiments that
 reach the same computation share one record. Tracking settings, paths and the experiment's name are
-never part of the key.
+never part of the key. A local model (a directory or a .gguf file) is keyed by its path and a fingerprint
+of its files' contents (astro.models.local_fingerprint), so other weights at the same path are another
+run; embedded names and hub ids (with their revision) are keyed by name.
 """
 
 from __future__ import annotations
@@ -17,22 +28,36 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import socket
 import subprocess
 import tempfile
+import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 from .config import RunConfig, to_dict
+from .models import local_fingerprint
 
 log = logging.getLogger(__name__)
 
 RECORD = "record.json"
+LOCK = ".lock"
 SCHEMA_VERSION = 1
+# A record counts only with these fields, of these types (record_problem).
+REQUIRED_FIELDS: dict[str, type] = {"schema": int, "key": str, "status": str, "config": dict, "canonical": dict,
+                                     "metrics": dict, "timings": dict}
+# A lock older than this is stale whoever holds it (a crashed job on another host): 48 hours, longer than
+# any single run of the paper's grid takes. A longer run on another host could then be started twice.
+LOCK_STALE_AFTER_S = 48 * 3600
+# A lock file that cannot be parsed is another process's just-created one for this long (it writes its
+# contents right after creating it), then stale.
+LOCK_UNREADABLE_GRACE_S = 60
 _REGULARIZE_FIELDS = ("beta", "iters", "alpha", "linf_group_size", "solver", "tol")
 # Fields added after records were first written, with the value that reproduces the old behaviour:
 # left out of the key at that value, so existing records keep their keys. Add new fields here.
@@ -81,6 +106,9 @@ def canonical_config(cfg: RunConfig) -> dict:
         d["loop"] = {"device": cfg.loop.device}
     if not cfg.eval.lm_eval.tasks:  # no zero-shot evaluation: its settings cannot change a number
         d["eval"].pop("lm_eval", None)
+    fingerprint = local_fingerprint(cfg.model)
+    if fingerprint is not None:   # a local model: its contents, not only its path (other models: no field)
+        d["model"]["fingerprint"] = fingerprint
     for path, value in KEY_STABLE_DEFAULTS.items():
         node = d
         for p in path[:-1]:
@@ -163,9 +191,131 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class InvalidRecordError(ValueError):
+    """A record file that is not a valid record (record_problem says why)."""
+
+
+def record_problem(record, key: str | None) -> str | None:
+    """Why `record` (parsed JSON) is not a valid record stored under `key`; None when it is one."""
+    if not isinstance(record, dict):
+        return f"not a JSON object but {type(record).__name__ if record is not None else 'null'}"
+    missing = [f for f in REQUIRED_FIELDS if f not in record]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    for f, tp in REQUIRED_FIELDS.items():
+        if not isinstance(record[f], tp) or (tp is int and isinstance(record[f], bool)):
+            return f"field {f} is not a {tp.__name__}: {record[f]!r:.60}"
+    if record["key"] != key:
+        return f"its key {record['key']!r} is not its directory's name {key!r}"
+    if record["status"] != "complete":
+        return f"status {record['status']!r}, not 'complete'"
+    return None
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not strict JSON")
+
+
+def nonfinite_paths(obj, path: str = "") -> list[str]:
+    """Where `obj` (a record or part of one) holds NaN or +-Infinity: 'metrics.ppl', 'rows[3].err'."""
+    import torch
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [path or "(value)"]
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in nonfinite_paths(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in nonfinite_paths(v, f"{path}[{i}]")]
+    if isinstance(obj, torch.Tensor) and obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
+        return [path or "(tensor)"]
+    return []
+
+
+def null_nonfinite(obj):
+    """A copy of `obj` with every NaN/Infinity float replaced by None (null)."""
+    import torch
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: null_nonfinite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [null_nonfinite(v) for v in obj]
+    if isinstance(obj, torch.Tensor) and obj.is_floating_point():
+        return null_nonfinite(obj.tolist())
+    return obj
+
+
+@dataclass(frozen=True)
+class RunLock:
+    """A claim on one point of a store (ResultStore.try_lock); release() removes it if it is still ours."""
+
+    path: Path
+    text: str
+
+    def release(self) -> None:
+        try:
+            if self.path.read_text() == self.text:
+                self.path.unlink()
+            else:
+                log.warning("lock %s is no longer ours (taken over as stale?): left in place", self.path)
+                return
+        except FileNotFoundError:
+            log.warning("lock %s vanished before the run released it", self.path)
+        try:   # a run that wrote nothing leaves no empty directory behind
+            self.path.parent.rmdir()
+        except OSError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # someone else's process
+        return True
+    return True
+
+
+def describe_lock(holder: dict | None) -> str:
+    if not holder:
+        return "unreadable lock"
+    return f"pid {holder.get('pid')} on {holder.get('hostname')} since {holder.get('started')}"
+
+
+def lock_stale_reason(path: Path, holder: dict | None) -> str | None:
+    """Why the lock at `path` (parsed contents `holder`, None if unreadable) is stale; None if it is live."""
+    try:
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        return "it is gone"
+    if not isinstance(holder, dict):
+        age = time.time() - mtime
+        return f"unreadable and {age:.0f} s old" if age > LOCK_UNREADABLE_GRACE_S else None
+    started = holder.get("time")
+    age = time.time() - (started if isinstance(started, (int, float)) else mtime)
+    if age > LOCK_STALE_AFTER_S:
+        return f"{age / 3600:.1f} h old (stale after {LOCK_STALE_AFTER_S / 3600:g} h)"
+    pid = holder.get("pid")
+    if holder.get("hostname") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+        return f"its process {pid} on this host is gone"
+    return None
+
+
+def _read_lock(path: Path) -> tuple[str | None, dict | None]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None, None
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        holder = None
+    return text, holder if isinstance(holder, dict) else None
+
+
 @dataclass(frozen=True)
 class ResultStore:
-    """A directory of run records. exists() is the resume test: only complete records exist."""
+    """A directory of run records. exists() is the resume test: only valid records exist."""
 
     root: Path
 
@@ -178,26 +328,128 @@ class ResultStore:
     def run_dir(self, key: str) -> Path:
         return self.root / key
 
+    def lock_path(self, key: str) -> Path:
+        return self.root / key / LOCK
+
+    @staticmethod
+    def load(path: Path) -> tuple[dict | None, str | None]:
+        """(record, None) for a valid record file; (None, why) for an invalid one; (None, None) if absent."""
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None, None
+        except (OSError, UnicodeDecodeError) as e:
+            return None, f"unreadable: {e}"
+        try:
+            rec = json.loads(text, parse_constant=_reject_constant)
+        except ValueError as e:
+            return None, f"not valid JSON: {e}"
+        why = record_problem(rec, path.parent.name)
+        return (None, why) if why else (rec, None)
+
+    def problem(self, key: str) -> str | None:
+        """Why the record file of `key` is invalid; None when it is valid or absent."""
+        return self.load(self.path(key))[1]
+
     def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
+        return self.load(self.path(key))[0] is not None
 
     def write(self, record: dict) -> Path:
         if record.get("status") != "complete" or "key" not in record:
             raise ValueError("only complete records with a key are stored")
+        why = record_problem(record, record["key"])
+        if why:
+            raise ValueError(f"not a valid record ({why}): not stored")
+        bad = nonfinite_paths(record)
+        if bad:
+            raise ValueError(f"record {record['key']} has non-finite value(s) at {', '.join(bad[:5])}"
+                             f"{' ...' if len(bad) > 5 else ''}: records are strict JSON, not stored")
         path = self.path(record["key"])
-        atomic_write_text(path, json.dumps(record, indent=1, default=_json_default) + "\n")
+        atomic_write_text(path, json.dumps(record, indent=1, default=_json_default, allow_nan=False) + "\n")
         return path
 
     def read(self, key: str) -> dict:
-        return json.loads(self.path(key).read_text())
+        rec, why = self.load(self.path(key))
+        if rec is None:
+            if why is None:
+                raise FileNotFoundError(f"no record {self.path(key)}")
+            raise InvalidRecordError(f"invalid record {self.path(key)}: {why}")
+        return rec
 
     def records(self) -> Iterator[dict]:
-        """Every complete record under root (unreadable files are skipped with a warning)."""
+        """Every valid record under root (invalid files are skipped with a warning naming them)."""
         for p in sorted(self.root.glob(f"*/{RECORD}")):
+            rec, why = self.load(p)
+            if rec is not None:
+                yield rec
+            elif why is not None:
+                log.warning("skipping invalid record %s: %s", p, why)
+
+    def quarantine(self, key: str) -> Path | None:
+        """Move an invalid record file of `key` aside (record.json.corrupt-<UTC time>, same directory) with
+        a warning naming it; returns where it went (None when the record is valid or absent)."""
+        path = self.path(key)
+        why = self.problem(key)
+        if why is None:
+            return None
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        dest = path.with_name(f"{RECORD}.corrupt-{stamp}")
+        n = 1
+        while dest.exists():
+            dest, n = path.with_name(f"{RECORD}.corrupt-{stamp}-{n}"), n + 1
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:   # another process moved it first
+            return None
+        log.warning("invalid record %s (%s): moved aside to %s, the run is redone", path, why, dest.name)
+        return dest
+
+    def try_lock(self, key: str) -> tuple[RunLock | None, dict | None]:
+        """Claim `key` for this process: (lock, None), or (None, holder) when another live process holds
+        it. A stale lock (lock_stale_reason) is taken over with a warning."""
+        path = self.lock_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        info = {"hostname": socket.gethostname(), "pid": os.getpid(), "started": now_iso(), "time": time.time(),
+                "token": uuid.uuid4().hex}
+        text = json.dumps(info)
+        holder = None
+        for _ in range(5):
             try:
-                yield json.loads(p.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                log.warning("skipping unreadable record %s: %s", p, e)
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileNotFoundError:   # another process's release removed the empty directory
+                path.parent.mkdir(parents=True, exist_ok=True)
+                continue
+            except FileExistsError:
+                seen, holder = _read_lock(path)
+                why = lock_stale_reason(path, holder)
+                if why is None:
+                    return None, holder
+                if seen is not None and self._take_over(path, seen):
+                    log.warning("taking over stale lock %s (%s): %s", path, describe_lock(holder), why)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            return RunLock(path, text), None
+        return None, holder   # the lock kept changing hands: someone else is at it
+
+    @staticmethod
+    def _take_over(path: Path, seen: str) -> bool:
+        """Remove the stale lock whose contents were `seen`, unless another process replaced it meanwhile
+        (then it is put back)."""
+        aside = path.with_name(f"{LOCK}.stale-{uuid.uuid4().hex}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        if aside.read_text() == seen:
+            aside.unlink()
+            return True
+        try:   # a fresh lock: give it back, unless yet another process has locked meanwhile
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+        aside.unlink()
+        return False
 
 
 def _json_default(o):

@@ -101,9 +101,12 @@ def main(argv=None) -> None:
     store = ResultStore(Path(a.store))
     with Composer() as c:
         pts = c.points(a.experiment, a.scale, tuple(a.overrides))
-    done = sum(store.exists(p.key) for p in pts)
-    for p in pts:
-        print(f"{'done   ' if store.exists(p.key) else 'missing'} {p.key}  {' '.join(p.overrides)}")
+    done = 0
+    for p in pts:   # an invalid record (truncated, wrong shape) is missing: the next sweep redoes it
+        rec, why = store.load(store.path(p.key))
+        done += rec is not None
+        note = f"  (invalid record: {why})" if why else ""
+        print(f"{'done   ' if rec is not None else 'missing'} {p.key}  {' '.join(p.overrides)}{note}")
     print(f"{a.experiment} ({a.scale}): {done}/{len(pts)} points recorded in {store.root}")
 
 

@@ -6,9 +6,11 @@
   python -m experiments.run -m experiment=table1 scale=paper hydra/launcher=slurm   # a SLURM cluster
 
 Each job validates its config (unknown keys and bad values fail before anything loads: one line
-`error: <message>` on stderr, exit code 2), skips at once
-when the results store already holds its record, otherwise quantizes, evaluates, writes the record
-atomically and logs it to W&B. Jobs of one process reuse the loaded model and token streams.
+`error: <message>` on stderr, exit code 2), skips at once when the results store already holds a valid
+record for it, otherwise claims the point with a lock file (a point another live process holds is
+skipped), moves an invalid record aside, quantizes, evaluates, writes the record atomically and logs it
+to W&B. A non-finite perplexity or metric fails the job and writes no record. Jobs of one process reuse
+the loaded model and token streams.
 In a sweep (-m), a point whose method cannot apply to its model (astro.transforms.NotApplicableError,
 e.g. a rotation on Gemma3's sandwich norms) is skipped with a warning and no record (analysis shows it
 as n/a); a single run raises the error.
@@ -17,6 +19,7 @@ as n/a); a single run raises the error.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -27,7 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from astro.config import ConfigError, RunConfig, from_dict
 from astro.export import ExportCollector, card_from_run, check_run_exportable, export_checkpoint
-from astro.results import ResultStore, canonical_config, environment, now_iso, run_key
+from astro.models import local_fingerprint
+from astro.results import (ResultStore, canonical_config, describe_lock, environment, nonfinite_paths, now_iso,
+                           null_nonfinite, run_key)
 from astro.run import Session, check_inputs, run
 from astro.tracking import TrackingConfig, log_record
 from astro.transforms import NotApplicableError
@@ -36,6 +41,10 @@ log = logging.getLogger("astro.runner")
 
 NON_RUN_KEYS = ("store", "tracking", "experiment", "export")
 _session_cache: dict[str, Session] = {}
+
+
+class NonFiniteResultError(RuntimeError):
+    """A run's perplexity or another metric is NaN or infinite: it is not recorded."""
 
 
 def split_config(raw: dict) -> tuple[RunConfig, dict]:
@@ -68,8 +77,9 @@ def describe(cfg: RunConfig) -> str:
 
 def _session(cfg: RunConfig) -> Session:
     """Reuse the loaded model and token streams across jobs of one process (the basic launcher).
-    The key is everything Session.open reads: model, calibration sampling, evaluation tokens."""
-    ident = repr((cfg.model, cfg.calib, cfg.eval.corpus, cfg.eval.seq_len, cfg.eval.bos))
+    The key is everything Session.open reads: model (a local one's contents too), calibration sampling,
+    evaluation tokens."""
+    ident = repr((cfg.model, local_fingerprint(cfg.model), cfg.calib, cfg.eval.corpus, cfg.eval.seq_len, cfg.eval.bos))
     if ident not in _session_cache:
         _session_cache.clear()
         _session_cache[ident] = Session.open(cfg)
@@ -100,39 +110,69 @@ def export_dir(store: ResultStore, key: str) -> Path:
     return store.root.parent / "exports" / key
 
 
+def _recorded(store: ResultStore, key: str, cfg: RunConfig, skip_existing: bool, want_export: bool) -> bool:
+    """Whether the point is done: a valid record (and its checkpoint, when export is asked for)."""
+    if not skip_existing or not store.exists(key):
+        return False
+    if not want_export or export_dir(store, key).exists():
+        log.info("skip %s [%s]: record exists at %s", describe(cfg), key, store.path(key))
+        return True
+    log.info("%s [%s] is recorded but not exported: running it again to export", describe(cfg), key)
+    return False
+
+
 def run_job(raw: dict) -> dict:
-    """One job: validate, skip if recorded (and exported, when asked), run, record, track, export.
-    Returns a short summary."""
+    """One job: validate, skip if recorded (and exported, when asked), claim the point (skip it when another
+    process holds it), run, record, track, export. Returns a short summary."""
     cfg, extras = split_config(raw)
     key = run_key(cfg)
     want_export = extras.get("export", False)
+    skip_existing = extras["store"].get("skip_existing", True)
     try:
         check_inputs(cfg)
         if want_export:
             check_run_exportable(cfg)  # a method that does not quantize, act-order without static groups
         store = ResultStore(Path(extras["store"].get("root", "results/store")))
-        exp = (extras.get("experiment") or {}).get("name", "single")
-        if extras["store"].get("skip_existing", True) and store.exists(key):
-            if not want_export or export_dir(store, key).exists():
-                log.info("skip %s [%s]: record exists at %s", describe(cfg), key, store.path(key))
+        if _recorded(store, key, cfg, skip_existing, want_export):
+            return {"key": key, "skipped": True}
+        lock, holder = store.try_lock(key)
+        if lock is None:
+            log.info("skip %s [%s]: another process is running it (lock %s: %s)", describe(cfg), key,
+                     store.lock_path(key), describe_lock(holder))
+            return {"key": key, "skipped": True, "locked": True}
+        try:
+            if _recorded(store, key, cfg, skip_existing, want_export):   # finished while we looked
                 return {"key": key, "skipped": True}
-            log.info("%s [%s] is recorded but not exported: running it again to export", describe(cfg), key)
-        log.info("run start %s [%s] (experiment %s)", describe(cfg), key, exp)
-        started = now_iso()
-        t0 = time.perf_counter()
-        session = _session(cfg)
-        t_open = time.perf_counter() - t0
-        collector = None
-        if want_export:
-            check_run_exportable(cfg, session.model)  # the real widths: no partial last group
-            collector = ExportCollector()
-        # raises NotApplicableError before any work when the loaded model does not suit the method
-        res = run(cfg, session, on_linear=collector)
+            store.quarantine(key)   # an invalid record (truncated, wrong shape): moved aside, the run redone
+            return _run_locked(cfg, key, extras, store, want_export)
+        finally:
+            lock.release()
     except NotApplicableError as e:
         if not _in_sweep():
             raise
         log.warning("skip %s [%s]: not applicable: %s", describe(cfg), key, e)
         return {"key": key, "skipped": True, "not_applicable": str(e)}
+
+
+def _run_locked(cfg: RunConfig, key: str, extras: dict, store: ResultStore, want_export: bool) -> dict:
+    exp = (extras.get("experiment") or {}).get("name", "single")
+    log.info("run start %s [%s] (experiment %s)", describe(cfg), key, exp)
+    started = now_iso()
+    t0 = time.perf_counter()
+    session = _session(cfg)
+    t_open = time.perf_counter() - t0
+    collector = None
+    if want_export:
+        check_run_exportable(cfg, session.model)  # the real widths: no partial last group
+        collector = ExportCollector()
+    # raises NotApplicableError before any work when the loaded model does not suit the method
+    res = run(cfg, session, on_linear=collector)
+    metrics = res.metrics()
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise NonFiniteResultError(
+            f"{describe(cfg)} [{key}]: {', '.join(f'{k}={v}' for k, v in bad.items())} is not finite "
+            f"(a diverged run, or non-finite weights or activations); no record written")
     res.timings["setup"] += t_open  # loading the model and corpora (0 when an earlier job of this process did)
     res.timings["total"] += t_open
     ctx = context()
@@ -140,11 +180,16 @@ def run_job(raw: dict) -> dict:
               "started": started, "finished": now_iso(), "experiment": exp,
               "scale": ctx.get("choices", {}).get("scale"),
               "config": res.config, "canonical": canonical_config(cfg), "context": ctx,
-              "metrics": res.metrics(), "timings": res.timings,
+              "metrics": metrics, "timings": res.timings,
               "loop_timings": res.loop.timings if res.loop else {}, "transform": res.transform,
               "fallbacks": res.fallbacks(),
               "rows": res.rows, "tasks": res.tasks.to_dict() if res.tasks else None,
               "env": environment(cfg.loop.device), "wall_seconds": time.perf_counter() - t0}
+    odd = nonfinite_paths(record)
+    if odd:   # diagnostics only (the metrics are finite): stored as null, records stay strict JSON
+        log.warning("%s [%s]: non-finite diagnostic value(s) stored as null: %s%s", describe(cfg), key,
+                    ", ".join(odd[:10]), " ..." if len(odd) > 10 else "")
+        record = null_nonfinite(record)
     if collector is not None:  # before the record: a record with export=true implies its checkpoint exists
         ex = export_checkpoint(session.model, session.tokenizer, collector.results, export_dir(store, key),
                                card_from_run(cfg, res.ppl, record_key=key), act_order=cfg.method.gptq.act_order,
@@ -155,8 +200,8 @@ def run_job(raw: dict) -> dict:
     job_dir = Path(ctx.get("job_dir") or store.run_dir(key))
     mode = log_record(record, extras["tracking"].wandb, job_dir, group=exp)
     log.info("run end %s [%s]: ppl %.3f, method %.1fs, total %.1fs -> %s (wandb: %s)", describe(cfg), key,
-             res.metrics()["ppl"], res.timings["method"], res.timings["total"], path, mode)
-    return {"key": key, "skipped": False, "ppl": res.metrics()["ppl"]}
+             metrics["ppl"], res.timings["method"], res.timings["total"], path, mode)
+    return {"key": key, "skipped": False, "ppl": metrics["ppl"]}
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -91,13 +91,16 @@ def test_killed_run_leaves_no_record(tmp_path):
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     store = ResultStore(tmp_path)
-    rec = {"key": "k1", "status": "complete", "rows": [{"x": object()}]}  # not serializable: fails mid-write
+    fields = {"schema": 1, "status": "complete", "config": {}, "canonical": {}, "metrics": {}, "timings": {}}
+    rec = {**fields, "key": "k1", "rows": [{"x": object()}]}  # not serializable: fails mid-write
     with pytest.raises(TypeError):
         store.write(rec)
     assert not store.exists("k1") and list(tmp_path.rglob("*")) in ([], [tmp_path / "k1"])
     with pytest.raises(ValueError, match="complete"):
         store.write({"key": "k2", "status": "running"})
-    store.write({"key": "k3", "status": "complete", "metrics": {"ppl": float("nan")}})
+    with pytest.raises(ValueError, match="metrics.ppl"):   # strict JSON: a non-finite value is refused
+        store.write({**fields, "key": "k3", "metrics": {"ppl": float("nan")}})
+    store.write({**fields, "key": "k3", "metrics": {"ppl": 3.5}})
     assert json.loads(store.path("k3").read_text())["key"] == "k3"
     umask = os.umask(0)
     os.umask(umask)

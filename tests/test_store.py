@@ -1,0 +1,289 @@
+"""A results store that can be trusted: invalid records count as missing everywhere (and a sweep moves
+them aside and redoes the run), non-finite weights or results never become complete records, a local
+model is keyed by its contents, and concurrent sweeps do not compute one point twice."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from astro.results import ResultStore, run_key
+from experiments import run as runner
+from experiments.grid import Composer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model=tiny-random-llama", "calib.n_samples=4", "calib.seq_len=64", "eval.seq_len=64",
+        "eval.max_windows=2", "tracking.wandb.mode=disabled"]
+
+
+def _raw(store: Path, *overrides: str) -> dict:
+    with Composer() as c:
+        return c.raw([*TINY, f"store.root={store}", *overrides])
+
+
+def _key(raw: dict) -> str:
+    return run_key(runner.split_config(raw)[0])
+
+
+def _run(raw: dict) -> dict:
+    runner._session_cache.clear()
+    try:
+        return runner.run_job(raw)
+    finally:
+        runner._session_cache.clear()
+
+
+def _save_tiny(path: Path, seed: int = 0, mutate=None) -> Path:
+    """The tiny random Llama with the embedded tokenizer, saved as a local model directory."""
+    from transformers import AutoTokenizer
+
+    from astro.models import EMBEDDED_ALTERNATIVE, embedded_dir, tiny_random_llama
+    tok = AutoTokenizer.from_pretrained(embedded_dir(EMBEDDED_ALTERNATIVE))
+    model = tiny_random_llama(seed, len(tok))
+    if mutate is not None:
+        with torch.no_grad():
+            mutate(model)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+def _valid_record(key: str) -> dict:
+    return {"schema": 1, "key": key, "status": "complete", "config": {}, "canonical": {}, "metrics": {"ppl": 3.0},
+            "timings": {"total": 1.0}}
+
+
+# 1. invalid records count as missing; a sweep moves them aside and redoes the run
+
+def test_corrupt_record_is_moved_aside_and_redone(tmp_path, caplog):
+    store = ResultStore(tmp_path / "store")
+    raw = _raw(store.root, "method=fp")
+    first = _run(raw)
+    key = first["key"]
+    assert not first["skipped"] and store.exists(key)
+    text = store.path(key).read_text()
+    store.path(key).write_text(text[: len(text) // 2])       # truncated: not JSON
+    assert not store.exists(key) and [r["key"] for r in store.records()] == []
+    with caplog.at_level(logging.WARNING):
+        again = _run(raw)
+    assert not again["skipped"]                               # redone, not skipped
+    moved = list(store.run_dir(key).glob("record.json.corrupt-*"))
+    assert len(moved) == 1 and moved[0].read_text() == text[: len(text) // 2]
+    assert str(store.path(key)) in caplog.text and "corrupt" in caplog.text
+    assert store.exists(key) and store.read(key)["key"] == key
+
+
+@pytest.mark.parametrize("record", [
+    {"status": "running"},                                     # not complete
+    "wrong-key",                                               # key is not its directory's name
+    "no-metrics",                                              # a required field is missing
+])
+def test_incomplete_or_misplaced_record_counts_as_missing(tmp_path, record):
+    store = ResultStore(tmp_path)
+    rec = _valid_record("k1")
+    if record == "wrong-key":
+        rec["key"] = "k2"
+    elif record == "no-metrics":
+        del rec["metrics"]
+    else:
+        rec.update(record)
+    store.path("k1").parent.mkdir(parents=True)
+    store.path("k1").write_text(json.dumps(rec))
+    assert not store.exists("k1") and list(store.records()) == []
+    store.path("k1").write_text(json.dumps(_valid_record("k1")))
+    assert store.exists("k1") and [r["key"] for r in store.records()] == ["k1"]
+
+
+def test_status_counts_an_invalid_record_as_missing(tmp_path, capsys):
+    from experiments import grid
+    with Composer() as c:
+        points = c.points("table4", "embedded")
+    store = ResultStore(tmp_path)
+    store.path(points[0].key).parent.mkdir(parents=True)
+    store.path(points[0].key).write_text('{"schema": 1, "key": "')   # truncated
+    grid.main(["table4", "--store", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert f"missing {points[0].key}" in out and f": 0/{len(points)} points recorded" in out
+    assert "invalid record: not valid JSON" in out
+
+
+# 4. a record of the wrong shape is skipped by the analysis, naming the file
+
+def test_wrong_shape_records_are_skipped_naming_the_file(tmp_path, caplog):
+    from analysis.common import cells
+    store = ResultStore(tmp_path)
+    for key, text in (("a", "{}"), ("b", "[]"), ("c", "null"), ("d", '"x"')):
+        store.path(key).parent.mkdir(parents=True)
+        store.path(key).write_text(text)
+    with caplog.at_level(logging.WARNING):
+        assert list(store.records()) == []
+        cs = cells("table4", "embedded", store)
+    assert all(c.status == "missing" for c in cs)
+    for key in "abcd":
+        assert str(store.path(key)) in caplog.text
+
+
+# 2. non-finite weights and results never become complete records
+
+def test_nan_weight_is_named_at_load(tmp_path):
+    def poison(model):
+        model.model.layers[0].self_attn.q_proj.weight[3, 5] = float("nan")
+    src = _save_tiny(tmp_path / "nan-model", mutate=poison)
+    store = ResultStore(tmp_path / "store")
+    for method in ("fp", "gptq"):
+        with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj\.weight") as e:
+            _run(_raw(store.root, f"model.source={src}", f"method={method}"))
+        assert "\n" not in str(e.value) and "o_proj" not in str(e.value)
+    assert not list(store.root.glob("*/record.json"))
+
+
+def test_nonfinite_ppl_writes_no_record(tmp_path):
+    def blow_up(model):   # finite weights, but the logits are so large that the perplexity overflows
+        model.model.norm.weight.fill_(1e30)
+    src = _save_tiny(tmp_path / "huge-model", mutate=blow_up)
+    store = ResultStore(tmp_path / "store")
+    with pytest.raises(RuntimeError, match="not finite") as e:
+        _run(_raw(store.root, f"model.source={src}", "method=fp"))
+    assert "ppl" in str(e.value)
+    assert not list(store.root.glob("*/record.json"))
+
+
+def test_store_writes_strict_json(tmp_path):
+    store = ResultStore(tmp_path)
+    rec = _valid_record("k1")
+    rec["metrics"]["ppl"] = float("nan")
+    with pytest.raises(ValueError, match=r"metrics\.ppl"):
+        store.write(rec)
+    assert not store.path("k1").exists()
+    rec["metrics"]["ppl"] = 3.0
+    store.write(rec)
+    json.loads(store.path("k1").read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+    # a record written with NaN by an older version is not a valid record
+    store.path("k1").write_text(json.dumps({**rec, "metrics": {"ppl": float("nan")}}))
+    assert not store.exists("k1")
+
+
+# 3. a local model is keyed by its contents
+
+def test_local_model_key_follows_its_contents(tmp_path):
+    src = tmp_path / "model"
+    _save_tiny(src, seed=0)
+    store = ResultStore(tmp_path / "store")
+    raw = _raw(store.root, f"model.source={src}", "method=fp")
+    k0 = _key(raw)
+    assert _key(raw) == k0
+    first = _run(raw)
+    assert first["key"] == k0 and not first["skipped"]
+    _save_tiny(src, seed=1)                                   # other weights at the same path
+    k1 = _key(raw)
+    assert k1 != k0
+    second = _run(raw)
+    assert second["key"] == k1 and not second["skipped"] and second["ppl"] != first["ppl"]
+    _save_tiny(src, seed=0)                                   # the first weights again: the first record
+    assert _key(raw) == k0 and _run(raw)["skipped"]
+    rec = store.read(k0)
+    assert rec["canonical"]["model"]["fingerprint"] and rec["canonical"]["model"]["source"] == str(src)
+
+
+def test_local_gguf_and_embedded_keys(tmp_path):
+    from astro.models import local_fingerprint
+    g = tmp_path / "m.gguf"
+    g.write_bytes(b"GGUF" + bytes(100))
+    with Composer() as c:
+        cfg = c.run_config([f"model.source={g}", "method=fp"])
+        assert local_fingerprint(cfg.model) is not None
+        k = run_key(cfg)
+        g.write_bytes(b"GGUF" + bytes(99) + b"\x01")
+        assert run_key(c.run_config([f"model.source={g}", "method=fp"])) != k
+        # embedded names and hub ids have no fingerprint (their keys are unchanged)
+        for src in ("smollm2-135m", "tiny-random-llama", "org/some-model"):
+            cfg = c.run_config([f"model.source={src}"])
+            assert local_fingerprint(cfg.model) is None
+
+
+def test_fingerprint_is_computed_once_per_file_version(tmp_path, monkeypatch):
+    from astro import models
+    src = _save_tiny(tmp_path / "model")
+    calls = []
+    real = models._file_sha256
+    monkeypatch.setattr(models, "_file_sha256", lambda p: calls.append(p) or real(p))
+    models._SHA_CACHE.clear()
+    cfg = models.ModelConfig(str(src))
+    fp = models.local_fingerprint(cfg)
+    n = len(calls)
+    assert n >= 2 and models.local_fingerprint(cfg) == fp and len(calls) == n
+
+
+def test_embedded_keys_unchanged():
+    """Records of embedded models (archive/) keep their keys: no fingerprint enters their canonical config."""
+    from astro.config import RunConfig, from_dict
+    recs = [json.loads(p.read_text()) for p in sorted(ROOT.glob("archive/*/*/record.json"))]
+    recs = [r for r in recs if not r.get("kind") and r["config"]["model"]["source"] == "smollm2-135m"]
+    assert len(recs) > 50
+    for r in recs:
+        cfg = from_dict(RunConfig, r["config"])
+        assert run_key(cfg) == r["key"] and "fingerprint" not in runner.canonical_config(cfg)["model"]
+
+
+# 5. concurrent sweeps do not compute one point twice
+
+def _write_lock(store: ResultStore, key: str, **info) -> Path:
+    lock = store.run_dir(key) / ".lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(json.dumps({"hostname": socket.gethostname(), "pid": os.getpid(), "started": "x",
+                                "time": time.time(), **info}))
+    return lock
+
+
+def test_live_lock_skips_the_point(tmp_path, caplog):
+    store = ResultStore(tmp_path / "store")
+    raw = _raw(store.root, "method=fp")
+    key = _key(raw)
+    lock = _write_lock(store, key)                            # this (live) process holds it
+    with caplog.at_level(logging.INFO, logger="astro.runner"):
+        out = _run(raw)
+    assert out["skipped"] and out.get("locked") and not store.exists(key)
+    assert "another process" in caplog.text and str(lock) in caplog.text
+    assert lock.exists()                                      # someone else's lock is left alone
+
+
+def test_stale_lock_is_taken_over_and_released(tmp_path, caplog):
+    store = ResultStore(tmp_path / "store")
+    raw = _raw(store.root, "method=fp")
+    key = _key(raw)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = _write_lock(store, key, pid=dead.pid)              # same host, dead process
+    with caplog.at_level(logging.WARNING):
+        out = _run(raw)
+    assert not out["skipped"] and store.exists(key) and not lock.exists()
+    assert "stale lock" in caplog.text
+    store.path(key).unlink()
+    _write_lock(store, key, hostname="elsewhere", pid=1, time=time.time() - 10 * 86400)   # too old
+    assert not _run(raw)["skipped"] and not lock.exists()
+
+
+def test_lock_held_during_run_and_released_on_failure(tmp_path, monkeypatch):
+    store = ResultStore(tmp_path / "store")
+    raw = _raw(store.root, "method=fp")
+    key = _key(raw)
+    lock = store.run_dir(key) / ".lock"
+    seen = {}
+
+    def boom(*a, **k):
+        seen["lock"] = json.loads(lock.read_text())
+        raise RuntimeError("boom")
+    monkeypatch.setattr(runner, "run", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        _run(raw)
+    assert seen["lock"]["pid"] == os.getpid() and seen["lock"]["hostname"] == socket.gethostname()
+    assert not lock.exists() and not store.exists(key) and not store.run_dir(key).exists()

@@ -47,10 +47,21 @@ def test_act_order_static_groups_keep_the_contiguous_grid():
 
 def test_act_order_dynamic_groups_g_idx_reconstructs():
     W, H = _correlated(8)
-    q = gptq(W, H, QuantGrid(4, 32), GPTQConfig(act_order=True))
+    grid = QuantGrid(4, 32)
+    q = gptq(W, H, grid, GPTQConfig(act_order=True))
     scale, zero = expand(q.qparams)
     assert torch.allclose(dequantize(q.codes.float(), scale, zero), q.W_q)
-    assert torch.bincount(q.qparams.g_idx).tolist() == [32] * 4
+    # act-order by its definition: GPTQ in natural order on the problem permuted by decreasing diag(H),
+    # permuted back; groups are runs of 32 consecutive columns of that order
+    order = sorted(range(128), key=lambda c: -float(H[c, c]))
+    assert len({float(H[c, c]) for c in order}) == 128                 # no ties: the order is unique
+    perm = torch.tensor(order)
+    ref = gptq(W[:, perm], H[perm][:, perm], grid, GPTQConfig(act_order=False))
+    back = torch.argsort(perm)
+    assert torch.equal(q.W_q, ref.W_q[:, back]) and torch.equal(q.codes, ref.codes[:, back])
+    assert q.qparams.g_idx.tolist() == [order.index(c) // 32 for c in range(128)]
+    assert torch.equal(q.qparams.scale, ref.qparams.scale) and torch.equal(q.qparams.zero, ref.qparams.zero)
+    assert not torch.equal(q.W_q, gptq(W, H, grid).W_q)               # the order matters on this problem
 
 
 def test_cholesky_failure_raises_or_falls_back_recorded():
@@ -64,9 +75,15 @@ def test_cholesky_failure_raises_or_falls_back_recorded():
     assert gptq(W, torch.eye(2), grid, GPTQConfig(on_cholesky_failure="more_damping")).fallback is None
 
 
-def test_dead_columns_zeroed_and_counted():
+@pytest.mark.parametrize("act_order", [False, True])
+def test_dead_columns_zeroed_and_counted(act_order):
+    """An input that never fires (H row/column 0) gets weight 0, whatever W had there."""
     W, H = _correlated(9)
-    H[5, :] = 0
-    H[:, 5] = 0
-    q = gptq(W, H, QuantGrid(4, 32))
-    assert q.dead_columns == 1
+    W[:, 5] = 3.0 * W.abs().max()      # large weights on the dead input: zeroing them is visible
+    dead = [5, 70]
+    H[dead, :] = 0
+    H[:, dead] = 0
+    q = gptq(W, H, QuantGrid(4, 32), GPTQConfig(act_order=act_order))
+    assert q.dead_columns == 2
+    assert torch.equal(q.W_q[:, dead], torch.zeros(32, 2))
+    assert (q.W_q[:, [c for c in range(128) if c not in dead]] != 0).any(0).all()   # only those columns

@@ -49,6 +49,34 @@ def test_fista_objective_at_most_pgd_at_every_iteration(seed, sigma, beta):
     assert float(pgd.objective[-1]) - best > 5 * (float(fista.objective[-1]) - best)
 
 
+# hand-made objective traces F_0, F_1, ... with the iteration where |F_{k-1} - F_k| <= tol (F_0 - F_k) first
+# holds worked out by hand (None: never)
+HAND_TRACES = [
+    # k=1: 5 > .05*5; k=2: 2 > .05*7; k=3: .5 > .05*7.5 = .375; k=4: .1 <= .05*7.6 = .38
+    ([10.0, 5.0, 3.0, 2.5, 2.4, 2.39, 2.385], 0.05, 4),
+    ([10.0, 5.0, 3.0, 2.5, 2.4], 1e-3, None),           # k=4: .1 > .0076; never
+    # an increase is a change too: k=1: 6 > .3; k=2: |4 - 4.2| = .2 <= .05*5.8 = .29
+    ([10.0, 4.0, 4.2, 4.19], 0.05, 2),
+    ([1.0, 1.0, 0.5], 0.1, 1),                          # no progress at all at k=1: 0 <= 0
+    # relative to the decrease so far, not to F: k=2: .002 > .01*.102; a rule on |dF| / F would stop at k=1
+    ([100.0, 99.9, 99.898, 99.89799], 0.01, 3),
+]
+
+
+@pytest.mark.parametrize("trace,tol,expected", HAND_TRACES)
+def test_stopping_rule_on_hand_made_traces(trace, tol, expected):
+    F = torch.tensor(trace, dtype=torch.float64)
+    assert stopping_iteration(F, tol) == expected
+    online = regularize._Trace(len(trace) - 1, tol, 0.0)   # the rule the solvers evaluate while iterating
+    stopped = None
+    for k, value in enumerate(F):
+        online.record(value)
+        if online.converged():
+            stopped = k
+            break
+    assert stopped == expected
+
+
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_stopping_rule_stops_at_first_small_decrease_and_never_exceeds_iters(solver):
     W, st = _problem(2)
@@ -62,14 +90,9 @@ def test_stopping_rule_stops_at_first_small_decrease_and_never_exceeds_iters(sol
         # early stopping does not change the iterates: same trace prefix, same W as a run of n iterations
         assert torch.equal(res.objective, full.objective[:n + 1])
         assert torch.equal(res.W, reconstruct(W, st, dataclasses.replace(base, iters=n)).W)
-        obj = res.objective
-        small = (obj[1:] - obj[:-1]).abs() <= tol * (obj[0] - obj[1:])   # the rule at iterations 1..n
-        if n < base.iters:  # stopped by the rule: the last change is small, no earlier one was
-            assert small[-1] and not small[:-1].any()
-            stopped_early += 1
-        else:
-            assert not small.any()
-        assert stopping_iteration(full.objective, tol) == (n if n < base.iters else None)
+        # it stops exactly where the rule (checked on hand-made traces above) first holds on the full trace
+        assert n == (stopping_iteration(full.objective, tol) or base.iters)
+        stopped_early += n < base.iters
     assert stopped_early >= 2
     assert (res.seconds[1:] >= res.seconds[:-1]).all()
 

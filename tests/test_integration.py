@@ -1,6 +1,6 @@
 import dataclasses
 import math
-import time
+import socket
 
 import pytest
 import torch
@@ -15,9 +15,7 @@ from astro.run import Session, run, with_method
 
 
 def test_tiny_llama_end_to_end(tiny_cfg):
-    t = time.perf_counter()
     res = run(tiny_cfg, progress=False)
-    assert time.perf_counter() - t < 60
     assert math.isfinite(res.ppl.ppl) and res.ppl.n_windows == 6 and res.ppl.capped
     rows = res.loop.rows
     assert len(rows) == 2 * 7
@@ -104,12 +102,16 @@ def test_bad_inputs_fail_before_loading(tiny_cfg, monkeypatch):
         with pytest.raises(ValueError, match=msg):
             cfg = from_dict(type(tiny_cfg), override)
             run_mod.check_inputs(cfg)
-    t = time.perf_counter()
+    # offline, the hub corpus and model fail at once, without any attempt to reach the network (which is
+    # what could hang): every connection attempt would raise here
+    def no_network(*a, **k):
+        raise AssertionError("a network connection was attempted")
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
     with pytest.raises(DatasetUnavailableError, match="wiki_offline"):
         Session.open(from_dict(type(tiny_cfg), {"calib": {"corpus": "wikitext2"}}))
     with pytest.raises(HubUnavailableError, match="smollm2-135m"):
         ModelConfig("meta-llama/Llama-2-7b-hf").check_available()
-    assert time.perf_counter() - t < 30
 
 
 def test_hub_corpus_check_names_alternative():

@@ -45,6 +45,26 @@ class Pipeline(NamedTuple):
     model_transform: str | None = None
     clip_skip: tuple[str, ...] = ()
 
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The numeric components this pipeline runs (keys of NUMERICS), in order."""
+        parts = (self.model_transform, self.block_transform or ("awq" if self.clip else None),
+                 "regularize" if self.preprocess else None, self.quantizer)
+        return tuple(p for p in parts if p)
+
+    @property
+    def numerics(self) -> dict[str, int]:
+        """{component: NUMERICS version} of what this pipeline runs (recorded with every run)."""
+        return {c: NUMERICS[c] for c in self.components}
+
+
+# The version of each numeric component's algorithm. Bump a component's number in the same commit as any
+# change that alters its numbers (an iterate-preserving speed-up is not one): the run key carries every
+# version above 1 of the components a pipeline uses (astro.results.canonical_config), so records made by
+# older numerics are never reused, and a table cannot mix them.
+#   awq 2: no clipping search for q/k (AWQ_CLIP_SKIP).  spinquant 2: the Cayley step cap (astro.rotation).
+NUMERICS: dict[str, int] = {"rtn": 1, "gptq": 1, "regularize": 1, "awq": 2, "quarot": 1, "spinquant": 2}
+
 
 # AWQ's reference implementations (llm-awq's auto_clip, AutoAWQ) search no clipping for the query and key
 # projections: their outputs meet in the q k^T product before a softmax, where a clipped range is hard to

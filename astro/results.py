@@ -96,6 +96,9 @@ def canonical_config(cfg: RunConfig) -> dict:
     elif cfg.method.model_transform != "spinquant":
         for k in _LEARNED_ROTATION_FIELDS:
             m["rotation"].pop(k, None)
+    newer = {c: v for c, v in cfg.method.pipeline.numerics.items() if v > 1}
+    if newer:   # numerics changed since records were first written (astro.methods.NUMERICS)
+        d["numerics"] = newer
     if not cfg.calib.token_weights.active:   # every token weighs 1: the plain token mean, however written
         for k in ("first_tokens", "first_weight"):
             d["calib"].pop(k)

@@ -166,7 +166,7 @@ def quantize_model(model, calib_ids: torch.Tensor, cfg: RunConfig, progress: boo
         row_extra["rotation"] = info["r1"] if info["transform"] == "quarot" else f"{info['transform']} from {info['r1']}"
 
     def process(name, W, stats):
-        out = process_linear(W, stats, cfg.quant, cfg.method)
+        out = process_linear(W, stats, cfg.quant, cfg.method, linear=name)
         out.row.update(row_extra)
         if on_linear is not None:
             on_linear(name, out)

@@ -73,6 +73,15 @@ def resolve_mode(mode: str) -> str:
     return "offline"
 
 
+def run_id(record: dict) -> str:
+    """The W&B run id: the record key plus the machine that computed it (host, accelerator or CPU, torch
+    threads), so runs of one configuration on two machines (an H100 and an H200) do not overwrite each other."""
+    import hashlib
+    env = record.get("env") or {}
+    machine = f"{env.get('hostname')}|{env.get('gpu') or env.get('device')}|{env.get('torch_threads')}"
+    return f"{record['key']}-{hashlib.sha256(machine.encode()).hexdigest()[:8]}"
+
+
 def log_record(record: dict, cfg: WandbConfig, run_dir: Path, group: str | None = None) -> str:
     """Log one complete record (config, metrics, timings, per-layer table). Returns the mode used.
     Failures of the tracker are logged and never fail the run: the results store already has it."""
@@ -83,7 +92,7 @@ def log_record(record: dict, cfg: WandbConfig, run_dir: Path, group: str | None 
         import wandb
         run_dir.mkdir(parents=True, exist_ok=True)
         run = wandb.init(project=cfg.project, entity=cfg.entity, mode=mode, dir=str(run_dir), group=group,
-                         name=record.get("name"), id=record["key"], resume="allow", tags=list(cfg.tags),
+                         name=record.get("name"), id=run_id(record), resume="allow", tags=list(cfg.tags),
                          config={"run": record["config"], "context": record.get("context", {})},
                          settings=wandb.Settings(init_timeout=30, silent=True))
         try:

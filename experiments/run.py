@@ -180,7 +180,7 @@ def _run_locked(cfg: RunConfig, key: str, extras: dict, store: ResultStore, want
               "started": started, "finished": now_iso(), "experiment": exp,
               "scale": ctx.get("choices", {}).get("scale"),
               "config": res.config, "canonical": canonical_config(cfg), "context": ctx,
-              "metrics": metrics, "timings": res.timings,
+              "numerics": cfg.method.pipeline.numerics, "metrics": metrics, "timings": res.timings,
               "loop_timings": res.loop.timings if res.loop else {}, "transform": res.transform,
               "fallbacks": res.fallbacks(),
               "rows": res.rows, "tasks": res.tasks.to_dict() if res.tasks else None,

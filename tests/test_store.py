@@ -224,14 +224,22 @@ def test_fingerprint_is_computed_once_per_file_version(tmp_path, monkeypatch):
 
 
 def test_embedded_keys_unchanged():
-    """Records of embedded models (archive/) keep their keys: no fingerprint enters their canonical config."""
+    """Records of embedded models (archive/) keep their keys (no fingerprint enters their canonical config), except
+    those of pipelines whose numerics changed since they were written."""
     from astro.config import RunConfig, from_dict
     recs = [json.loads(p.read_text()) for p in sorted(ROOT.glob("archive/*/*/record.json"))]
     recs = [r for r in recs if not r.get("kind") and r["config"]["model"]["source"] == "smollm2-135m"]
     assert len(recs) > 50
+    bumped = 0
     for r in recs:
         cfg = from_dict(RunConfig, r["config"])
-        assert run_key(cfg) == r["key"] and "fingerprint" not in runner.canonical_config(cfg)["model"]
+        assert "fingerprint" not in runner.canonical_config(cfg)["model"]
+        # a pipeline whose numerics changed since (astro.methods.NUMERICS: AWQ, SpinQuant) gets a new key, so
+        # its old records are not reused; every other record keeps its key
+        changed = any(v > 1 for v in cfg.method.pipeline.numerics.values())
+        bumped += changed
+        assert (run_key(cfg) == r["key"]) != changed, r["key"]
+    assert bumped > 0
 
 
 # 5. concurrent sweeps do not compute one point twice
@@ -287,3 +295,26 @@ def test_lock_held_during_run_and_released_on_failure(tmp_path, monkeypatch):
         _run(raw)
     assert seen["lock"]["pid"] == os.getpid() and seen["lock"]["hostname"] == socket.gethostname()
     assert not lock.exists() and not store.exists(key) and not store.run_dir(key).exists()
+
+
+# 6. records say which numerics made them; W&B ids are unique per record and machine
+
+def test_numerics_version_keys_only_the_pipelines_that_use_the_component(monkeypatch):
+    from astro import methods
+    from astro.config import RunConfig
+    from astro.methods import MethodConfig
+    cfgs = {m: RunConfig(method=MethodConfig(m)) for m in ("rtn", "gptq", "astro_gptq", "awq", "spinquant_gptq")}
+    before = {m: run_key(c) for m, c in cfgs.items()}
+    monkeypatch.setitem(methods.NUMERICS, "gptq", methods.NUMERICS["gptq"] + 1)
+    after = {m: run_key(c) for m, c in cfgs.items()}
+    assert {m for m in cfgs if after[m] != before[m]} == {"gptq", "astro_gptq", "spinquant_gptq"}
+    assert runner.canonical_config(cfgs["gptq"])["numerics"] == {"gptq": 2}
+    assert cfgs["awq"].method.pipeline.numerics == {"awq": methods.NUMERICS["awq"], "rtn": 1}
+
+
+def test_wandb_run_id_differs_between_machines():
+    from astro.tracking import run_id
+    rec = {"key": "abc", "env": {"hostname": "h", "gpu": "NVIDIA H100 80GB HBM3", "device": "cuda", "torch_threads": 16}}
+    other = {**rec, "env": {**rec["env"], "gpu": "NVIDIA H200"}}
+    assert run_id(rec) == run_id(json.loads(json.dumps(rec))) != run_id(other)
+    assert run_id(rec).startswith("abc-")

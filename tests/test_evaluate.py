@@ -3,7 +3,6 @@
 import json
 import math
 import random
-import time
 
 import pytest
 import torch
@@ -100,7 +99,6 @@ def test_task_config_validation_and_shots():
 
 
 def test_check_tasks_fails_fast_naming_the_proxies(monkeypatch):
-    t = time.perf_counter()
     with pytest.raises(TaskUnavailableError, match="wiki_lastword, wiki_nextsent_mc"):
         check_tasks(TaskEvalConfig(tasks=("paper_zeroshot",)))  # HF_HUB_OFFLINE=1 here, data not cached
     monkeypatch.setattr(ev, "_datasets_offline", lambda: False)
@@ -111,7 +109,6 @@ def test_check_tasks_fails_fast_naming_the_proxies(monkeypatch):
     with pytest.raises(ValueError, match="unknown lm_eval task.*no_such_task"):
         check_tasks(TaskEvalConfig(tasks=("proxy", "no_such_task")))
     assert check_tasks(TaskEvalConfig(tasks=("proxy",))) == ("wiki_lastword", "wiki_nextsent_mc")
-    assert time.perf_counter() - t < 30
 
 
 def _direct_loglik(model, tok, context, continuation):
@@ -131,9 +128,7 @@ def test_lm_eval_on_the_in_memory_model_matches_direct_scoring(tiny):
     torch.manual_seed(123)
     expected_draw = torch.rand(3)
     torch.manual_seed(123)
-    t = time.perf_counter()
     res = evaluate_tasks(model, tok, TaskEvalConfig(tasks=("proxy",), limit=n, batch_size=4))
-    assert time.perf_counter() - t < 90
     assert torch.equal(torch.rand(3), expected_draw)  # the caller's RNG state is back
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 

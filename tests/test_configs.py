@@ -60,10 +60,13 @@ CLAIMS = {
 # (solver, iters, tol) of each conf/solver arm
 SOLVER_ARMS = {"pgd40": ("pgd", 40, None), "pgd200": ("pgd", 200, None), "fista50": ("fista", 50, None),
                "fista200": ("fista", 200, None), "fista_tol": ("fista", 500, 1e-3)}
+SEEDS = {"paper": {0}, "embedded": {0, 1, 2}}   # embedded table points run at 3 calibration seeds
 EXTRA_AXES = {  # experiment -> {override key: expected set of values}
-    "table3": {"method.beta": BETAS, "method.alpha": {"activation", "uniform"}},
-    "sweep_beta": {"method.beta": BETAS, "method.alpha": {"activation", "uniform"}},
-    "ablation_alpha": {"method.alpha": {"activation", "uniform"}},
+    "table1": {"calib.seed": SEEDS}, "table4": {"calib.seed": SEEDS}, "table7": {"calib.seed": SEEDS},
+    "fig3_efficiency": {"calib.seed": SEEDS},
+    "table3": {"method.beta": BETAS, "method.alpha": {"activation", "uniform"}, "calib.seed": SEEDS},
+    "sweep_beta": {"method.beta": BETAS, "method.alpha": {"activation", "uniform"}, "calib.seed": SEEDS},
+    "ablation_alpha": {"method.alpha": {"activation", "uniform"}, "calib.seed": SEEDS},
     "solver_study": {"method.beta": {"paper": BETAS, "embedded": {5e-6, 5e-5, 5e-4}},
                      "solver": {"paper": set(SOLVER_ARMS) - {"pgd40"}, "embedded": set(SOLVER_ARMS)}},
     "calib_study": {"calib.n_samples": {8, 32, 128}, "calib.seed": {0, 1, 2}},
@@ -130,8 +133,10 @@ def test_every_experiment_has_a_claim():
 
 def test_grid_points_match_the_sweep(hydra_conf):
     pts = hydra_conf.points("table7", "embedded")
-    assert [p.config.method.name for p in pts] == ["rtn", "magr_rtn", "astro_rtn"]
-    assert len({p.key for p in pts}) == 3 and all(p.choices["model"] == "smollm2-135m" for p in pts)
+    # the basic sweeper's order: the first axis outermost (each seed's methods share one loaded session)
+    assert [(p.config.calib.seed, p.config.method.name) for p in pts] == [
+        (s, m) for s in (0, 1, 2) for m in ("rtn", "magr_rtn", "astro_rtn")]
+    assert len({p.key for p in pts}) == 9 and all(p.choices["model"] == "smollm2-135m" for p in pts)
     with pytest.raises(ValueError, match="unknown experiment"):
         hydra_conf.axes("table9", "embedded")
 
@@ -175,8 +180,9 @@ def test_table1_paper_grid_size(hydra_conf):
 
 def test_table3_and_sweep_beta_share_records(hydra_conf):
     assert _grid("table3", "embedded") == _grid("sweep_beta", "embedded")
-    keys = {run_key(_run_config(["experiment=table3", "scale=embedded", *j])) for j in _grid("table3", "embedded")[::5]}
-    assert len(keys) == 3  # distinct grid points are distinct records
+    sampled = _grid("table3", "embedded")[::5]
+    keys = {run_key(_run_config(["experiment=table3", "scale=embedded", *j])) for j in sampled}
+    assert len(keys) == len(sampled) > 3  # distinct grid points are distinct records
 
 
 def test_solver_arm_pgd40_shares_sweep_beta_records(hydra_conf):

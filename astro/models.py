@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .assets import SETUP_HINT, asset_path, cache_dir
+from .assets import SETUP_HINT, asset_path, cache_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +71,12 @@ FINGERPRINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json",
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _cached_sha256(path: Path) -> str:
     """A file's sha256, computed once per (path, mtime, size) in this process."""
     st = path.stat()
     ident = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     if ident not in _SHA_CACHE:
-        _SHA_CACHE[ident] = _file_sha256(path)
+        _SHA_CACHE[ident] = sha256_file(path)
     return _SHA_CACHE[ident]
 
 

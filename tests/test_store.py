@@ -214,8 +214,8 @@ def test_fingerprint_is_computed_once_per_file_version(tmp_path, monkeypatch):
     from astro import models
     src = _save_tiny(tmp_path / "model")
     calls = []
-    real = models._file_sha256
-    monkeypatch.setattr(models, "_file_sha256", lambda p: calls.append(p) or real(p))
+    real = models.sha256_file
+    monkeypatch.setattr(models, "sha256_file", lambda p: calls.append(p) or real(p))
     models._SHA_CACHE.clear()
     cfg = models.ModelConfig(str(src))
     fp = models.local_fingerprint(cfg)

@@ -63,7 +63,12 @@ class EvalConfig:
     first 256 windows of 1100 joined documents); max_windows caps the windows scored (None = all; the cap and
     the protocol are recorded in the result). bos: auto (per-window BOS only for models that need it, e.g.
     Gemma; else as the reference: the tokenizer's defaults on the joined text) | tokenizer | window | none.
-    lm_eval: zero/few-shot tasks (astro.evaluate.TaskEvalConfig; no tasks = none run)."""
+    lm_eval: zero/few-shot tasks (astro.evaluate.TaskEvalConfig; no tasks = none run).
+    offload: how perplexity runs (astro.evaluate.eval_path): never = the whole model on loop.device; always =
+    block by block (one decoder block on the device at a time, the windows' hidden states on loop.offload);
+    auto = block by block when the model's bytes exceed 80% of memory_budget_gb (GB = 1e9 bytes) if set, else
+    of the device's free memory (on a CPU device without a budget: whole). Neither changes the numbers beyond
+    float rounding; the path taken is recorded (eval_path)."""
 
     corpus: str = "wiki_offline"
     seq_len: int = 2048
@@ -71,8 +76,15 @@ class EvalConfig:
     batch_size: int = 1
     bos: str = "auto"
     lm_eval: TaskEvalConfig = field(default_factory=TaskEvalConfig)
+    offload: str = "auto"
+    memory_budget_gb: float | None = None
 
     def __post_init__(self):
+        from .evaluate import OFFLOAD_MODES
+        if self.offload not in OFFLOAD_MODES:
+            raise ValueError(f"eval.offload must be one of {OFFLOAD_MODES}, got {self.offload!r}")
+        if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
+            raise ValueError(f"eval.memory_budget_gb must be > 0 or null, got {self.memory_budget_gb}")
         if self.seq_len < 2:
             raise ValueError(f"eval.seq_len must be >= 2, got {self.seq_len}")
         if self.batch_size < 1:

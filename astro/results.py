@@ -65,6 +65,8 @@ KEY_STABLE_DEFAULTS: dict[tuple[str, ...], object] = {
     ("method", "solver"): "pgd",
     ("method", "tol"): None,
     ("eval", "bos"): "auto",
+    ("eval", "offload"): "auto",          # the perplexity path: same numbers up to float rounding
+    ("eval", "memory_budget_gb"): None,
     # the baselines (issue 6): AWQ grids, QuaRot/SpinQuant rotation settings
     ("method", "awq", "grid"): 20,
     ("method", "awq", "clip_grid"): 10,

@@ -57,7 +57,7 @@ class RunResult:
         return {"ppl": p.ppl if p else None, "nll": p.nll if p else None,
                 "eval_windows": p.n_windows if p else None, "eval_windows_available": p.n_windows_available if p else None,
                 "eval_seq_len": p.seq_len if p else None, "eval_tokens": p.n_tokens_scored if p else None,
-                "eval_protocol": p.protocol if p else None,
+                "eval_protocol": p.protocol if p else None, "eval_path": p.path if p else None,
                 **(self.tasks.metrics() if self.tasks else {}),
                 "n_fallbacks": len(self.fallbacks())}
 
@@ -107,20 +107,28 @@ def check_widths(cfg: RunConfig, widths) -> None:
 
 @dataclass
 class Session:
-    """A loaded model with a pristine CPU copy of its weights (and of its embedding tying, which the
-    rotation transforms undo), and the token streams of a config."""
+    """A loaded model, its embedding tying (which the rotation transforms undo), and the token streams of a
+    config. Memory: the model once in CPU RAM (only the current block, or the embedding/head, visits the
+    device, in the loop and in blockwise evaluation). `reset()` hands the model to a run; a session that
+    keeps its original (keep_original, the default) takes a pristine CPU copy of the weights at the first
+    reset (the model is still as loaded then) and restores it at later ones: sharing one loaded model across
+    methods costs a second full copy in RAM (~140 GB for LLaMA-2-70B in fp16). `run(cfg)` without a session
+    opens a single-use one (keep_original=False): no copy, and a second reset raises. Change the weights
+    only after a reset() (run() does), or the copy taken then is not pristine."""
 
     model: torch.nn.Module
     tokenizer: object
-    original: dict
     calib_ids: torch.Tensor
     eval_stream: EvalTokens
     layer_widths: frozenset[int]           # in_features of the model's linears (checked against every config)
     ties: dict | None = None               # astro.transforms.tie_state at load time
     holdout_ids: torch.Tensor | None = None   # calib.holdout windows the method never sees (None: none)
+    keep_original: bool = True             # take the pristine copy at the first reset, so later ones restore
+    _original: dict | None = dataclasses.field(default=None, repr=False)
+    _handed_out: bool = dataclasses.field(default=False, repr=False)   # reset() has handed the model to a run
 
     @classmethod
-    def open(cls, cfg: RunConfig) -> "Session":
+    def open(cls, cfg: RunConfig, keep_original: bool = True) -> "Session":
         check_inputs(cfg)
         calib_corpus, eval_corpus = load_corpus(cfg.calib.corpus), load_corpus(cfg.eval.corpus)
         model, tok = load_model(cfg.model)
@@ -136,15 +144,31 @@ class Session:
         calib = sample_calibration(stream, c.n_samples, c.seq_len, c.seed, bos)
         held = sample_holdout(stream, c.n_samples, c.seq_len, c.seed, c.holdout, bos) if c.holdout else None
         evals = eval_tokens(tok, eval_corpus, cfg.eval.seq_len, cfg.eval.bos, cfg.eval.corpus, model_type)
-        original = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return cls(model, tok, original, calib, evals, widths, tie_state(model, arch), held)
+        return cls(model, tok, calib, evals, widths, tie_state(model, arch), held, keep_original=keep_original)
+
+    @property
+    def original(self) -> dict:
+        """The pristine weights (a CPU state_dict copy), taken now if the model has not been handed out yet."""
+        if self._original is None:
+            if self._handed_out:
+                raise RuntimeError("this session kept no copy of the loaded weights (keep_original=False): "
+                                   "it serves one run; open a new one, or open it with keep_original=True")
+            self._original = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        return self._original
 
     def reset(self) -> None:
-        """Restore the loaded model: embedding tying (undone by rotations), then every weight (rotated,
+        """Hand the model to a run as loaded. The first time it is as loaded already (a keeping session takes
+        its copy now); later, restore the embedding tying (undone by rotations), then every weight (rotated,
         norm-fused, scaled or quantized ones alike)."""
+        if not self._handed_out:
+            if self.keep_original:
+                self.original   # noqa: B018 (takes the copy)
+            self._handed_out = True
+            return
+        original = self.original   # raises for a single-use session
         if self.ties is not None:
             restore_ties(self.model, architecture_of(self.model), self.ties)
-        self.model.load_state_dict(self.original)
+        self.model.load_state_dict(original)
 
 
 def quantize_model(model, calib_ids: torch.Tensor, cfg: RunConfig, progress: bool = True,
@@ -182,10 +206,11 @@ def quantize_model(model, calib_ids: torch.Tensor, cfg: RunConfig, progress: boo
 
 def run(cfg: RunConfig, session: Session | None = None, progress: bool = True,
         on_linear: Callable[[str, LinearOutcome], None] | None = None) -> RunResult:
-    """Quantize with cfg.method and evaluate perplexity. A given session is reset first and reused.
+    """Quantize with cfg.method and evaluate perplexity. A given session is reset first and reused; without
+    one, a single-use session (no copy of the weights) is opened.
     on_linear: passed to quantize_model (e.g. an astro.export.ExportCollector)."""
     t0 = time.perf_counter()
-    session = session or Session.open(cfg)
+    session = session or Session.open(cfg, keep_original=False)
     check_widths(cfg, session.layer_widths)  # a reused session was opened for another grid/method
     session.reset()   # quantize_model checks the method against the loaded architecture before any work
     t_setup = time.perf_counter() - t0
@@ -193,7 +218,8 @@ def run(cfg: RunConfig, session: Session | None = None, progress: bool = True,
     loop = quantize_model(session.model, session.calib_ids, cfg, progress, on_linear, session.holdout_ids)
     t_quant = time.perf_counter() - t
     ppl = perplexity(session.model, session.eval_stream, cfg.eval.seq_len, cfg.eval.max_windows,
-                     cfg.eval.batch_size, cfg.loop.device, progress)
+                     cfg.eval.batch_size, cfg.loop.device, progress, offload=cfg.eval.offload,
+                     memory_budget_gb=cfg.eval.memory_budget_gb, activations=cfg.loop.offload)
     tasks = (evaluate_tasks(session.model, session.tokenizer, cfg.eval.lm_eval, cfg.loop.device)
              if cfg.eval.lm_eval.tasks else None)
     rows = loop.rows if loop else []

@@ -78,7 +78,10 @@ def describe(cfg: RunConfig) -> str:
 def _session(cfg: RunConfig) -> Session:
     """Reuse the loaded model and token streams across jobs of one process (the basic launcher).
     The key is everything Session.open reads: model (a local one's contents too), calibration sampling,
-    evaluation tokens."""
+    evaluation tokens. A single Hydra run (no -m) serves one job: its session keeps no second copy of the
+    weights (astro.run.Session keep_original=False: what lets one 70B run fit in CPU memory)."""
+    if _hydra_mode() == "RUN":
+        return Session.open(cfg, keep_original=False)
     ident = repr((cfg.model, local_fingerprint(cfg.model), cfg.calib, cfg.eval.corpus, cfg.eval.seq_len, cfg.eval.bos))
     if ident not in _session_cache:
         _session_cache.clear()
@@ -97,12 +100,16 @@ def context() -> dict:
             "job_num": hc.job.get("num"), "launcher": hc.runtime.choices.get("hydra/launcher")}
 
 
-def _in_sweep() -> bool:
+def _hydra_mode() -> str | None:
+    """'RUN' or 'MULTIRUN' inside a Hydra job; None when called directly (tests, other drivers)."""
     try:
-        from hydra.types import RunMode
-        return HydraConfig.get().mode == RunMode.MULTIRUN
+        return HydraConfig.get().mode.name
     except ValueError:
-        return False
+        return None
+
+
+def _in_sweep() -> bool:
+    return _hydra_mode() == "MULTIRUN"
 
 
 def export_dir(store: ResultStore, key: str) -> Path:

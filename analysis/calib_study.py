@@ -26,7 +26,7 @@ import pandas as pd
 
 from astro.results import ResultStore
 
-from .common import LABELS, cells, data_caption, markdown, parser, plain_log_ticks, save_figure, write_table
+from .common import LABELS, cells, data_caption, markdown, parser, save_figure, write_table
 from .paired import interval, paired_difference, seed_list, seed_values, signed
 
 NO_CALIBRATION = ("method=fp,rtn", "calib.n_samples=8", "calib.seed=0")   # the make target's FP/RTN runs
@@ -139,7 +139,11 @@ def sink_table(scale, store, extra) -> pd.DataFrame:
                "uniform share of one position": f"{1 / c.config.calib.seq_len:.4f}"}
         ref = next((d for d in sink if d.config.calib.n_samples == c.config.calib.n_samples
                     and setting(d) == setting(c) and not d.config.calib.token_weights.active), None)
-        if ref is not None and ref is not c:
+        if ref is c:
+            row.update({"paired diff vs weight 1": "reference", "95% CI": "-", "verdict": "-"})
+        elif not c.records or ref is None or not ref.records:
+            row.update({"paired diff vs weight 1": "-", "95% CI": "-", "verdict": "missing"})
+        else:
             p = paired_difference(seed_values(c), seed_values(ref))
             row.update({"paired diff vs weight 1": _diff(p), "95% CI": interval(p),
                         "verdict": p.verdict(f"weight {w:g}", "weight 1")})
@@ -166,7 +170,10 @@ def figure(cs, base, scale: str):
             if cell and cell.records:
                 ax.axhline(cell.mean_std("metrics.ppl")[0], ls=style, color="gray", label=f"{LABELS[name]} (no calibration)")
         ax.set(xscale="log", xlabel="calibration tokens (log)", ylabel="perplexity", title=f"{st} ({scale})")
-        plain_log_ticks(ax.xaxis)
+        sizes = sorted({c.config.calib.n_samples * c.config.calib.seq_len for c in cs if setting(c) == st})
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])   # the grid's sizes, not a decade's worth of ticks
+        ax.set_xticks([], minor=True)
+        ax.set_xlim(sizes[0] / 1.4, sizes[-1] * 1.4)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -69,14 +69,15 @@ class HessianAccumulator:
         self.n_tokens = 0
         self.weight = 0.0          # sum of token weights so far (= n_tokens when unweighted)
         self.weights = weights
-        self.energy = torch.zeros(len(FIRST_SHARE_POSITIONS) + 1, dtype=torch.float64)  # first k, all
+        # first k positions, all; on H's device so that accumulating costs no host-device sync per chunk
+        self.energy = torch.zeros(len(FIRST_SHARE_POSITIONS) + 1, dtype=torch.float64, device=device)
         self.has_positions = True
 
     def _track_energy(self, x: torch.Tensor) -> None:
         if x.dim() != 3:
             self.has_positions = False
             return
-        e = x.float().pow(2).sum(-1, dtype=torch.float64).sum(0).cpu()    # [seq] energy per position
+        e = x.to(self.energy.device).float().pow(2).sum(-1, dtype=torch.float64).sum(0)   # [seq] energy per position
         c = e.cumsum(0)
         self.energy += torch.stack([c[min(k, e.numel()) - 1] for k in FIRST_SHARE_POSITIONS] + [c[-1]])
 

@@ -15,7 +15,7 @@ sweep = $(RUN) -m experiment=$(1) scale=$(SCALE) $(ARGS)
 # $(call analyze,<module>): the analysis script, reading only the results store (same ARGS: same grid)
 analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 
-.PHONY: help setup setup-gemma bench-solver export quickstart test test-all bench clean-cache run sweep experiments status \
+.PHONY: help setup setup-gemma bench-solver bench-shapes export quickstart test test-all lint bench clean-cache run sweep experiments status \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
 	reproduce-table7 figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
 	calib-study calib-sink w2-groups
@@ -40,6 +40,9 @@ quickstart: setup  ## the main job: FP/RTN/GPTQ/MagR+GPTQ/Astro+GPTQ on SmolLM2-
 test: setup  ## the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q tests $(ARGS)
 
+lint: setup  ## ruff check (the pinned version; config in pyproject.toml)
+	$(PY) -m ruff check . $(ARGS)
+
 bench: setup  ## per-layer method times at SmolLM2 shapes; PGD iteration cost vs its matmul
 	$(PY) -m benchmarks.layer_times $(ARGS)
 
@@ -48,6 +51,9 @@ export: setup  ## Astro+GPTQ and GPTQ W4 g64 on SmolLM2 -> compressed-tensors ch
 
 bench-solver: setup  ## pgd vs fista on Astro's per-layer objective (SmolLM2 H + synthetic) -> results/bench_solver.*
 	$(PY) -m benchmarks.solver $(ARGS)
+
+bench-shapes: setup  ## per-block method time + peak memory at LLaMA-2-7B/70B shapes (synthetic W, H) -> results/bench_shapes.*
+	$(PY) -m benchmarks.shapes $(ARGS)
 
 clean-cache:  ## remove the fetched assets and converted models ($$ASTRO_CACHE or ~/.cache/astro)
 	rm -rf "$${ASTRO_CACHE:-$$HOME/.cache/astro}"

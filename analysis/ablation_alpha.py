@@ -34,7 +34,8 @@ def main(argv=None) -> None:
     df = build(cs)
     m = cs[0].config
     caption = (f"Astro+GPTQ perplexity, {m.model.source}, beta={m.method.beta:g}, {m.method.iters} iterations; "
-               "negative differences favour activation-weighted alpha_k. " + data_caption(cs, a.scale, with_reported=False))
+               "negative differences favour activation-weighted alpha_k. "
+               + data_caption(cs, a.scale, with_reported=False))
     write_table(df, "ablation_alpha", a.scale, caption, a.out or a.store.parent / "tables")
     print(markdown(df))
 

@@ -46,7 +46,8 @@ def tokens(c) -> str:
 
 def baselines(scale, store, extra) -> dict[tuple[str, str], object]:
     """(setting, 'fp' | 'rtn') -> the cell of the runs that do not calibrate."""
-    return {(setting(c), c.config.method.name): c for c in cells("calib_study", scale, store, (*extra, *NO_CALIBRATION))}
+    return {(setting(c), c.config.method.name): c
+            for c in cells("calib_study", scale, store, (*extra, *NO_CALIBRATION))}
 
 
 def ppl_table(cs, base) -> pd.DataFrame:
@@ -132,7 +133,8 @@ def sink_table(scale, store, extra) -> pd.DataFrame:
         w = c.config.calib.first_weight if c.config.calib.token_weights.active else 1.0
         share0 = [r["trace_share_pos0"] for rec in c.records for r in rec["rows"] if "trace_share_pos0" in r]
         share4 = [r["trace_share_pos0_3"] for rec in c.records for r in rec["rows"] if "trace_share_pos0_3" in r]
-        row = {"setting": setting(c), "tokens": tokens(c), "first-position weight": f"{w:g}", "PPL": c.fmt("metrics.ppl"),
+        row = {"setting": setting(c), "tokens": tokens(c), "first-position weight": f"{w:g}",
+               "PPL": c.fmt("metrics.ppl"),
                "median share of tr(H): pos 0": f"{statistics.median(share0):.3f}" if share0 else "-",
                "max: pos 0": f"{max(share0):.3f}" if share0 else "-",
                "median: pos 0-3": f"{statistics.median(share4):.3f}" if share4 else "-",
@@ -157,18 +159,19 @@ def figure(cs, base, scale: str):
     import matplotlib.pyplot as plt
     settings = list(dict.fromkeys(setting(c) for c in cs))
     fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.2), squeeze=False)
-    for ax, st in zip(axes[0], settings):
+    for ax, st in zip(axes[0], settings, strict=True):
         for m in dict.fromkeys(c.config.method.name for c in cs):
             pts = sorted((c.config.calib.n_samples * c.config.calib.seq_len, *c.mean_std("metrics.ppl")[:2])
                          for c in cs if setting(c) == st and c.config.method.name == m and c.records)
             if pts:
-                x, y, sd = zip(*pts)
+                x, y, sd = zip(*pts, strict=True)
                 ax.errorbar(x, y, yerr=[s or 0.0 for s in sd], marker="*" if m.startswith("astro") else "o",
                             capsize=3, label=LABELS[m])
         for name, style in (("fp", ":"), ("rtn", "--")):
             cell = base.get((st, name))
             if cell and cell.records:
-                ax.axhline(cell.mean_std("metrics.ppl")[0], ls=style, color="gray", label=f"{LABELS[name]} (no calibration)")
+                ax.axhline(cell.mean_std("metrics.ppl")[0], ls=style, color="gray",
+                           label=f"{LABELS[name]} (no calibration)")
         ax.set(xscale="log", xlabel="calibration tokens (log)", ylabel="perplexity", title=f"{st} ({scale})")
         sizes = sorted({c.config.calib.n_samples * c.config.calib.seq_len for c in cs if setting(c) == st})
         ax.set_xticks(sizes, [f"{n:,}" for n in sizes])   # the grid's sizes, not a decade's worth of ticks
@@ -190,10 +193,11 @@ def main(argv=None) -> None:
     base = baselines(a.scale, store, extra)
     caption = data_caption(cs, a.scale, with_reported=False).replace(
         f"calibration {cs[0].config.calib.n_samples} x {cs[0].config.calib.seq_len}", "calibration as in each column")
-    out = {"calib_study": (ppl_table(cs, base), "Perplexity vs calibration tokens, mean ± std over calibration seeds (n). "),
-           "calib_study_paired": (paired_table(cs, base), "Paired differences of PPL (A - B) per calibration seed, mean "
-                                  "and two-sided 95% Student-t interval; resolved when it excludes 0. RTN does not "
-                                  "calibrate: its one record pairs with every seed. "),
+    out = {"calib_study": (ppl_table(cs, base),
+                           "Perplexity vs calibration tokens, mean ± std over calibration seeds (n). "),
+           "calib_study_paired": (paired_table(cs, base), "Paired differences of PPL (A - B) per calibration seed, "
+                                  "mean and two-sided 95% Student-t interval; resolved when it excludes 0. RTN does "
+                                  "not calibrate: its one record pairs with every seed. "),
            "calib_heldout": (heldout_table(cs), "Per linear kind, median over blocks of the H-weighted error ratios "
                              "(mean ± std over seeds): on the calibration tokens (in-sample) and on held-out tokens "
                              "the method never saw. ")}

@@ -150,7 +150,7 @@ def write_table(df: pd.DataFrame, name: str, scale: str, caption: str, out: Path
     md = f"**{name}** ({scale} scale). {caption}\n\n{markdown(df)}\n"
     tex = df.to_latex(index=False, caption=caption.replace("%", r"\%"), label=f"tab:{name}_{scale}", escape=True)
     paths = [base.with_suffix(".md"), base.with_suffix(".tex"), base.with_suffix(".csv")]
-    for p, text in zip(paths, (md, tex, df.to_csv(index=False))):
+    for p, text in zip(paths, (md, tex, df.to_csv(index=False)), strict=True):
         atomic_write_text(p, text)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return paths

@@ -58,13 +58,15 @@ def main(argv=None) -> None:
     ap.add_argument("--linear", default=None)
     a = ap.parse_args(argv)
     with Composer() as c:
-        cfg = [p for p in c.points("fig1_outliers", a.scale, tuple(a.overrides)) if p.config.method.preprocess][0].config
+        cfg = next(p for p in c.points("fig1_outliers", a.scale, tuple(a.overrides))
+                   if p.config.method.preprocess).config
     store = ResultStore(a.store)
     rec = find_probe(store, "fig1", canonical_config(cfg), "fig1-outliers", block=a.block, linear=a.linear)
     arr = np.load(store.run_dir(rec["key"]) / rec["probe"]["arrays"])
     p = rec["probe"]
-    title = (f"{cfg.model.source} block {p['block']} {p['linear']} {p['shape'][0]}x{p['shape'][1]}; Astro beta={p['beta']:g}, "
-             f"{p['iters']} iterations, groups of {p['group_size']}; X from {p['n_tokens']} calibration tokens ({a.scale})")
+    title = (f"{cfg.model.source} block {p['block']} {p['linear']} {p['shape'][0]}x{p['shape'][1]}; "
+             f"Astro beta={p['beta']:g}, {p['iters']} iterations, groups of {p['group_size']}; "
+             f"X from {p['n_tokens']} calibration tokens ({a.scale})")
     save_figure(figure(arr, rec, title), "fig1_outliers", a.scale, a.out or a.store.parent / "figures")
 
 

@@ -49,7 +49,8 @@ def figure(rec: dict, title: str):
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
     with Composer() as c:
-        cfg = [p for p in c.points("fig2_landscape", a.scale, tuple(a.overrides)) if p.config.method.name == "astro"][0].config
+        cfg = next(p for p in c.points("fig2_landscape", a.scale, tuple(a.overrides))
+                   if p.config.method.name == "astro").config
     rec = find_probe(ResultStore(a.store), "fig2", canonical_config(cfg), "fig2-landscape")
     m = cfg.method
     title = (f"{cfg.model.source}: Astro reconstruction (beta={m.beta:g}, {m.iters} iterations, groups of "

@@ -16,8 +16,7 @@ import pandas as pd
 
 from astro.results import ResultStore
 
-from .common import (LABELS, cells, data_caption, markdown, parser, plain_log_ticks, plural, save_figure,
-                     write_table)
+from .common import LABELS, cells, data_caption, markdown, parser, plain_log_ticks, plural, save_figure, write_table
 from .paired import paired_table, write_paired
 from .table1 import PAIRS as TABLE1_PAIRS
 from .table7 import PAIRS as TABLE7_PAIRS

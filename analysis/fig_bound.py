@@ -32,8 +32,8 @@ def figure(rows, title: str):
     ax.legend(fontsize=8)
     ax = axes[1]
     idx = range(len(rows))
-    ax.plot(idx, [a / b for a, b in zip(ba, bb)], ".", ms=4, label="bound after / before")
-    ax.plot(idx, [a / b for a, b in zip(ea, eb)], ".", ms=4, label="RTN error after / before")
+    ax.plot(idx, [a / b for a, b in zip(ba, bb, strict=True)], ".", ms=4, label="bound after / before")
+    ax.plot(idx, [a / b for a, b in zip(ea, eb, strict=True)], ".", ms=4, label="RTN error after / before")
     ax.axhline(1, color="k", lw=0.8)
     ax.set(xlabel="layer (block-major order)", ylabel="ratio", title="what Astro changes, per layer")
     ax.legend(fontsize=8)

@@ -14,9 +14,9 @@ computed unpaired.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 from scipy import stats
@@ -193,8 +193,9 @@ def paired_table(cs: list[Cell], pairs: list[tuple[str, str]], key: str = "metho
         both = grid[grid["value"] == va].merge(grid[grid["value"] == vb], on="setting", suffixes=(" A", " B"))
         if both.empty:
             continue
-        rows = both.apply(lambda r: comparison_row(r["cell A"], r["cell B"], name(va), name(vb), level, metric,
-                                                   not_applicable), axis=1, result_type="expand")
+        rows = both.apply(lambda r: comparison_row(r["cell A"], r["cell B"],
+                                                   name(va), name(vb),  # noqa: B023 - applied here, not kept
+                                                   level, metric, not_applicable), axis=1, result_type="expand")
         parts.append(rows.assign(comparison=f"{name(va)} vs {name(vb)}", setting=both["setting"]))
     if not parts:
         return pd.DataFrame(columns=columns(level))

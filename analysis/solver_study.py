@@ -1,4 +1,4 @@
-"""Issue 8's solver study: perplexity vs Astro time for the paper's pgd-200 and the accelerated arms
+"""The solver study: perplexity vs Astro time for the paper's pgd-200 and the accelerated arms
 (conf/solver/: pgd40, pgd200, fista50, fista200, fista_tol) over W3/W2 and the beta grid.
 
 Astro time is the reconstruction stage of the run (sum of the per-linear solver wall times); method time
@@ -58,19 +58,19 @@ def figure(cs, scale: str):
     import matplotlib.pyplot as plt
     bits = sorted({c.config.quant.bits for c in cs}, reverse=True)
     fig, axes = plt.subplots(1, len(bits), figsize=(5.2 * len(bits), 4), squeeze=False)
-    markers = dict(zip(ARMS, "vosD^"))
-    for ax, b in zip(axes[0], bits):
+    markers = dict(zip(ARMS, "vosD^", strict=True))
+    for ax, b in zip(axes[0], bits, strict=True):
         for arm in ARMS:
             # markers only, so no ordering is needed (sorting would compare a None std with a float on a tie)
             pts = [(*c.mean_std("timings.reconstruction")[:2], *c.mean_std("metrics.ppl")[:2], c.config.method.beta)
                    for c in cs if c.config.quant.bits == b and c.choices.get("solver") == arm and c.records]
             if not pts:
                 continue
-            t, t_sd, ppl, ppl_sd, betas = zip(*pts)
+            t, t_sd, ppl, ppl_sd, betas = zip(*pts, strict=True)
             # error bars (+- std over calibration seeds) only where a cell has several runs
             ax.errorbar(t, ppl, xerr=[s or 0 for s in t_sd], yerr=[s or 0 for s in ppl_sd], fmt=markers[arm],
                         label=arm, alpha=0.85, capsize=2, elinewidth=0.8)
-            for x, y, beta in zip(t, ppl, betas):
+            for x, y, beta in zip(t, ppl, betas, strict=True):
                 ax.annotate(f"{beta:g}", (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
         cfg = next(c.config for c in cs if c.config.quant.bits == b)
         ax.set(xscale="log", xlabel="Astro (reconstruction) seconds per run", ylabel="perplexity",

@@ -10,11 +10,22 @@ import logging
 import pandas as pd
 
 from astro.results import ResultStore
-
 from astro.run import not_applicable
 
-from .common import (LABELS, NOT_APPLICABLE, REPORTED_AS, STAND_IN_MODEL, STAND_IN_QUANT, cells, data_caption,
-                     fmt_reported, markdown, parser, reported, write_table)
+from .common import (
+    LABELS,
+    NOT_APPLICABLE,
+    REPORTED_AS,
+    STAND_IN_MODEL,
+    STAND_IN_QUANT,
+    cells,
+    data_caption,
+    fmt_reported,
+    markdown,
+    parser,
+    reported,
+    write_table,
+)
 from .paired import paired_table, write_paired
 
 # the paper's baselines: reported-only rows unless the grid runs them (awq; spinquant_gptq reproduces the

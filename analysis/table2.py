@@ -21,7 +21,8 @@ PAPER_COLUMNS = [("mmlu", "acc"), ("mmlu/stem", "acc"), ("mmlu/humanities", "acc
                  ("arc_challenge", "acc_norm"), ("arc_easy", "acc"), ("hellaswag", "acc_norm")]
 REPORTED_KEY = {"mmlu": "mmlu", "mmlu/stem": "mmlu_stem", "mmlu/humanities": "mmlu_humanities",
                 "mmlu/social_sciences": "mmlu_social_sciences", "mmlu/other": "mmlu_other", "triviaqa": "triviaqa",
-                "nq_open": "nq_open", "arc_challenge": "arc_challenge", "arc_easy": "arc_easy", "hellaswag": "hellaswag"}
+                "nq_open": "nq_open", "arc_challenge": "arc_challenge", "arc_easy": "arc_easy",
+                "hellaswag": "hellaswag"}
 
 
 def task_rows(record: dict) -> dict[tuple[str, str], tuple[float, float | None, bool]]:

@@ -12,8 +12,17 @@ import pandas as pd
 
 from astro.results import ResultStore
 
-from .common import (cells, data_caption, fmt_reported, markdown, parser, plain_log_ticks, reported, save_figure,
-                     write_table)
+from .common import (
+    cells,
+    data_caption,
+    fmt_reported,
+    markdown,
+    parser,
+    plain_log_ticks,
+    reported,
+    save_figure,
+    write_table,
+)
 from .paired import paired_table, write_paired
 
 ALPHA_LABEL = {"activation": "alpha_k from activations (Astro)", "uniform": "uniform alpha_k = 1"}
@@ -27,8 +36,8 @@ def build(cs) -> pd.DataFrame:
     rows = []
     for alpha in ("activation", "uniform"):
         mine = {c.config.method.beta: c for c in cs if c.config.method.alpha == alpha}
-        rows.append({"alpha_k": ALPHA_LABEL[alpha], **{f"beta={b:g}": mine[b].fmt("metrics.ppl") if b in mine else "not in grid"
-                                                        for b in betas}})
+        rows.append({"alpha_k": ALPHA_LABEL[alpha],
+                     **{f"beta={b:g}": mine[b].fmt("metrics.ppl") if b in mine else "not in grid" for b in betas}})
         rows.append({"alpha_k": f"reported: {ALPHA_LABEL[alpha]}",
                      **{f"beta={b:g}": fmt_reported(rep[alpha].get(b)) for b in betas}})
     return pd.DataFrame(rows)
@@ -49,9 +58,9 @@ def figure(cs, scale: str):
         pts = sorted((c.config.method.beta, c.mean_std("metrics.ppl")[0]) for c in cs
                      if c.config.method.alpha == alpha and c.records)
         if pts:
-            ax.plot(*zip(*pts), style, label=ALPHA_LABEL[alpha])
+            ax.plot(*zip(*pts, strict=True), style, label=ALPHA_LABEL[alpha])
         rp = sorted(rep[alpha].items())
-        axr.plot(*zip(*rp), style, label=ALPHA_LABEL[alpha])
+        axr.plot(*zip(*rp, strict=True), style, label=ALPHA_LABEL[alpha])
     cfg = cs[0].config
     ax.set(xscale="log", xlabel="beta", ylabel="perplexity",
            title=f"measured: {cfg.model.source} W{cfg.quant.bits} g{cfg.quant.group_size} ({scale})")

@@ -29,7 +29,8 @@ def build(cs, scale: str) -> pd.DataFrame:
         rows.append({"model": model, "original": fp.fmt("metrics.ppl", 3) if fp else "not in grid",
                      "Astro reconstructed (unquantized)": rec.fmt("metrics.ppl", 3) if rec else "not in grid",
                      "change": delta, "reported model": paper_model or "-",
-                     "reported original": fmt_reported(r.get("fp")), "reported reconstructed": fmt_reported(r.get("astro"))})
+                     "reported original": fmt_reported(r.get("fp")),
+                     "reported reconstructed": fmt_reported(r.get("astro"))})
     return pd.DataFrame(rows)
 
 
@@ -39,7 +40,8 @@ def main(argv=None) -> None:
     df = build(cs, a.scale)
     m = next(c.config.method for c in cs if c.config.method.name == "astro")
     caption = (f"Perplexity before and after Astro's reconstruction (no quantization; beta={m.beta:g}, "
-               f"{m.iters} iterations, penalty groups of {cs[0].config.quant.group_size}). " + data_caption(cs, a.scale))
+               f"{m.iters} iterations, penalty groups of {cs[0].config.quant.group_size}). "
+               + data_caption(cs, a.scale))
     write_table(df, "table4", a.scale, caption, a.out or a.store.parent / "tables")
     print(markdown(df))
 

@@ -36,7 +36,8 @@ def build(row: dict, n_tokens: int) -> pd.DataFrame:
     for name, k in picks.items():
         r = rep[name]
         out.append({"group": f"{name} activation (k={k})", "||X^(k)||_F": f"{xn[k] * n_tokens ** 0.5:.2f}",
-                    "alpha_k": f"{alpha[k]:.3f}", "max|w| before": f"{before[k]:.4f}", "max|w| after": f"{after[k]:.4f}",
+                    "alpha_k": f"{alpha[k]:.3f}", "max|w| before": f"{before[k]:.4f}",
+                    "max|w| after": f"{after[k]:.4f}",
                     "reduction": f"{100 * (1 - after[k] / before[k]):.1f}%",
                     "reported alpha_k": fmt_reported(r["alpha"]), "reported before -> after":
                     f"{r['before']:.3f} -> {r['after']:.3f} ({100 * (1 - r['after'] / r['before']):.1f}%)"})
@@ -51,7 +52,8 @@ def main(argv=None) -> None:
     cs = cells("table5", a.scale, ResultStore(a.store), tuple(a.overrides))
     cell = cs[0]
     if not cell.records:
-        df = pd.DataFrame([{"group": MISSING, "note": f"no record for {' '.join(f'{k}={v}' for k, v in cell.choices.items())}"}])
+        choices = " ".join(f"{k}={v}" for k, v in cell.choices.items())
+        df = pd.DataFrame([{"group": MISSING, "note": f"no record for {choices}"}])
         caption = "No record yet: run make reproduce-table5."
     else:
         rec = cell.records[0]

@@ -26,7 +26,8 @@ def build(cs, scale: str) -> pd.DataFrame:
         paper_model = model if scale == "paper" else STAND_IN_MODEL.get(model)
         rows.append({"method": LABELS[c.config.method.name], "model": model, "setting": c.choices["quant"],
                      "PPL": c.fmt("metrics.ppl"), "method time (s)": c.fmt("timings.method", 1),
-                     "reported (llama2-7b W3 g128)": fmt_reported(rep.get(paper_model or "", {}).get(c.config.method.name))})
+                     "reported (llama2-7b W3 g128)":
+                         fmt_reported(rep.get(paper_model or "", {}).get(c.config.method.name))})
     return pd.DataFrame(rows)
 
 

@@ -46,7 +46,8 @@ def main(argv=None) -> None:
     fp = next(iter(cells("w2_groups", a.scale, store, (*extra, "method=fp", "quant=w2g64"))), None)
     df = build(cs, fp)
     caption = ("W2 perplexity by group size (asymmetric min-max grid); the paper's W2 setting is g64. A setting is "
-               f"informative where its best method is below {COLLAPSE_FACTOR:g}x FP. " + data_caption(cs, a.scale, False))
+               f"informative where its best method is below {COLLAPSE_FACTOR:g}x FP. "
+               + data_caption(cs, a.scale, False))
     write_table(df, "w2_groups", a.scale, caption, a.out or a.store.parent / "tables")
     print(markdown(df))
 

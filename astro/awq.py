@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .quantizer import QuantGrid, dequantize, params_from_ranges, pad_to_groups, quantize_codes
+from .quantizer import QuantGrid, dequantize, pad_to_groups, params_from_ranges, quantize_codes
 from .rtn import rtn
 from .stats import h_error
 
@@ -148,7 +148,8 @@ def search_clip(W: torch.Tensor, H: torch.Tensor, grid: QuantGrid, cfg: AWQConfi
     errs = []
     for r in ratios:
         scale, zero = params_from_ranges(wmin * r, wmax * r, grid)
-        q = dequantize(quantize_codes(Wg, scale[..., None], zero[..., None], grid.maxq), scale[..., None], zero[..., None])
+        q = dequantize(quantize_codes(Wg, scale[..., None], zero[..., None], grid.maxq),
+                       scale[..., None], zero[..., None])
         dW = (q - Wg) * valid
         errs.append(torch.einsum("okg,kgh,okh->ok", dW, Hb, dW))
     best = torch.stack(errs).argmin(0)                                      # first minimum: ties keep r = 1

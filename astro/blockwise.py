@@ -23,8 +23,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -277,7 +277,8 @@ def collect_stats(forward: Callable[[torch.Tensor], object], hidden: list[torch.
 
 
 @torch.no_grad()
-def run_blocks(model: nn.Module, input_ids: torch.Tensor, process: Callable[[str, torch.Tensor, LayerStats], tuple[torch.Tensor, dict]],
+def run_blocks(model: nn.Module, input_ids: torch.Tensor,
+               process: Callable[[str, torch.Tensor, LayerStats], tuple[torch.Tensor, dict]],
                cfg: LoopConfig, arch: Architecture | None = None, progress: bool = True,
                block_transform: BlockTransform | None = None, holdout_ids: torch.Tensor | None = None,
                weights: TokenWeights = TokenWeights()) -> LoopResult:
@@ -309,9 +310,9 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor, process: Callable[[str
     for b, block in enumerate(tqdm(blocks, desc="blocks", disable=not progress)):
         block.to(cfg.device)
 
-        def forward(h):
-            args, kw = kwargs[(b, h.shape[0])]
-            return block(h.to(cfg.device), *args, **kw)
+        def forward(h):   # used only during this block's iteration (B023 does not apply)
+            args, kw = kwargs[(b, h.shape[0])]  # noqa: B023
+            return block(h.to(cfg.device), *args, **kw)  # noqa: B023
 
         extra: dict[str, dict] = {}
         if block_transform is not None:

@@ -116,7 +116,7 @@ def _coerce(tp, value, key: str):
         return _coerce(next(a for a in args if a is not type(None)), value, key)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp in (int, float, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+    if (tp in (int, float, str, bool) and not isinstance(value, tp)) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{key} must be {tp.__name__}, got {value!r}")
     return value
 

@@ -25,8 +25,8 @@ import logging
 import random
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -257,10 +257,11 @@ def eval_tokens(tokenizer, corpus: Corpus, seq_len: int, bos: str = "tokenizer",
         ids = _encode(tokenizer, corpus.test_join.join(corpus.test), special)
         if corpus.test_windows:
             ids = ids[: corpus.test_windows * body]
-        kind = f"joined(sep={corpus.test_join!r}" + (f", first {corpus.test_windows} windows)" if corpus.test_windows else ")")
+        kind = f"joined(sep={corpus.test_join!r}" + (f", first {corpus.test_windows} windows)"
+                                                     if corpus.test_windows else ")")
     if mode == "window":
         n = len(ids) // body
-        ids = [t for i in range(n) for t in [bos_id] + ids[i * body:(i + 1) * body]]
+        ids = [t for i in range(n) for t in [bos_id, *ids[i * body:(i + 1) * body]]]
     if mode == "tokenizer":
         adds = bos_id is not None and _encode(tokenizer, "a", True)[:1] == [bos_id]
         how = "tokenizer defaults (BOS at the start of each tokenized text)" if adds else "tokenizer defaults (no BOS)"

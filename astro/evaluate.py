@@ -156,7 +156,7 @@ def _blockwise_losses(model, windows: torch.Tensor, batch_size: int, device: str
         head.to(device)
         try:
             losses = []
-            for h, batch in zip(hidden, torch.split(windows, batch_size)):
+            for h, batch in zip(hidden, torch.split(windows, batch_size), strict=True):
                 logits = head(norm(h.to(device)))
                 if cap is not None:
                     logits = torch.tanh(logits / cap) * cap
@@ -295,7 +295,8 @@ class TaskEvalConfig:
         for key in ("fewshot_per_task", "limit_per_task"):
             extra = sorted(set(getattr(self, key)) - names)
             if extra:
-                raise ValueError(f"lm_eval.{key} names task(s) {extra} that are not among lm_eval.tasks {sorted(names)}")
+                raise ValueError(f"lm_eval.{key} names task(s) {extra} that are not among "
+                                 f"lm_eval.tasks {sorted(names)}")
         if self.batch_size < 1 or self.bootstrap_iters < 0:
             raise ValueError("lm_eval.batch_size must be >= 1 and lm_eval.bootstrap_iters >= 0")
 
@@ -402,7 +403,8 @@ def check_tasks(cfg: TaskEvalConfig) -> tuple[str, ...]:
                 _build(tm, n, None)
         elif not hub_reachable():
             raise TaskUnavailableError(f"lm-eval task(s) {standard} need the Hugging Face hub, which is unreachable "
-                                       f"(set HF_DATASETS_OFFLINE=1 to use data already in the local cache); {PROXY_HINT}")
+                                       "(set HF_DATASETS_OFFLINE=1 to use data already in the local cache); "
+                                       f"{PROXY_HINT}")
     return names
 
 

@@ -27,9 +27,9 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -312,7 +312,8 @@ def card_from_run(cfg, ppl=None, **extra) -> dict:
         card["ppl_protocol"] = (f"{e.corpus} test split, {ppl.n_windows} of {ppl.n_windows_available} windows x "
                                 f"{ppl.seq_len} tokens ({ppl.n_tokens_scored} scored), in-memory fake-quant model")
     if m.preprocess:
-        card["regularization"] = f"beta={m.beta:g}, {m.iters} proximal-gradient iterations, alpha={m.alpha or 'default'}"
+        card["regularization"] = (f"beta={m.beta:g}, {m.iters} proximal-gradient iterations, "
+                                  f"alpha={m.alpha or 'default'}")
     if m.block_transform == "awq":
         card["awq"] = (f"activation-aware scales folded into the preceding norms / linears (grid {m.awq.grid}), "
                        f"clipping search ({m.awq.clip_grid} ratios down to {float(m.awq.ratios().min()):g})")

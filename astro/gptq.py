@@ -18,8 +18,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .quantizer import QParams, QuantGrid, QuantResult, contiguous_g_idx, find_params, params_from_ranges, \
-    quantize_codes, dequantize
+from .quantizer import (
+    QParams,
+    QuantGrid,
+    QuantResult,
+    contiguous_g_idx,
+    dequantize,
+    find_params,
+    params_from_ranges,
+    quantize_codes,
+)
 
 FAILURE_MODES = ("raise", "more_damping")
 
@@ -49,7 +57,8 @@ class GPTQConfig:
         if self.block_size < 1:
             raise ValueError(f"gptq.block_size must be >= 1, got {self.block_size}")
         if self.on_cholesky_failure not in FAILURE_MODES:
-            raise ValueError(f"gptq.on_cholesky_failure must be one of {FAILURE_MODES}, got {self.on_cholesky_failure!r}")
+            raise ValueError(f"gptq.on_cholesky_failure must be one of {FAILURE_MODES}, "
+                             f"got {self.on_cholesky_failure!r}")
 
 
 def _inverse_cholesky(H: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, str | None]:
@@ -76,7 +85,7 @@ def gptq(W: torch.Tensor, H: torch.Tensor, grid: QuantGrid, cfg: GPTQConfig = GP
     grid.check_layer(W.shape[1])
     W = W.clone().float()
     H = H.clone().float()
-    n_out, n_in = W.shape
+    _n_out, n_in = W.shape
     g = grid.group_len(n_in)
 
     dead = torch.diagonal(H) == 0

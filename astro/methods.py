@@ -7,10 +7,11 @@ transform (QuaRot / SpinQuant rotations): astro/transforms.py applies those arou
 Diagnostics use the calibration second moment H (token mean), so errors are per token:
 err = tr(dW H dW^T) = ||X dW^T||_F^2 / N (the GPTQ loss). With held-out calibration windows (calib.holdout),
 err_holdout / err_rtn_holdout are the same errors under the H of tokens the method never saw, and
-err_holdout / err > err_rtn_holdout / err_rtn measures how much the method fitted its own calibration tokens. The Thm 4.5 bound is reported in the same
-per-token Frobenius units: sqrt(g) / (2 (2^(b-1) - 1)) * sum_rows sum_k sqrt(sum_{c in k} H_cc) ||W_(row,k)||_inf,
-to be compared with sqrt(err) of RTN on the same weights. With a transform, W and H are those of the
-transformed model (e.g. the rotated or AWQ-scaled weights, statistics collected after the transform).
+err_holdout / err > err_rtn_holdout / err_rtn measures how much the method fitted its own calibration tokens.
+The Thm 4.5 bound is reported in the same per-token Frobenius units:
+sqrt(g) / (2 (2^(b-1) - 1)) * sum_rows sum_k sqrt(sum_{c in k} H_cc) ||W_(row,k)||_inf, to be compared with
+sqrt(err) of RTN on the same weights. With a transform, W and H are those of the transformed model (e.g. the
+rotated or AWQ-scaled weights, statistics collected after the transform).
 """
 
 from __future__ import annotations
@@ -97,10 +98,11 @@ class MethodConfig:
     """name: one of PIPELINES. regularize: Astro/MagR settings (alpha is set by the pipeline: 'astro'
     uses activation alpha, 'magr' uniform, unless alpha is given explicitly for ablations);
     linf_group_size None = the quantization group size. iters: the most solver iterations; solver: 'pgd'
-    (the paper's) or 'fista' (accelerated); tol: stop when one iteration's change is below tol times the decrease so far (None = all iters),
-    see astro.regularize. gptq: GPTQ settings. awq: AWQ's scale and clip grids (astro.awq.AWQConfig; awq,
-    awq_gptq). rotation: QuaRot's seed and SpinQuant's learning schedule (astro.rotation.RotationConfig;
-    quarot_*, spinquant_gptq). Pipelines ignore the fields they do not use (and so does the run key)."""
+    (the paper's) or 'fista' (accelerated); tol: stop when one iteration's change is below tol times the
+    decrease so far (None = all iters), see astro.regularize. gptq: GPTQ settings. awq: AWQ's scale and
+    clip grids (astro.awq.AWQConfig; awq, awq_gptq). rotation: QuaRot's seed and SpinQuant's learning
+    schedule (astro.rotation.RotationConfig; quarot_*, spinquant_gptq). Pipelines ignore the fields they do
+    not use (and so does the run key)."""
 
     name: str = "astro_gptq"
     beta: float = 5e-5

@@ -39,7 +39,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 TINY_RANDOM = "tiny-random-llama"
 
 
-def known_model_type(cfg: "ModelConfig") -> str | None:
+def known_model_type(cfg: ModelConfig) -> str | None:
     """The model's config.model_type when it is known without loading the model (embedded models, the tiny
     random Llama, a local directory's config.json); None otherwise (e.g. a hub id)."""
     import json
@@ -80,7 +80,7 @@ def _cached_sha256(path: Path) -> str:
     return _SHA_CACHE[ident]
 
 
-def local_model_path(cfg: "ModelConfig") -> Path | None:
+def local_model_path(cfg: ModelConfig) -> Path | None:
     """The directory or .gguf file a local source names; None for embedded names, the tiny random model,
     hub ids and paths that do not exist."""
     src = cfg.source
@@ -92,7 +92,7 @@ def local_model_path(cfg: "ModelConfig") -> Path | None:
     return None
 
 
-def local_fingerprint(cfg: "ModelConfig") -> str | None:
+def local_fingerprint(cfg: ModelConfig) -> str | None:
     """For a local model: the sha256 over the sorted (relative path, size, sha256 of content) of its
     files (a directory's FINGERPRINT_SUFFIXES files; a .gguf file itself), so the run key follows the
     contents and not only the path. None for any other source. Each file is hashed once per process
@@ -138,7 +138,8 @@ class ModelConfig:
         if self.layer_widths is not None:
             widths = tuple(self.layer_widths)
             if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
-                raise ValueError(f"model.layer_widths must be a non-empty list of positive ints, got {self.layer_widths!r}")
+                raise ValueError("model.layer_widths must be a non-empty list of positive ints, "
+                                 f"got {self.layer_widths!r}")
             object.__setattr__(self, "layer_widths", widths)
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
@@ -158,7 +159,7 @@ class ModelConfig:
         elif os.path.sep in src and src.startswith((".", "/", "~")):
             raise FileNotFoundError(f"model path {src} does not exist")
         elif "/" not in src:
-            raise ValueError(f"unknown model {src!r}: not an embedded name ({sorted(EMBEDDED) + [TINY_RANDOM]}), "
+            raise ValueError(f"unknown model {src!r}: not an embedded name ({[*sorted(EMBEDDED), TINY_RANDOM]}), "
                              "a local directory, a .gguf file or a hub id (org/name)")
         elif hub_offline() and not _in_hub_cache(src):
             raise HubUnavailableError(

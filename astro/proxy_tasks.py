@@ -68,7 +68,7 @@ def split_sentences(text: str) -> list[str]:
         out.append(text[start:m.end()].strip())
         start = m.end()
     tail = text[start:].strip()
-    return out + [tail] if tail else out
+    return [*out, tail] if tail else out
 
 
 def _first_paragraph_sentences(article: str) -> list[str]:
@@ -118,7 +118,8 @@ def nextsent_items(articles: list[str], seed: int) -> list[dict]:
         true, n_true = ss[k], len(ss[k].split())
         own = set(ss)
         fits = [(i, s) for i, s, n in pool
-                if i != idx and s not in own and n_true / DISTRACTOR_LENGTH_RATIO <= n <= n_true * DISTRACTOR_LENGTH_RATIO]
+                if i != idx and s not in own
+                and n_true / DISTRACTOR_LENGTH_RATIO <= n <= n_true * DISTRACTOR_LENGTH_RATIO]
         picked, used = [], set()
         for i, s in rng.sample(fits, min(len(fits), 12)):  # a few spares for duplicate articles/texts
             if i not in used and s not in {p for _, p in picked}:

@@ -3,7 +3,7 @@
 Conventions: torch Linear weights W are [out, in]; groups run along `in` (g consecutive input
 channels per output channel). group_size=-1 means one group per row (per-channel).
 Every grid is stored the same way: unsigned codes q in [0, 2^b - 1], dequantized as
-scale * (q - zero), so the export issue can pack any of them.
+scale * (q - zero), so the checkpoint export (astro.export) can pack any of them.
 
 - asymmetric (GPTQ reference): range [min(w, 0), max(w, 0)], scale = range / (2^b - 1),
   zero = round(-min / scale).
@@ -43,7 +43,8 @@ class QuantGrid:
         if not MIN_BITS <= self.bits <= MAX_BITS:
             raise ValueError(f"quant.bits must be in [{MIN_BITS}, {MAX_BITS}], got {self.bits}")
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
-            raise ValueError(f"quant.group_size must be an integer (>= 1, or -1 for per-channel), got {self.group_size!r}")
+            raise ValueError("quant.group_size must be an integer (>= 1, or -1 for per-channel), "
+                             f"got {self.group_size!r}")
         if self.group_size == 0 or self.group_size < -1:
             raise ValueError(f"quant.group_size must be >= 1, or -1 for per-channel, got {self.group_size}")
 

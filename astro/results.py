@@ -36,10 +36,10 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from .config import RunConfig, to_dict
 from .models import local_fingerprint
@@ -67,7 +67,7 @@ KEY_STABLE_DEFAULTS: dict[tuple[str, ...], object] = {
     ("eval", "bos"): "auto",
     ("eval", "offload"): "auto",          # the perplexity path: same numbers up to float rounding
     ("eval", "memory_budget_gb"): None,
-    # the baselines (issue 6): AWQ grids, QuaRot/SpinQuant rotation settings
+    # the baseline methods: AWQ grids, QuaRot/SpinQuant rotation settings
     ("method", "awq", "grid"): 20,
     ("method", "awq", "clip_grid"): 10,
     ("method", "awq", "max_shrink"): 0.5,
@@ -183,7 +183,8 @@ def environment(device: str) -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    env = {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+    env = {"git_commit": _git("rev-parse", "HEAD"),
+           "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
            "python": platform.python_version(), "versions": versions, "hostname": socket.gethostname(),
            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "device": device}
@@ -193,7 +194,7 @@ def environment(device: str) -> dict:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class InvalidRecordError(ValueError):
@@ -397,7 +398,7 @@ class ResultStore:
         why = self.problem(key)
         if why is None:
             return None
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         dest = path.with_name(f"{RECORD}.corrupt-{stamp}")
         n = 1
         while dest.exists():

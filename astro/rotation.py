@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from .quantizer import QuantGrid
 from .rtn import rtn
 
-
 # -- Hadamard matrices -------------------------------------------------------------------------------
 
 def _is_prime(q: int) -> bool:
-    return q >= 2 and all(q % p for p in range(2, int(math.isqrt(q)) + 1))
+    return q >= 2 and all(q % p for p in range(2, math.isqrt(q) + 1))
 
 
 def _jacobsthal(q: int) -> torch.Tensor:
@@ -270,7 +269,7 @@ def learn_rotations(loss_fn: Callable[[torch.Tensor, list[torch.Tensor], int], t
         lr_t = lr * (1 - t / steps)
         with torch.no_grad():
             new = []
-            for i, (R, G) in enumerate(zip([R1, *R2], grads)):
+            for i, (R, G) in enumerate(zip([R1, *R2], grads, strict=True)):
                 R, G = R.detach(), G.to(R.dtype)
                 eta = cayley_step_size(R, G, lr_t)
                 if i == 0:

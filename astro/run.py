@@ -6,15 +6,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from .blockwise import ARCHITECTURES, LoopResult, architecture_of, run_blocks
 from .config import RunConfig, to_dict
-from .data import (EvalTokens, calibration_bos, check_corpus, eval_tokens, load_corpus, sample_calibration,
-                   sample_holdout, token_stream)
+from .data import (
+    EvalTokens,
+    calibration_bos,
+    check_corpus,
+    eval_tokens,
+    load_corpus,
+    sample_calibration,
+    sample_holdout,
+    token_stream,
+)
 from .evaluate import PerplexityResult, TaskResult, check_tasks, evaluate_tasks, perplexity
 from .methods import LinearOutcome, process_linear
 from .models import known_model_type, load_model
@@ -30,9 +38,9 @@ class RunResult:
     learning included), block_transform (the block-level transform inside the loop: AWQ's scale search
     and folding), calibration (capture + statistics + propagation forwards), reconstruction
     (Astro/MagR), quantization (RTN/GPTQ, AWQ's clip search included), diagnostics (our per-layer error
-    rows, the held-out forwards and SpinQuant's before/after loss evaluation, not part of any method), pipeline (wall time of
-    transform + block loop), method (pipeline - diagnostics: what the method costs, Fig. 3's x axis),
-    evaluation, total."""
+    rows, the held-out forwards and SpinQuant's before/after loss evaluation, not part of any method),
+    pipeline (wall time of transform + block loop), method (pipeline - diagnostics: what the method
+    costs, Fig. 3's x axis), evaluation, total."""
 
     config: dict
     ppl: PerplexityResult | None
@@ -55,7 +63,8 @@ class RunResult:
     def metrics(self) -> dict:
         p = self.ppl
         return {"ppl": p.ppl if p else None, "nll": p.nll if p else None,
-                "eval_windows": p.n_windows if p else None, "eval_windows_available": p.n_windows_available if p else None,
+                "eval_windows": p.n_windows if p else None,
+                "eval_windows_available": p.n_windows_available if p else None,
                 "eval_seq_len": p.seq_len if p else None, "eval_tokens": p.n_tokens_scored if p else None,
                 "eval_protocol": p.protocol if p else None, "eval_path": p.path if p else None,
                 **(self.tasks.metrics() if self.tasks else {}),
@@ -128,7 +137,7 @@ class Session:
     _handed_out: bool = dataclasses.field(default=False, repr=False)   # reset() has handed the model to a run
 
     @classmethod
-    def open(cls, cfg: RunConfig, keep_original: bool = True) -> "Session":
+    def open(cls, cfg: RunConfig, keep_original: bool = True) -> Session:
         check_inputs(cfg)
         calib_corpus, eval_corpus = load_corpus(cfg.calib.corpus), load_corpus(cfg.eval.corpus)
         model, tok = load_model(cfg.model)
@@ -187,7 +196,8 @@ def quantize_model(model, calib_ids: torch.Tensor, cfg: RunConfig, progress: boo
     t_transform = time.perf_counter() - t if cfg.method.model_transform else 0.0
     row_extra = {}
     if info.get("r1"):   # the residual rotation these weights were quantized under
-        row_extra["rotation"] = info["r1"] if info["transform"] == "quarot" else f"{info['transform']} from {info['r1']}"
+        row_extra["rotation"] = (info["r1"] if info["transform"] == "quarot"
+                                 else f"{info['transform']} from {info['r1']}")
 
     def process(name, W, stats):
         out = process_linear(W, stats, cfg.quant, cfg.method, linear=name)

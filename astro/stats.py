@@ -49,7 +49,7 @@ class LayerStats:
     H: torch.Tensor
     n_tokens: int
     first_share: tuple[float, ...] | None = None
-    holdout: "LayerStats | None" = None
+    holdout: LayerStats | None = None
 
     def group_sq_norms(self, group_len: int) -> torch.Tensor:
         """||X^(k)||_F^2 / N for each group of `group_len` consecutive input channels: [G]."""

@@ -104,7 +104,7 @@ def log_record(record: dict, cfg: WandbConfig, run_dir: Path, group: str | None 
                 run.log({"per_layer": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
         finally:
             run.finish()
-    except Exception as e:  # noqa: BLE001 - tracking is best-effort; the record is the source of truth
+    except Exception as e:  # any failure: tracking is best-effort; the record is the source of truth
         log.warning("W&B logging failed (%s); the record is in the results store", e)
         return f"failed:{mode}"
     return mode

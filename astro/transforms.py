@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +30,17 @@ from torch import nn
 from .awq import search_scales
 from .blockwise import NORM_LAYOUTS, Architecture, BlockContext, BlockTransform, get_module
 from .quantizer import QuantGrid
-from .rotation import (fake_quant_ste, fuse_norm_scale, learn_rotations, orthogonality_error, random_rotation,
-                       rotate_head_cols, rotate_head_rows, rotate_input, rotate_output)
+from .rotation import (
+    fake_quant_ste,
+    fuse_norm_scale,
+    learn_rotations,
+    orthogonality_error,
+    random_rotation,
+    rotate_head_cols,
+    rotate_head_rows,
+    rotate_input,
+    rotate_output,
+)
 from .stats import AbsMeanAccumulator, HessianAccumulator
 
 log = logging.getLogger(__name__)
@@ -122,7 +131,8 @@ def fuse_norms(model: nn.Module, arch: Architecture, device="cpu") -> int:
             norm = block.get_submodule(norm_name)
             scale = _norm_scale(norm, arch, f"block {b} {norm_name}").to(device)
             for r in readers:
-                _update(block.get_submodule(r).weight, lambda W: fuse_norm_scale(W, scale), device)
+                _update(block.get_submodule(r).weight,
+                        lambda W: fuse_norm_scale(W, scale), device)  # noqa: B023 - _update applies it at once
             norm.weight.data.fill_(1 - arch.norm_offset)
             n += 1
     norm = get_module(model, arch.final_norm)
@@ -150,10 +160,10 @@ def rotate_model(model: nn.Module, arch: Architecture, R1: torch.Tensor, R2: lis
                 _update(lin.bias, lambda v: rotate_output(v, R1), device)
         if v_name is not None:
             v, o = block.get_submodule(v_name), block.get_submodule(o_name)
-            _update(v.weight, lambda W: rotate_head_rows(W, R2b), device)
+            _update(v.weight, lambda W: rotate_head_rows(W, R2b), device)  # noqa: B023 - _update applies it at once
             if v.bias is not None:
-                _update(v.bias, lambda x: rotate_head_rows(x, R2b), device)
-            _update(o.weight, lambda W: rotate_head_cols(W, R2b), device)
+                _update(v.bias, lambda x: rotate_head_rows(x, R2b), device)  # noqa: B023 - _update applies it at once
+            _update(o.weight, lambda W: rotate_head_cols(W, R2b), device)  # noqa: B023 - _update applies it at once
     _update(get_module(model, arch.lm_head).weight, lambda W: rotate_input(W, R1), device)
 
 
@@ -281,7 +291,8 @@ def awq_block_transform(model: nn.Module, method, grid: QuantGrid) -> BlockTrans
         handles = []
         for _, _, linears in groups:
             lin = block.get_submodule(linears[0])
-            acc = (HessianAccumulator(lin.in_features, device=device), AbsMeanAccumulator(lin.in_features, device=device))
+            acc = (HessianAccumulator(lin.in_features, device=device),
+                   AbsMeanAccumulator(lin.in_features, device=device))
             stats[linears[0]] = acc
 
             def hook(_m, args, acc=acc):
@@ -323,13 +334,13 @@ def awq_block_transform(model: nn.Module, method, grid: QuantGrid) -> BlockTrans
                 norm = block.get_submodule(prev)
                 _norm_scale(norm, arch, f"block {ctx.index} {prev}")
                 off = arch.norm_offset
-                _update(norm.weight, lambda w: (off + w) / slot - off, device)
+                _update(norm.weight, lambda w: (off + w) / slot - off, device)  # noqa: B023 - _update applies it at once
             else:
-                _update(producer.weight, lambda W: W / slot[:, None], device)
+                _update(producer.weight, lambda W: W / slot[:, None], device)  # noqa: B023 - _update applies it at once
                 if producer.bias is not None:
-                    _update(producer.bias, lambda v: v / slot, device)
+                    _update(producer.bias, lambda v: v / slot, device)  # noqa: B023 - _update applies it at once
             for lin in lins:
-                _update(lin.weight, lambda W: W * s[None, :], device)
+                _update(lin.weight, lambda W: W * s[None, :], device)  # noqa: B023 - _update applies it at once
             fields = {"awq_prev": prev, "awq_alpha": res.alpha, "awq_scale_min": float(s.min()),
                       "awq_scale_max": float(s.max()), "awq_err_noscale": res.err_noscale,
                       "awq_err_scaled": res.err_best}

@@ -38,7 +38,8 @@ METHODS = ("astro_gptq", "gptq")
 
 
 def build_config(a) -> RunConfig:
-    return RunConfig(model=ModelConfig(a.model), calib=CalibConfig(a.calib_corpus, a.calib_samples, a.calib_len, a.seed),
+    return RunConfig(model=ModelConfig(a.model),
+                     calib=CalibConfig(a.calib_corpus, a.calib_samples, a.calib_len, a.seed),
                      eval=EvalConfig(a.eval_corpus, a.eval_len, a.eval_windows, a.eval_batch),
                      quant=QuantGrid(a.bits, a.group_size, a.sym),
                      method=MethodConfig("astro_gptq", beta=a.beta, iters=a.iters,
@@ -116,19 +117,21 @@ def timing_only(a, tag: str) -> None:
     ratio = med["astro_gptq"] / med["gptq"]
     text = (f"# export timing only: {tag} checkpoints in {a.export_dir}\n\n{_env(a)}\n\n"
             "| model | forward median (ms) | min (ms) | max (ms) |\n|---|---|---|---|\n"
-            + "".join(f"| {n} | {med[n] * 1e3:.1f} | {min(v) * 1e3:.1f} | {max(v) * 1e3:.1f} |\n" for n, v in times.items())
+            + "".join(f"| {n} | {med[n] * 1e3:.1f} | {min(v) * 1e3:.1f} | {max(v) * 1e3:.1f} |\n"
+                      for n, v in times.items())
             + f"\nForward-time ratio Astro+GPTQ / GPTQ: **{ratio:.3f}**\n")
     out = Path(a.out + "_timing")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"args": vars(a), "forward_times_s": times, "ratio": ratio}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"args": vars(a), "forward_times_s": times, "ratio": ratio},
+                                                   indent=1))
     print(text)
 
 
 def _env(a) -> str:
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-            f"fp32 on CPU; forward = 1 pass of {a.probe_batch} x {a.probe_len} tokens, median of {a.repeats} "
-            "(interleaved, after one warm-up)")
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, fp32 on CPU; forward = 1 pass of {a.probe_batch} x {a.probe_len} tokens, "
+            f"median of {a.repeats} (interleaved, after one warm-up)")
 
 
 def layout_summary(path: Path) -> dict:
@@ -188,8 +191,8 @@ def main(argv=None) -> None:
     q = cfg.quant
     head = (f"# make export: {a.model} W{q.bits} g{q.group_size} {'sym' if q.sym else 'asym'}"
             f"{', act-order (static groups)' if a.act_order else ''}; calibration {a.calib_samples} x {a.calib_len} "
-            f"{a.calib_corpus} (seed {a.seed}); PPL on {a.eval_corpus} test, {records['gptq']['eval_windows']} windows x "
-            f"{a.eval_len}; Astro beta={a.beta:g}, {a.iters} PGD iters")
+            f"{a.calib_corpus} (seed {a.seed}); PPL on {a.eval_corpus} test, "
+            f"{records['gptq']['eval_windows']} windows x {a.eval_len}; Astro beta={a.beta:g}, {a.iters} PGD iters")
     env = _env(a)
     lines = [head, "", env, "",
              "| method | quant (s) | PPL in-memory | PPL reloaded | max abs logit diff | weights bit-identical | "
@@ -204,11 +207,13 @@ def main(argv=None) -> None:
     lines += [f"| fp (float32 original, reference) | - | - | - | - | - | - | - | - | - | "
               f"{med['fp (float32 original)'] * 1e3:.1f} |", "",
               f"Forward-time ratio Astro+GPTQ / GPTQ: **{ratio:.3f}** (median {med['astro_gptq'] * 1e3:.1f} ms vs "
-              f"{med['gptq'] * 1e3:.1f} ms; all times (ms): astro_gptq {[round(t * 1e3, 1) for t in times['astro_gptq']]}, "
+              f"{med['gptq'] * 1e3:.1f} ms; all times (ms): "
+              f"astro_gptq {[round(t * 1e3, 1) for t in times['astro_gptq']]}, "
               f"gptq {[round(t * 1e3, 1) for t in times['gptq']]})", "",
               f"Stored tensors: identical names, shapes and dtypes in both checkpoints: **{same_layout}**; "
               f"{len(lay['gptq']['layout'])} tensors, "
-              + ", ".join(f"{d}: {v['elements']:,} elements / {v['bytes']:,} B" for d, v in lay["gptq"]["by_dtype"].items())
+              + ", ".join(f"{d}: {v['elements']:,} elements / {v['bytes']:,} B"
+                          for d, v in lay["gptq"]["by_dtype"].items())
               + f"; tensor bytes {lay['astro_gptq']['tensor_bytes']:,} vs {lay['gptq']['tensor_bytes']:,}; "
               f"file bytes {lay['astro_gptq']['file_bytes']:,} vs {lay['gptq']['file_bytes']:,}; parameters after "
               f"reload {records['astro_gptq']['n_params_reloaded']:,} vs {records['gptq']['n_params_reloaded']:,}.", "",

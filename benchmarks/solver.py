@@ -12,7 +12,7 @@ so it is read off the traces).
 Cost control (2 shared CPU cores): each captured layer is cut to a seeded sample of --rows output rows. The rows
 of eq. 12 are independent problems coupled only by fista's per-layer momentum, so iteration counts carry over;
 seconds are those of the sample, and the per-iteration time of the whole layer is measured separately. The
-reference runs --ref-iters (default 2000) instead of the issue's 5000 iterations: --ref-check reruns one
+reference runs --ref-iters (default 2000) instead of 5000 iterations: --ref-check reruns one
 problem for 5000 iterations and reports how far the shorter reference's best is from the longer one's and
 whether any threshold iteration count moves. H is cached under $ASTRO_CACHE/bench_solver/.
 
@@ -198,7 +198,7 @@ def report(record: dict) -> str:
     """The markdown report, from the JSON record alone."""
     results, timing, meta = record["results"], record["timing"], record["meta"]
     cap = {"pgd": meta["pgd_iters"], "fista": meta["ref_iters"]}
-    L = [f"# make bench-solver: Astro's per-layer objective, pgd vs fista", "",
+    L = ["# make bench-solver: Astro's per-layer objective, pgd vs fista", "",
          "Settings: " + ", ".join(f"{k}={v}" for k, v in meta.items() if k != "ref_check"), "",
          "Gap = (objective - best) / best, best = lowest objective of either run (normally the fista reference). "
          "Seconds are wall time of the row sample from the start of `reconstruct` (set-up included), 1 run, "
@@ -221,12 +221,15 @@ def report(record: dict) -> str:
     for r in results:
         p, f = r["solvers"]["pgd"]["metrics"], r["solvers"]["fista"]["metrics"]
         stops = [fmt_stop(m, t, cap[s]) for t in TOLS for s, m in (("pgd", p), ("fista", f))]
-        L.append(f"| {r['problem']} | {r['beta']:g} | {r['gap_at_0']:.2%} | {p['gap_at_40']:.2%} | {p['gap_at_200']:.2%} | "
-                 f"{f['gap_at_40']:.2%} | {f['gap_at_200']:.2%} | {fmt_it(r['fista_iters_to_match_pgd40'], cap['fista'])} | "
-                 f"{fmt_it(r['fista_iters_to_match_pgd200'], cap['fista'])} | {f['restarts']} | " + " | ".join(stops) + " |")
+        L.append(f"| {r['problem']} | {r['beta']:g} | {r['gap_at_0']:.2%} | {p['gap_at_40']:.2%} | "
+                 f"{p['gap_at_200']:.2%} | {f['gap_at_40']:.2%} | {f['gap_at_200']:.2%} | "
+                 f"{fmt_it(r['fista_iters_to_match_pgd40'], cap['fista'])} | "
+                 f"{fmt_it(r['fista_iters_to_match_pgd200'], cap['fista'])} | {f['restarts']} | "
+                 + " | ".join(stops) + " |")
     L += ["", "## Seconds per iteration, and whole-layer seconds estimated as iterations x whole-layer s/iter", "",
           "| problem | rows x in | pgd (sample) | fista (sample) | pgd (whole layer) | fista (whole layer) | "
-          "pgd 200 it (whole layer) | fista = pgd@200, worst beta (whole layer) | fista to 1%, worst beta (whole layer) |",
+          "pgd 200 it (whole layer) | fista = pgd@200, worst beta (whole layer) | "
+          "fista to 1%, worst beta (whole layer) |",
           "|" + "---|" * 9]
     for name, t in timing.items():
         mine = [r for r in results if r["problem"] == name]
@@ -239,8 +242,8 @@ def report(record: dict) -> str:
                  + (f"{to1} it, {to1 * t['fista_full']:.1f} s |" if to1 is not None else "not reached |"))
     if meta.get("ref_check"):
         c = meta["ref_check"]
-        L += ["", f"Reference check: {c['problem']} beta={c['beta']:g}, fista {cap['fista']} vs {c['iters']} iterations: "
-              f"best differs by {c['best_short_vs_long']:.1e} relative; threshold iterations that move "
+        L += ["", f"Reference check: {c['problem']} beta={c['beta']:g}, fista {cap['fista']} vs {c['iters']} "
+              f"iterations: best differs by {c['best_short_vs_long']:.1e} relative; threshold iterations that move "
               f"(short -> long reference): {c['moved'] or 'none'}."]
     worst_tail = max(results, key=lambda r: r["ref_last_quarter_gain"])
     L += [f"Reference convergence: the largest gain of any reference over its last quarter is "
@@ -272,16 +275,17 @@ def plot(data: dict, path: Path) -> None:
     betas = data["meta"]["betas"]
     problems = list(dict.fromkeys(r["problem"] for r in results))
     fig, axes = plt.subplots(len(problems), 2, figsize=(11, 2.4 * len(problems) + 0.8), squeeze=False)
-    colors = dict(zip(betas, plt.cm.viridis(torch.linspace(0, 0.9, len(betas)).tolist())))
-    for row, name in zip(axes, problems):
+    colors = dict(zip(betas, plt.cm.viridis(torch.linspace(0, 0.9, len(betas)).tolist()), strict=True))
+    for row, name in zip(axes, problems, strict=True):
         for r in (r for r in results if r["problem"] == name):
             for s, style in (("pgd", "--"), ("fista", "-")):
                 c = r["solvers"][s]
                 gap = torch.tensor(c["curve_gap"]).clamp(min=1e-7)
                 kw = dict(ls=style, color=colors.get(r["beta"], "k"), lw=1)
-                row[0].plot(c["curve_iter"], gap, label=f"{s} beta={r['beta']:g}" if name == problems[0] else None, **kw)
+                row[0].plot(c["curve_iter"], gap, label=f"{s} beta={r['beta']:g}" if name == problems[0] else None,
+                            **kw)
                 row[1].plot(c["curve_seconds"], gap, **kw)
-        for ax, xl in zip(row, ("iteration", "seconds (row sample, from the start of reconstruct)")):
+        for ax, xl in zip(row, ("iteration", "seconds (row sample, from the start of reconstruct)"), strict=True):
             ax.set_yscale("log")
             ax.set_xlabel(xl)
             for eps in THRESHOLDS:
@@ -380,7 +384,8 @@ def main(argv=None) -> None:
         if match:
             check = ref_check(match[0][0], float(beta), match[0][1], int(iters), args)
             log.info("reference check: %s", check)
-    meta = dict(model="smollm2-135m" if blocks else None, blocks=blocks, calib=f"{n_samples}x{seq_len} wiki_offline seed {args.seed}",
+    meta = dict(model="smollm2-135m" if blocks else None, blocks=blocks,
+                calib=f"{n_samples}x{seq_len} wiki_offline seed {args.seed}",
                 rows_per_layer=args.rows, group_size=args.group_size, alpha="activation", betas=betas,
                 pgd_iters=args.pgd_iters, ref_iters=args.ref_iters, threads=args.threads, torch=torch.__version__,
                 machine=platform.machine(), cpus=os.cpu_count(), load_avg_start=round(load0, 2),

@@ -76,7 +76,8 @@ def main(argv=None) -> None:
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args(argv)
     with Composer() as c:
-        cfg = [p for p in c.points("fig2_landscape", a.scale, tuple(a.overrides)) if p.config.method.name == "astro"][0].config
+        cfg = next(p for p in c.points("fig2_landscape", a.scale, tuple(a.overrides))
+                   if p.config.method.name == "astro").config
     settings = {k: getattr(a, k) for k in ("grid", "a_range", "b_range", "line", "windows", "d2_norm", "seed")}
     blob = json.dumps({"kind": "probe:fig2", "run": canonical_config(cfg), **settings}, sort_keys=True, default=list)
     key = "fig2-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -122,7 +123,8 @@ def main(argv=None) -> None:
     record = {"schema": 1, "key": key, "status": "complete", "kind": "probe:fig2", "experiment": "fig2_landscape",
               "scale": a.scale, "started": now_iso(), "config": to_dict(cfg),
               "canonical": {"probe": "fig2", **canonical_config(cfg)},
-              "probe": {**settings, "a": A, "b": B, "t": T, "plane_calib_nll": plane_calib, "plane_eval_nll": plane_eval,
+              "probe": {**settings, "a": A, "b": B, "t": T,
+                        "plane_calib_nll": plane_calib, "plane_eval_nll": plane_eval,
                         "line_calib_nll": [c for c, _ in line], "line_eval_nll": [e for _, e in line],
                         "relative_step": rel, "eval_tokens_per_loss": int(eval_windows.numel()),
                         "calib_tokens_per_loss": int(calib_windows.numel()), "reconstruction_seconds": t_recon},

@@ -76,7 +76,7 @@ def main(argv=None) -> None:
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args(argv)
     with Composer() as c:
-        point = [p for p in c.points("fig1_outliers", a.scale, tuple(a.overrides)) if p.config.method.preprocess][0]
+        point = next(p for p in c.points("fig1_outliers", a.scale, tuple(a.overrides)) if p.config.method.preprocess)
     cfg = point.config
     session = Session.open(cfg)
     model, arch = session.model, architecture_of(session.model)
@@ -104,7 +104,7 @@ def main(argv=None) -> None:
     record = {"schema": 1, "key": key, "status": "complete", "kind": "probe:fig1", "experiment": "fig1_outliers",
               "scale": a.scale, "started": now_iso(), "config": to_dict(cfg),
               "canonical": {"probe": "fig1", **canonical_config(cfg)},
-              "probe": {"block": block, "linear": a.linear, "n_tokens": int(X.shape[0]), "sample_rows": int(len(rows)),
+              "probe": {"block": block, "linear": a.linear, "n_tokens": int(X.shape[0]), "sample_rows": len(rows),
                         "shape": list(W.shape), "group_size": g, "beta": cfg.method.beta, "iters": cfg.method.iters,
                         "alpha_mode": cfg.method.regularize_config(g).alpha, "objective_first": float(reg.objective[0]),
                         "objective_last": float(reg.objective[-1]), "arrays": "arrays.npz"},

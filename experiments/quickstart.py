@@ -38,11 +38,13 @@ def table(cfg: RunConfig, summaries: list[dict]) -> str:
     head = (f"{cfg.model.source}, W{q.bits} g{q.group_size} {'sym' if q.sym else 'asym'}; calibration "
             f"{cfg.calib.n_samples} x {cfg.calib.seq_len} {cfg.calib.corpus} (seed {cfg.calib.seed}); "
             f"PPL on {cfg.eval.corpus} test, {summaries[0]['eval_windows']} windows x {cfg.eval.seq_len} "
-            f"({summaries[0]['eval_tokens']} tokens scored); beta={cfg.method.beta:g}, {cfg.method.iters} {cfg.method.solver} iters")
-    lines = [head, "", "| method | PPL | quant time (s) | calibration (s) | reconstruction (s) | quantizer (s) | fallbacks |",
+            f"({summaries[0]['eval_tokens']} tokens scored); beta={cfg.method.beta:g}, "
+            f"{cfg.method.iters} {cfg.method.solver} iters")
+    lines = [head, "",
+             "| method | PPL | quant time (s) | calibration (s) | reconstruction (s) | quantizer (s) | fallbacks |",
              "|---|---|---|---|---|---|---|"]
     for s in summaries:
-        f = lambda k: f"{s[k]:.1f}" if s.get(k) is not None else "-"  # noqa: E731
+        f = lambda k: f"{s[k]:.1f}" if s.get(k) is not None else "-"  # noqa: E731, B023 - used in this iteration
         lines.append(f"| {LABELS[s['method']]} | {s['ppl']:.3f} | {f('t_method')} | {f('t_calibration')} | "
                      f"{f('t_reconstruction')} | {f('t_quantization')} | {len(s['fallbacks'])} |")
     return "\n".join(lines) + "\n"
@@ -63,7 +65,8 @@ def main(hcfg: DictConfig) -> None:
         res = run(with_method(cfg, m), session)
         summaries.append(res.summary())
         records.append({"summary": res.summary(), "config": res.config,
-                        "rows": res.loop.rows if res.loop else [], "loop_timings": res.loop.timings if res.loop else {}})
+                        "rows": res.loop.rows if res.loop else [],
+                        "loop_timings": res.loop.timings if res.loop else {}})
         log.info("run end: %s ppl=%.3f quant=%.1fs", m, res.ppl.ppl, res.timings["method"])
     text = table(cfg, summaries)
     atomic_write(output.with_suffix(".md"), text)

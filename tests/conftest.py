@@ -7,8 +7,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 # (20x slowdowns measured) when subprocess tests or other jobs share the cores. Subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 torch.set_num_threads(1)
 

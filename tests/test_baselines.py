@@ -18,8 +18,17 @@ from astro.config import RunConfig, from_dict
 from astro.methods import MethodConfig, process_linear
 from astro.models import ModelConfig, tiny_random_llama
 from astro.quantizer import QuantGrid
-from astro.rotation import (RotationConfig, cayley_skew, cayley_step, cayley_step_size, hadamard, learn_rotations,
-                            orthogonality_error, random_orthogonal, random_rotation)
+from astro.rotation import (
+    RotationConfig,
+    cayley_skew,
+    cayley_step,
+    cayley_step_size,
+    hadamard,
+    learn_rotations,
+    orthogonality_error,
+    random_orthogonal,
+    random_rotation,
+)
 from astro.rtn import rtn
 from astro.run import Session, quantize_model, run, with_method
 from astro.stats import LayerStats, h_error
@@ -93,7 +102,8 @@ def test_quarot_rotation_preserves_fp_logits(tied):
     assert torch.equal(model.model.norm.weight, torch.ones(64))
     assert torch.equal(model.model.layers[0].input_layernorm.weight, torch.ones(64))
     # the weights really moved: the embedding is rotated
-    assert not torch.allclose(model.model.embed_tokens.weight[:, :8], tiny_random_llama(vocab_size=128).model.embed_tokens.weight[:, :8])
+    assert not torch.allclose(model.model.embed_tokens.weight[:, :8],
+                              tiny_random_llama(vocab_size=128).model.embed_tokens.weight[:, :8])
 
 
 def test_gemma_one_plus_w_norm_rotates_exactly():
@@ -156,7 +166,8 @@ def test_cayley_sgd_records_capped_steps_and_still_descends():
 
 def test_cayley_sgd_descends():
     """Orthogonal Procrustes: maximise tr(T^T R) over rotations; Cayley SGD from a random start gets close."""
-    T, R0 = random_orthogonal(16, GEN(5)), random_orthogonal(16, GEN(6))  # (two Hadamards: T R0^T diagonal, a critical point)
+    # (two Hadamards: T R0^T diagonal, a critical point)
+    T, R0 = random_orthogonal(16, GEN(5)), random_orthogonal(16, GEN(6))
     res = learn_rotations(lambda R1, R2, t: -(T * R1).sum(), R0, [], steps=100, lr=0.2)
     assert res.losses[-1] < res.losses[0] and float((T * res.R1).sum()) > 0.9 * 16
     assert orthogonality_error(res.R1) < 1e-10
@@ -188,7 +199,7 @@ def _outlier_data(n_in=64, n_tok=512, seed=0):
 def test_awq_scales_never_worse_than_no_scaling():
     grid = QuantGrid(3, 16)
     for seed in range(3):
-        X, H, m = _outlier_data(seed=seed)
+        _X, H, m = _outlier_data(seed=seed)
         Ws = [torch.randn(o, 64, generator=GEN(10 + seed)) for o in (48, 32)]
         res = search_scales(Ws, H, m, grid, AWQConfig())
         assert res.errors[0] == pytest.approx(sum(h_error(rtn(W, grid).W_q - W, H) for W in Ws), rel=1e-6)
@@ -202,7 +213,7 @@ def test_awq_scales_never_worse_than_no_scaling():
 
 
 def test_awq_clip_never_worse_than_no_clipping():
-    X, H, _ = _outlier_data(n_in=48)
+    _X, H, _ = _outlier_data(n_in=48)
     W = torch.randn(40, 48, generator=GEN(2))
     W[:, 5] *= 6
     grid = QuantGrid(3, 16)
@@ -307,7 +318,8 @@ def test_every_baseline_runs_end_to_end(base_cfg, session):
             assert all("awq_alpha" in r and ("clip_ratio_mean" in r or r["clip_skipped"]) for r in rows), name
         else:
             assert t["transform"] > 0 and t["block_transform"] == 0
-            kind = "random_hadamard:sylvester(64)" if name.startswith("quarot") else "spinquant from random_hadamard:sylvester(64)"
+            kind = ("random_hadamard:sylvester(64)" if name.startswith("quarot")
+                    else "spinquant from random_hadamard:sylvester(64)")
             assert all(r["rotation"] == kind for r in rows), name
             assert res.transform["transform"] == ("spinquant" if name.startswith("spin") else "quarot")
         if name == "spinquant_gptq":
@@ -350,7 +362,8 @@ def test_sandwich_norms_are_refused_before_any_work(tiny_cfg, method, monkeypatc
     monkeypatch.setattr(run_mod, "run_blocks", boom)
     monkeypatch.setattr(run_mod, "model_transform", boom)
     cfg = with_method(tiny_cfg, method)
-    with pytest.raises(NotApplicableError, match=r"norm_layout='sandwich'.*gemma3_text|gemma3_text.*norm_layout='sandwich'"):
+    with pytest.raises(NotApplicableError,
+                       match=r"norm_layout='sandwich'.*gemma3_text|gemma3_text.*norm_layout='sandwich'"):
         quantize_model(model, _ids(), cfg, progress=False)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     # the embedded Gemma3 is refused before anything is loaded, from its registered model type
@@ -426,14 +439,17 @@ def test_records_show_what_was_done(store):
 
 def test_table1_and_fig3_show_the_baselines(store, tmp_path):
     import pandas as pd
+
     from analysis import fig3_efficiency, table1
     from astro.results import ResultStore
     ppl = {r["config"]["method"]["name"]: r["metrics"]["ppl"] for r in ResultStore(store).records()}
     args = ["--scale", "embedded", "--store", str(store), "--out", str(tmp_path), *TINY[1:]]
-    table1.main([*args, "model=tiny-random-llama,gemma3-270m", "method=fp,awq,quarot_rtn,spinquant_gptq"])
+    table1.main([*args, "model=tiny-random-llama,gemma3-270m", "method=fp,awq,quarot_rtn,spinquant_gptq",
+                 "quant=w3g64", "calib.seed=0"])
     df = pd.read_csv(tmp_path / "table1_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
     col = "tiny-random-llama w3g64"
-    assert df.loc["AWQ", col] == f"{ppl['awq']:.2f} (n=1)" and df.loc["QuaRot+RTN", col] == f"{ppl['quarot_rtn']:.2f} (n=1)"
+    assert (df.loc["AWQ", col] == f"{ppl['awq']:.2f} (n=1)"
+            and df.loc["QuaRot+RTN", col] == f"{ppl['quarot_rtn']:.2f} (n=1)")
     assert df.loc["SpinQuant", col] == f"{ppl['spinquant_gptq']:.2f} (n=1)"
     assert list(df.index).count("SpinQuant") == 1 and df.loc["OmniQuant", col] == "not run"
     assert df.loc["QuaRot+RTN", "gemma3-270m w3g64"] == "n/a" and df.loc["AWQ", "gemma3-270m w3g64"] == "missing"

@@ -77,9 +77,9 @@ def test_path_choice():
     assert eval_path(model, "cpu", memory_budget_gb=size) == "blockwise"   # over 80% of the budget
     assert eval_path(model, "cpu", "always") == "blockwise"
     assert eval_path(model, "cpu", "never", memory_budget_gb=size / 100) == "whole"
-    with pytest.raises(ValueError, match="eval.offload"):
+    with pytest.raises(ValueError, match=r"eval\.offload"):
         from_dict(EvalConfig, {"offload": "sometimes"}, "eval")
-    with pytest.raises(ValueError, match="eval.memory_budget_gb"):
+    with pytest.raises(ValueError, match=r"eval\.memory_budget_gb"):
         from_dict(EvalConfig, {"memory_budget_gb": 0}, "eval")
 
 

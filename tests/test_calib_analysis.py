@@ -24,7 +24,8 @@ T95_DF2 = 4.302653   # Student-t 0.975 quantile, 2 degrees of freedom
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
-    points = [(f"calib.seed={s}", f"method={m}", "calib.n_samples=4") for s in (0, 1, 2) for m in ("gptq", "astro_gptq")]
+    points = [(f"calib.seed={s}", f"method={m}", "calib.n_samples=4")
+              for s in (0, 1, 2) for m in ("gptq", "astro_gptq")]
     # FP and RTN once, at the size the make target (and so the analysis) runs them
     points += [(f"method={m}", "calib.n_samples=8", "calib.seed=0") for m in ("fp", "rtn")]
     with Composer() as c:
@@ -65,7 +66,8 @@ def test_calib_study_tables(store, tmp_path):
     q = held[(held["method"] == "GPTQ") & (held["linear"] == "q_proj")].iloc[0]
     per_seed = [statistics.median(x["err_holdout"] / x["err"] for x in r["rows"] if x["linear"] == "self_attn.q_proj")
                 for r in gptq]
-    assert q["method held-out/in-sample"] == f"{statistics.fmean(per_seed):.3f} ± {statistics.stdev(per_seed):.3f} (n=3)"
+    assert (q["method held-out/in-sample"]
+            == f"{statistics.fmean(per_seed):.3f} ± {statistics.stdev(per_seed):.3f} (n=3)")
     assert (tmp_path / "calib_study_embedded.png").stat().st_size > 1000
 
 

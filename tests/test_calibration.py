@@ -10,7 +10,15 @@ import torch
 
 from astro.blockwise import LoopConfig, run_blocks
 from astro.config import CalibConfig, EvalConfig, RunConfig
-from astro.data import Corpus, calibration_bos, eval_tokens, sample_calibration, sample_holdout
+from astro.data import (
+    Corpus,
+    calibration_bos,
+    eval_tokens,
+    load_corpus,
+    sample_calibration,
+    sample_holdout,
+    token_stream,
+)
 from astro.methods import MethodConfig, process_linear
 from astro.models import EMBEDDED, TINY_RANDOM, ModelConfig, known_model_type, load_model
 from astro.quantizer import QuantGrid
@@ -28,7 +36,7 @@ def test_holdout_windows_are_disjoint_and_leave_calibration_unchanged():
     assert not seen & set(held.flatten().tolist())
     assert len(set(held.flatten().tolist())) == held.numel()       # held-out windows do not overlap each other
     assert all(torch.equal(w, torch.arange(w[0], w[0] + 256)) for w in held)   # contiguous windows
-    with pytest.raises(ValueError, match="calib.holdout=40"):
+    with pytest.raises(ValueError, match=r"calib\.holdout=40"):
         sample_holdout(torch.arange(3000), 8, 256, seed=0, holdout=40)
 
 
@@ -60,7 +68,7 @@ def test_calibration_follows_the_evaluation_bos_rule(source, bos):
     # the rule is part of the run key of the models it applies to, so older records are not reused
     cfg = RunConfig(model=ModelConfig(source), eval=EvalConfig(bos=bos))
     assert (canonical_config(cfg)["calib"].get("bos") == "window") == every_eval_window
-    assert every_eval_window == (model_type.startswith("gemma") and bos == "auto" or bos == "window")
+    assert every_eval_window == ((model_type.startswith("gemma") and bos == "auto") or bos == "window")
 
 
 def test_first_position_weights_and_trace_shares():
@@ -87,14 +95,14 @@ def test_first_position_weights_and_trace_shares():
     w[:2] = 0.5
     ref = torch.einsum("bs,bsi,bsj->ij", w.expand(3, -1), X, X) / (3 * w.sum())
     assert torch.allclose(half.result().H, ref, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="calib.first_weight"):
+    with pytest.raises(ValueError, match=r"calib\.first_weight"):
         TokenWeights(1, 1.5)
 
 
 def test_calibration_settings_validate_and_key():
-    with pytest.raises(ValueError, match="calib.holdout"):
+    with pytest.raises(ValueError, match=r"calib\.holdout"):
         CalibConfig(holdout=-1)
-    with pytest.raises(ValueError, match="calib.first_tokens"):
+    with pytest.raises(ValueError, match=r"calib\.first_tokens"):
         CalibConfig(seq_len=8, first_tokens=8)
     base = RunConfig(method=MethodConfig("gptq"))
     cal = lambda **kw: dataclasses.replace(base, calib=dataclasses.replace(base.calib, **kw))  # noqa: E731
@@ -135,3 +143,30 @@ def test_holdout_errors_equal_an_independent_reference():
     # GPTQ fits its own tokens: its in-sample gain over RTN is larger than its held-out one in most layers
     better_in_sample = [r["err"] / r["err_rtn"] < r["err_holdout"] / r["err_rtn_holdout"] for r in res.rows]
     assert sum(better_in_sample) > len(better_in_sample) / 2
+
+
+def test_token_stream_cache_equals_tokenizing_and_never_reuses_a_bad_file(tmp_path, monkeypatch, caplog):
+    from astro import data
+
+    _, tok = load_model(ModelConfig(TINY_RANDOM))
+    texts = load_corpus("wiki_offline").test[:30]
+    monkeypatch.setenv("ASTRO_CACHE", str(tmp_path))   # after loading: the assets live in the real cache
+    monkeypatch.setattr(data, "_streams", {})
+    direct = torch.tensor(tok(" ".join(texts), add_special_tokens=False)["input_ids"])
+    first = token_stream(tok, texts, " ")
+    files = list((tmp_path / "tokens").glob("*.pt"))
+    assert torch.equal(first, direct) and first.dtype == torch.long and len(files) == 1
+    data._streams.clear()
+    assert torch.equal(token_stream(tok, texts, " "), direct)          # from the file
+    assert token_stream(tok, texts, "\n").numel() != 0 and len(list((tmp_path / "tokens").glob("*.pt"))) == 2
+    for bad in (b"not a torch file", None):
+        if bad is None:   # a readable file whose ids are not this text's: refused by its key
+            blob = torch.load(files[0], weights_only=True)
+            torch.save({"key": "0" * 64, "ids": blob["ids"][:5]}, files[0])
+        else:
+            files[0].write_bytes(bad)
+        data._streams.clear()
+        with caplog.at_level("WARNING", logger="astro.data"):
+            assert torch.equal(token_stream(tok, texts, " "), direct)
+        assert "re-tokenizing" in caplog.text
+        caplog.clear()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import math
 from pathlib import Path
 
@@ -36,19 +35,27 @@ CLAIMS = {
                "embedded": (EMBEDDED_MODELS, W_EMB, MAIN_METHODS | BASELINES)},
     "table2": {"paper": (PAPER_MODELS, {(3, 128)}, {"fp", "magr_gptq", "astro_gptq"}),
                "embedded": (EMBEDDED_MODELS, {(3, 64)}, {"fp", "magr_gptq", "astro_gptq"})},
-    "table3": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
-    "table4": {"paper": (PAPER_MODELS, {(3, 128)}, {"fp", "astro"}), "embedded": (EMBEDDED_MODELS, {(3, 64)}, {"fp", "astro"})},
-    "table5": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
+    "table3": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}),
+               "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
+    "table4": {"paper": (PAPER_MODELS, {(3, 128)}, {"fp", "astro"}),
+               "embedded": (EMBEDDED_MODELS, {(3, 64)}, {"fp", "astro"})},
+    "table5": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}),
+               "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
     "table6": {"paper": ({"llama3.1-8b"}, {(3, 128)}, {"fp", "magr_gptq", "astro_gptq"}),
                "embedded": ({"gemma3-270m"}, {(3, 64)}, {"fp", "magr_gptq", "astro_gptq"})},
     "table7": {"paper": ({"llama2-7b"}, {(3, 128)}, {"rtn", "magr_rtn", "astro_rtn"}),
                "embedded": ({"smollm2-135m"}, {(3, 64)}, {"rtn", "magr_rtn", "astro_rtn"})},
-    "fig1_outliers": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
-    "fig2_landscape": {"paper": ({"llama2-7b"}, {(3, 128)}, {"fp", "astro"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"fp", "astro"})},
+    "fig1_outliers": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}),
+                      "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
+    "fig2_landscape": {"paper": ({"llama2-7b"}, {(3, 128)}, {"fp", "astro"}),
+                       "embedded": ({"smollm2-135m"}, {(3, 64)}, {"fp", "astro"})},
     "fig3_efficiency": {s: (m, w, {"rtn", "gptq", "magr_rtn", "astro_rtn", "magr_gptq", "astro_gptq"} | BASELINES)
-                        for s, m, w in (("paper", {"llama2-7b"}, {(3, 128)}), ("embedded", {"smollm2-135m"}, {(3, 64)}))},
-    "sweep_beta": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
-    "ablation_alpha": {"paper": ({"llama2-7b"}, W_PAPER, {"astro_gptq"}), "embedded": ({"smollm2-135m"}, W_EMB, {"astro_gptq"})},
+                        for s, m, w in (("paper", {"llama2-7b"}, {(3, 128)}),
+                                        ("embedded", {"smollm2-135m"}, {(3, 64)}))},
+    "sweep_beta": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}),
+                   "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
+    "ablation_alpha": {"paper": ({"llama2-7b"}, W_PAPER, {"astro_gptq"}),
+                       "embedded": ({"smollm2-135m"}, W_EMB, {"astro_gptq"})},
     "solver_study": {"paper": ({"llama2-7b"}, {(3, 128), (2, 64)}, {"astro_gptq"}),
                      "embedded": ({"smollm2-135m"}, {(3, 64), (2, 64)}, {"astro_gptq"})},
     "calib_study": {"paper": ({"llama2-7b"}, {(3, 128), (4, 128)}, {"gptq", "magr_gptq", "astro_gptq", "awq"}),
@@ -103,8 +110,8 @@ def _axes(experiment: str, scale: str) -> list[list[str]]:
 
 
 def _grid(experiment: str, scale: str) -> list[list[str]]:
-    """Every job's overrides (the cartesian product, as the basic sweeper expands it)."""
-    return [list(p) for p in itertools.product(*_axes(experiment, scale))]
+    """Every job's overrides, as the runner's basic sweeper expands them."""
+    return Composer().jobs(experiment, scale)  # needs the module's initialised Hydra (hydra_conf)
 
 
 def _covering_jobs(experiment: str, scale: str) -> list[list[str]]:
@@ -114,11 +121,11 @@ def _covering_jobs(experiment: str, scale: str) -> list[list[str]]:
     first = [a[0] for a in axes]
     jobs = [first]
     for i, axis in enumerate(axes):
-        jobs += [first[:i] + [v] + first[i + 1:] for v in axis[1:]]
+        jobs += [[*first[:i], v, *first[i + 1:]] for v in axis[1:]]
     return jobs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _run_config_cached(overrides: tuple[str, ...]) -> RunConfig:
     return Composer().run_config(overrides)  # needs the module's initialised Hydra (hydra_conf)
 
@@ -141,7 +148,8 @@ def test_grid_points_match_the_sweep(hydra_conf):
         hydra_conf.axes("table9", "embedded")
 
 
-@pytest.mark.parametrize("scale", ["paper", "embedded"])
+# the paper-scale grids run in make test-all
+@pytest.mark.parametrize("scale", [pytest.param("paper", marks=pytest.mark.slow), "embedded"])
 @pytest.mark.parametrize("experiment", sorted(CLAIMS))
 def test_experiment_grid(hydra_conf, experiment, scale):
     models, settings, methods = CLAIMS[experiment][scale]
@@ -188,9 +196,12 @@ def test_table3_and_sweep_beta_share_records(hydra_conf):
 def test_solver_arm_pgd40_shares_sweep_beta_records(hydra_conf):
     """The embedded default budget is one arm of the solver study: its points are sweep_beta's records,
     and every arm is a distinct record."""
-    beta = [j for j in _grid("sweep_beta", "embedded") if "method.beta=5e-5" in j and "method.alpha=activation" in j]
-    study = [j for j in _grid("solver_study", "embedded") if "method.beta=5e-5" in j and "quant=w3g64" in j]
-    key = lambda exp, j: run_key(_run_config([f"experiment={exp}", "scale=embedded", *j]))
+    beta = [j for j in _grid("sweep_beta", "embedded") if "method.beta=5e-05" in j and "method.alpha=activation" in j]
+    study = [j for j in _grid("solver_study", "embedded") if "method.beta=5e-05" in j and "quant=w3g64" in j]
+
+    def key(exp, j):
+        return run_key(_run_config([f"experiment={exp}", "scale=embedded", *j]))
+
     keys = {j[-1]: key("solver_study", j) for j in study}
     assert keys["solver=pgd40"] == key("sweep_beta", beta[0])
     assert len(set(keys.values())) == len(SOLVER_ARMS)
@@ -210,8 +221,8 @@ def test_eval_schema_matches_dataclass():
 
 
 def test_model_widths_match_models(hydra_conf):
-    from astro.models import tiny_random_llama
     from astro.blockwise import architecture_of
+    from astro.models import tiny_random_llama
     m = tiny_random_llama(vocab_size=128)
     arch = architecture_of(m)
     widths = {m.get_submodule(f"{arch.blocks}.0.{lin}").in_features for lin in arch.linears}
@@ -264,7 +275,8 @@ def test_run_key_ignores_what_cannot_change_numbers(hydra_conf):
     assert k("method=gptq") != k("method=gptq", "method.gptq.act_order=true")
     assert k("method=astro_gptq") != k("method=astro_gptq", "quant=w4g64")
     # the baselines' settings key only the methods that use them
-    assert k("method=gptq") == k("method=gptq", "method.awq.grid=7", "method.rotation.seed=3", "method.rotation.steps=5")
+    assert k("method=gptq") == k("method=gptq", "method.awq.grid=7", "method.rotation.seed=3",
+                                 "method.rotation.steps=5")
     assert k("method=awq") != k("method=awq", "method.awq.grid=7") != k("method=awq_gptq")
     assert k("method=awq") == k("method=awq", "method.beta=1e-3", "method.rotation.seed=3")
     assert k("method=quarot_rtn") == k("method=quarot_rtn", "method.rotation.steps=5", "method.awq.grid=7")

@@ -10,7 +10,7 @@ import torch
 from astro import evaluate as ev
 from astro.config import EvalConfig, RunConfig, from_dict
 from astro.data import Corpus, eval_tokens, load_corpus, token_stream
-from astro.evaluate import (TaskEvalConfig, TaskUnavailableError, check_tasks, evaluate_tasks, perplexity)
+from astro.evaluate import TaskEvalConfig, TaskUnavailableError, check_tasks, evaluate_tasks, perplexity
 from astro.models import ModelConfig, load_model
 from astro.proxy_tasks import build_proxy_tasks
 from astro.run import run, with_method
@@ -52,7 +52,7 @@ def test_bos_per_window(tiny, wiki):
     win = eval_tokens(tok, Corpus([], wiki.test[:30]), 32, "auto", model_type="gemma3_text").ids.view(-1, 32)
     assert (win[:, 0] == tok.bos_token_id).all()
     assert torch.equal(win[:, 1:].reshape(-1), plain[: win.shape[0] * 31])
-    with pytest.raises(ValueError, match="eval.bos"):
+    with pytest.raises(ValueError, match=r"eval\.bos"):
         eval_tokens(tok, Corpus([], wiki.test[:3]), 32, "sometimes")
 
 
@@ -103,10 +103,10 @@ def test_check_tasks_fails_fast_naming_the_proxies(monkeypatch):
         check_tasks(TaskEvalConfig(tasks=("paper_zeroshot",)))  # HF_HUB_OFFLINE=1 here, data not cached
     monkeypatch.setattr(ev, "_datasets_offline", lambda: False)
     monkeypatch.setattr(ev, "hub_reachable", lambda timeout=3.0: False)
-    with pytest.raises(TaskUnavailableError, match="unreachable.*wiki_lastword"):
+    with pytest.raises(TaskUnavailableError, match=r"unreachable.*wiki_lastword"):
         check_tasks(TaskEvalConfig(tasks=("mmlu",)))
     monkeypatch.setattr(ev, "_lm_eval_task_names", lambda: frozenset({"piqa"}))
-    with pytest.raises(ValueError, match="unknown lm_eval task.*no_such_task"):
+    with pytest.raises(ValueError, match=r"unknown lm_eval task.*no_such_task"):
         check_tasks(TaskEvalConfig(tasks=("proxy", "no_such_task")))
     assert check_tasks(TaskEvalConfig(tasks=("proxy",))) == ("wiki_lastword", "wiki_nextsent_mc")
 
@@ -157,6 +157,7 @@ def test_lm_eval_on_the_in_memory_model_matches_direct_scoring(tiny):
 
 
 @pytest.mark.embedded
+@pytest.mark.slow
 def test_trained_model_reads_the_lastword_proxy():
     """SmolLM2-135M (trained) on 12 wiki_lastword items: far better than a random model (perplexity in
     the millions, acc 0), e.g. a lost space before the target word would look random."""

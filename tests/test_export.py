@@ -13,8 +13,15 @@ from safetensors import safe_open
 from astro.blockwise import run_blocks
 from astro.config import CalibConfig, EvalConfig, RunConfig
 from astro.evaluate import perplexity
-from astro.export import ExportCollector, ExportError, card_from_run, check_run_exportable, checkpoint_inventory, \
-    export_checkpoint, load_exported
+from astro.export import (
+    ExportCollector,
+    ExportError,
+    card_from_run,
+    check_run_exportable,
+    checkpoint_inventory,
+    export_checkpoint,
+    load_exported,
+)
 from astro.gptq import GPTQConfig, gptq
 from astro.methods import MethodConfig
 from astro.models import ModelConfig, load_model, tiny_random_llama
@@ -85,7 +92,8 @@ def _gptq_each(tiny, grid, act_order):
     results = {}
     with torch.no_grad():
         for name, lin in _linears(tiny.model).items():
-            results[name] = gptq(lin.weight, tiny.H[name], grid, GPTQConfig(act_order=act_order, static_groups=act_order))
+            results[name] = gptq(lin.weight, tiny.H[name], grid,
+                                 GPTQConfig(act_order=act_order, static_groups=act_order))
             lin.weight.copy_(results[name].W_q)
     return results
 
@@ -121,7 +129,8 @@ def test_round_trip_equals_fake_quant(tiny, tmp_path, bits, sym, act_order):
         for name, lin in _linears(tiny.model).items():
             assert f"{name}.weight" not in keys
             packed = st.get_tensor(f"{name}.weight_packed")
-            assert packed.dtype == torch.int32 and packed.shape == (lin.out_features, math.ceil(lin.in_features * bits / 32))
+            assert (packed.dtype == torch.int32
+                    and packed.shape == (lin.out_features, math.ceil(lin.in_features * bits / 32)))
             assert (f"{name}.weight_zero_point" in keys) == (not sym)
 
     model, _ = load_exported(tmp_path / "ckpt", tokenizer=False)
@@ -188,7 +197,7 @@ class _Tok:
 def test_refusals_happen_before_writing(tmp_path, caplog):
     out = tmp_path / "ckpt"
     model, results = _rtn_model(QuantGrid(4, 48))  # 64 and 128 are not multiples of 48: partial last group
-    with pytest.raises(ExportError, match="does not divide in_features 64.*partial last group"):
+    with pytest.raises(ExportError, match=r"does not divide in_features 64.*partial last group"):
         export_checkpoint(model, _Tok(), results, out, CARD)
 
     model, results = _rtn_model(QuantGrid(4, 32))
@@ -224,7 +233,8 @@ def test_run_config_is_checked_before_calibration(tiny):
     cfg = _tiny()
     check_run_exportable(cfg, tiny.model)  # astro_gptq W3 g32: exportable
     bad = [(dataclasses.replace(cfg, method=MethodConfig("astro")), "does not quantize"),
-           (dataclasses.replace(cfg, method=MethodConfig("gptq", gptq=GPTQConfig(act_order=True))), "static_groups=true"),
+           (dataclasses.replace(cfg, method=MethodConfig("gptq", gptq=GPTQConfig(act_order=True))),
+            "static_groups=true"),
            (dataclasses.replace(cfg, quant=QuantGrid(3, 48)), "model.layers.0.self_attn.q_proj: group_size 48")]
     for c, msg in bad:
         with pytest.raises(ExportError, match=msg):
@@ -271,7 +281,8 @@ def test_smollm2_rtn_w4_g64_round_trip(tmp_path):
     ids = tok("The capital of France is Paris, and the capital of Italy is Rome.", return_tensors="pt").input_ids
     reloaded, _ = load_exported(tmp_path / "ckpt")
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=LOGITS_ATOL)
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits,
+                                   rtol=0, atol=LOGITS_ATOL)
     # 4-bit codes: half a byte per quantized weight
     n_q = sum(lin.weight.numel() for lin in chosen.values())
     assert res.inventory["by_dtype"]["I32"]["bytes"] == pytest.approx(n_q / 2, rel=1e-3)
@@ -298,7 +309,8 @@ def test_runner_export_option(tmp_path, caplog):
     out = runner.run_job(raw)
     rec = runner.ResultStore(tmp_path / "store").read(out["key"])
     path = tmp_path / "exports" / out["key"]
-    assert rec["export"]["path"] == str(path) and rec["export"]["file_bytes"] == checkpoint_inventory(path)["file_bytes"]
+    assert (rec["export"]["path"] == str(path)
+            and rec["export"]["file_bytes"] == checkpoint_inventory(path)["file_bytes"])
     session = next(iter(runner._session_cache.values()))  # still holds the quantized weights
     ids = session.calib_ids[:2]
     reloaded, _ = load_exported(path, tokenizer=False)

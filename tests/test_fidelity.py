@@ -190,7 +190,8 @@ def test_wandb_offline_run_holds_the_record(tmp_path, monkeypatch):
     for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "home" / var.lower()))
     monkeypatch.setenv("WANDB_MODE", "offline")
-    record = {"key": "fidelity0test", "name": "gptq-w3g64", "config": {"method": {"name": "gptq"}, "quant": {"bits": 3}},
+    record = {"key": "fidelity0test", "name": "gptq-w3g64",
+              "config": {"method": {"name": "gptq"}, "quant": {"bits": 3}},
               "context": {"experiment": "table1"}, "metrics": {"ppl": 12.5, "eval_windows": 6, "unused": None},
               "timings": {"total": 3.25, "method": 1.5},
               "rows": [{"block": 0, "linear": "self_attn.q_proj", "err": 0.5, "alpha": [1.0, 2.0]},

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from astro.gptq import CholeskyError, GPTQConfig, gptq
-from astro.quantizer import QuantGrid, find_params, expand, dequantize
+from astro.quantizer import QuantGrid, dequantize, expand, find_params
 from astro.rtn import rtn
 from astro.stats import h_error
 

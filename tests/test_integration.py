@@ -29,6 +29,7 @@ def test_tiny_llama_end_to_end(tiny_cfg):
         assert r["rtn_fro_before"] <= r["bound_before"] and r["rtn_fro_after"] <= r["bound_after"]
 
 
+@pytest.mark.slow
 def test_every_pipeline_runs_and_writes_back(tiny_cfg):
     session = Session.open(tiny_cfg)
     fp_w = session.original["model.layers.0.mlp.down_proj.weight"]

@@ -28,21 +28,21 @@ def test_constant_difference_has_a_zero_width_interval():
 def test_t_interval_from_first_principles():
     b = {0: 20.0, 1: 20.0, 2: 20.0}
     half = T975_DF2 * 1 / math.sqrt(3)                                      # sample std 1, n 3: 2.484138
-    p = paired_difference({s: b[s] + d for s, d in zip(b, (1, 2, 3))}, b)   # diffs 1, 2, 3: mean 2
+    p = paired_difference({s: b[s] + d for s, d in zip(b, (1, 2, 3), strict=True)}, b)   # diffs 1, 2, 3: mean 2
     assert (p.mean, p.std) == (pytest.approx(2), pytest.approx(1))
     assert p.lo == pytest.approx(2 - half, abs=1e-5) and p.hi == pytest.approx(2 + half, abs=1e-5)
     assert p.lo < 0 and not p.resolved   # three seeds with this spread do not resolve a mean of 2
-    r = paired_difference({s: b[s] + d for s, d in zip(b, (3, 4, 5))}, b)   # diffs 3, 4, 5: mean 4, std 1
+    r = paired_difference({s: b[s] + d for s, d in zip(b, (3, 4, 5), strict=True)}, b)   # diffs 3, 4, 5: mean 4, std 1
     assert r.lo == pytest.approx(4 - half, abs=1e-5) and r.hi == pytest.approx(4 + half, abs=1e-5)
     assert r.lo > 0 and r.resolved and r.verdict() == "resolved: B lower"
     # the mirrored pair resolves the other way
-    q = paired_difference(b, {s: b[s] + d for s, d in zip(b, (3, 4, 5))})
+    q = paired_difference(b, {s: b[s] + d for s, d in zip(b, (3, 4, 5), strict=True)})
     assert q.hi == pytest.approx(-4 + half, abs=1e-5) and q.verdict("A", "B") == "resolved: A lower"
 
 
 def test_interval_containing_zero_is_unresolved():
     b = {0: 5.0, 1: 6.0, 2: 7.0}
-    p = paired_difference({s: b[s] + d for s, d in zip(b, (-1, 0, 2))}, b)  # mean 1/3, std sqrt(7/3)
+    p = paired_difference({s: b[s] + d for s, d in zip(b, (-1, 0, 2), strict=True)}, b)  # mean 1/3, std sqrt(7/3)
     half = T975_DF2 * math.sqrt(7 / 3) / math.sqrt(3)
     assert p.mean == pytest.approx(1 / 3) and p.std == pytest.approx(math.sqrt(7 / 3))
     assert p.lo == pytest.approx(1 / 3 - half, abs=1e-5) and p.hi == pytest.approx(1 / 3 + half, abs=1e-5)

@@ -10,8 +10,7 @@ import yaml
 
 from astro.data import load_corpus
 from astro.evaluate import PROXY_SPECS, TaskEvalConfig, _collect, _task_manager
-from astro.proxy_tasks import (N_CHOICES, PROXY_TASKS, _first_paragraph_sentences, build_proxy_tasks,
-                               split_sentences)
+from astro.proxy_tasks import N_CHOICES, PROXY_TASKS, _first_paragraph_sentences, build_proxy_tasks, split_sentences
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def test_every_item_has_exactly_one_correct_answer(proxies):
         others = [c for i, c in enumerate(choices) if i != gold]
         srcs = it["distractor_articles"]
         assert len(set(srcs)) == 3 and it["article"] not in srcs
-        assert all(c in sents[s] and c not in ss for c, s in zip(others, srcs))
+        assert all(c in sents[s] and c not in ss for c, s in zip(others, srcs, strict=True))
     for it in _items(proxies, "wiki_lastword"):
         paragraph = " ".join(articles[it["article"]].split("\n", 1)[0].split())
         assert paragraph.startswith(f"{it['context']} {it['target']}.")

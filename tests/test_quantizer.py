@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from astro.quantizer import QuantGrid, find_params, fake_quant, codes_of, dequantize, expand
+from astro.quantizer import QuantGrid, codes_of, dequantize, expand, fake_quant, find_params
 from astro.rtn import rtn
 
 

@@ -1,3 +1,5 @@
+from itertools import pairwise
+
 import pytest
 import torch
 
@@ -104,7 +106,7 @@ def test_larger_beta_never_increases_weighted_group_linf():
         res = reconstruct(W, st, RegularizeConfig(beta=beta, iters=3000, group_size=16))
         linf = res.W.reshape(16, 4, 16).abs().amax(-1)
         vals.append(float((linf * res.alpha).sum()))
-    assert all(b <= a * (1 + 1e-4) for a, b in zip(vals, vals[1:])), vals
+    assert all(b <= a * (1 + 1e-4) for a, b in pairwise(vals)), vals
     assert vals[-1] < 0.9 * vals[0]
 
 

@@ -315,7 +315,8 @@ def test_numerics_version_keys_only_the_pipelines_that_use_the_component(monkeyp
 
 def test_wandb_run_id_differs_between_machines():
     from astro.tracking import run_id
-    rec = {"key": "abc", "env": {"hostname": "h", "gpu": "NVIDIA H100 80GB HBM3", "device": "cuda", "torch_threads": 16}}
+    rec = {"key": "abc",
+           "env": {"hostname": "h", "gpu": "NVIDIA H100 80GB HBM3", "device": "cuda", "torch_threads": 16}}
     other = {**rec, "env": {**rec["env"], "gpu": "NVIDIA H200"}}
     assert run_id(rec) == run_id(json.loads(json.dumps(rec))) != run_id(other)
     assert run_id(rec).startswith("abc-")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from astro.results import ResultStore
+from experiments.grid import Composer
 
 ROOT = Path(__file__).resolve().parents[1]
 # small enough for seconds per job on the tiny random model
@@ -41,10 +42,14 @@ def _keys(tmp: Path) -> set[str]:
 
 
 def test_two_point_multirun_records_skips_and_resumes(tmp_path):
-    log = _sweep(tmp_path, "method=rtn,gptq")
+    # Hydra's sweep grammar (quoted values, range()): `make status` must list exactly the runner's jobs
+    sweep = ("method='rtn',gptq", "calib.seed=range(0,1)")
+    log = _sweep(tmp_path, *sweep)
     assert log.count("run start") == 2
     keys = _keys(tmp_path)
     assert len(keys) == 2
+    with Composer() as c:
+        assert {p.key for p in c.points("single", "embedded", (*TINY, *sweep))} == keys
     store = ResultStore(tmp_path / "store")
     for k in keys:
         rec = store.read(k)
@@ -56,13 +61,13 @@ def test_two_point_multirun_records_skips_and_resumes(tmp_path):
         assert rec["context"]["choices"]["method"] in ("rtn", "gptq")
     mtimes = {k: store.path(k).stat().st_mtime_ns for k in keys}
 
-    log = _sweep(tmp_path, "method=rtn,gptq")  # everything recorded: no work
+    log = _sweep(tmp_path, *sweep)  # everything recorded: no work
     assert log.count("run start") == 0 and log.count("skip ") == 2
     assert {k: store.path(k).stat().st_mtime_ns for k in keys} == mtimes
 
     gone = sorted(keys)[0]
     store.path(gone).unlink()
-    log = _sweep(tmp_path, "method=rtn,gptq")  # only the deleted one is redone
+    log = _sweep(tmp_path, *sweep)  # only the deleted one is redone
     assert log.count("run start") == 1 and log.count("skip ") == 1
     assert _keys(tmp_path) == keys
     kept = sorted(keys)[1]
@@ -98,7 +103,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert not store.exists("k1") and list(tmp_path.rglob("*")) in ([], [tmp_path / "k1"])
     with pytest.raises(ValueError, match="complete"):
         store.write({"key": "k2", "status": "running"})
-    with pytest.raises(ValueError, match="metrics.ppl"):   # strict JSON: a non-finite value is refused
+    with pytest.raises(ValueError, match=r"metrics\.ppl"):   # strict JSON: a non-finite value is refused
         store.write({**fields, "key": "k3", "metrics": {"ppl": float("nan")}})
     store.write({**fields, "key": "k3", "metrics": {"ppl": 3.5}})
     assert json.loads(store.path("k3").read_text())["key"] == "k3"
@@ -107,6 +112,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert store.path("k3").stat().st_mode & 0o777 == 0o666 & ~umask  # like any written file, not mkstemp's 0600
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_jobs(tmp_path):
     log = _sweep(tmp_path, "method=rtn", "quant=w3g64,w4g64", "hydra/launcher=local_submitit",
                  "hydra.launcher.timeout_min=10", timeout=600)

@@ -20,7 +20,7 @@ analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 .PHONY: help setup setup-gemma bench-solver bench-shapes export quickstart test test-all lint bench clean-cache run sweep experiments status \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
 	reproduce-table7 figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
-	calib-study calib-sink w2-groups
+	calib-study calib-sink w2-groups rehearsal
 
 help:  ## list the targets (experiment targets take SCALE=embedded|paper, default embedded, and ARGS='overrides')
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 20
@@ -149,3 +149,7 @@ calib-sink: setup  ## GPTQ with the first position of each calibration sequence 
 w2-groups: setup  ## W2 at g64 / g32 / g16 (RTN, GPTQ, MagR, Astro, AWQ): where W2 stops collapsing
 	$(call sweep,w2_groups)
 	$(call analyze,w2_groups)
+
+rehearsal: setup  ## dress rehearsal, no hub: random-weight LLaMA-2 shape, GPTQ + Astro+GPTQ W3 g128 -> results/rehearsal/ (paper: 7B, CUDA)
+	$(call sweep,rehearsal)
+	$(PY) -m experiments.grid rehearsal --scale $(SCALE) $(ARGS)

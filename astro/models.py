@@ -36,15 +36,54 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel("smollm2-gguf", "SmolLM2-135M-Instruct.Q4_1.gguf", "llama"),
     "gemma3-270m": EmbeddedModel("gemma3-gguf", "gemma-3-270m-q4_k_m.gguf", "gemma3_text"),
 }
-TINY_RANDOM = "tiny-random-llama"
 
+
+@dataclass(frozen=True)
+class RandomLlama:
+    """The architecture numbers of a random-weight Llama (RANDOM_LLAMAS). The vocabulary is not among them:
+    a random model takes the embedded tokenizer's len(tok) (SmolLM2's 49,152, not LLaMA-2's 32,000), so
+    every token id the corpora produce is valid. transformers_init: transformers' own initialisation
+    under torch.manual_seed (tiny-random-llama, whose weights predate the registry); otherwise the
+    parameters are built on the meta device, then allocated in the target dtype and filled from a seeded
+    generator with normal(0, 0.02) (norms: 1), which keeps a 7B/70B build cheap."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int | None = None        # None: hidden // heads
+    tie_embeddings: bool = False
+    max_positions: int = 4096
+    rms_norm_eps: float = 1e-5
+    transformers_init: bool = False
+
+    @property
+    def layer_widths(self) -> tuple[int, ...]:
+        """The in_features of its linears: hidden (q/k/v, gate/up), heads * head_dim (o), intermediate (down)."""
+        attn = self.heads * (self.head_dim or self.hidden // self.heads)
+        return tuple(sorted({self.hidden, attn, self.intermediate}))
+
+
+TINY_RANDOM = "tiny-random-llama"
+# Random-weight Llamas by name: tests (tiny-random-llama) and the dress rehearsal of the paper's scale
+# without the hub (random-llama2-*: LLaMA-2's hidden/FFN/layers/heads; conf/experiment/rehearsal.yaml).
+RANDOM_LLAMAS: dict[str, RandomLlama] = {
+    TINY_RANDOM: RandomLlama(64, 128, 2, 4, 2, head_dim=16, tie_embeddings=True, max_positions=2048,
+                             rms_norm_eps=1e-6, transformers_init=True),
+    "random-llama2-7b": RandomLlama(4096, 11008, 32, 32, 32),
+    "random-llama2-70b": RandomLlama(8192, 28672, 80, 64, 8),
+    # 7B's structure at CPU size: MHA, untied head, FFN by LLaMA's own rule (8h/3 rounded up to a multiple
+    # of 256: 11008 at h=4096, 768 at h=256), so g128 divides every layer as on 7B (688 = 2.6875 h would not)
+    "random-llama2-7b-mini": RandomLlama(256, 768, 2, 4, 4),
+}
 
 def known_model_type(cfg: ModelConfig) -> str | None:
     """The model's config.model_type when it is known without loading the model (embedded models, the tiny
     random Llama, a local directory's config.json); None otherwise (e.g. a hub id)."""
     import json
     src = cfg.source
-    if src == TINY_RANDOM:
+    if src in RANDOM_LLAMAS:
         return "llama"
     if src in EMBEDDED:
         return EMBEDDED[src].model_type
@@ -84,7 +123,7 @@ def local_model_path(cfg: ModelConfig) -> Path | None:
     """The directory or .gguf file a local source names; None for embedded names, the tiny random model,
     hub ids and paths that do not exist."""
     src = cfg.source
-    if src in EMBEDDED or src == TINY_RANDOM:
+    if src in EMBEDDED or src in RANDOM_LLAMAS:
         return None
     path = Path(src).expanduser()
     if path.is_dir() or (src.endswith(".gguf") and path.is_file()):
@@ -121,9 +160,10 @@ def check_finite(model, source: str) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """source: an embedded name (smollm2-135m, gemma3-270m, tiny-random-llama), a local directory, a
-    .gguf file, or a hub id. dtype: float32 (CPU) or bfloat16/float16 (GPU). trust_remote_code stays
-    off unless set. seed: initialisation seed of tiny-random-llama. layer_widths: the in_features of
+    """source: an embedded name (smollm2-135m, gemma3-270m), a random-weight Llama (RANDOM_LLAMAS:
+    tiny-random-llama, random-llama2-7b, ...), a local directory, a .gguf file, or a hub id. dtype:
+    float32 (CPU) or bfloat16/float16 (GPU). trust_remote_code stays off unless set. seed: initialisation
+    seed of a random-weight Llama. layer_widths: the in_features of
     the model's linears, when known (conf/model/*.yaml), so the quantization grid is checked against
     them before anything loads; the loaded model's real widths are checked again after loading."""
 
@@ -151,7 +191,7 @@ class ModelConfig:
             if not (embedded_dir(src) / "config.json").exists():
                 asset_path(EMBEDDED[src].asset, EMBEDDED[src].gguf)  # raises with the fetch command
                 raise FileNotFoundError(f"{src} is fetched but not converted: {SETUP_HINT}")
-        elif src == TINY_RANDOM:
+        elif src in RANDOM_LLAMAS:
             ModelConfig(EMBEDDED_ALTERNATIVE).check_available()  # borrows its tokenizer
         elif src.endswith(".gguf") or os.path.isdir(src):
             if not os.path.exists(src):
@@ -159,8 +199,8 @@ class ModelConfig:
         elif os.path.sep in src and src.startswith((".", "/", "~")):
             raise FileNotFoundError(f"model path {src} does not exist")
         elif "/" not in src:
-            raise ValueError(f"unknown model {src!r}: not an embedded name ({[*sorted(EMBEDDED), TINY_RANDOM]}), "
-                             "a local directory, a .gguf file or a hub id (org/name)")
+            raise ValueError(f"unknown model {src!r}: not an embedded name ({[*sorted(EMBEDDED)]}), a random "
+                             f"Llama ({[*RANDOM_LLAMAS]}), a local directory, a .gguf file or a hub id (org/name)")
         elif hub_offline() and not _in_hub_cache(src):
             raise HubUnavailableError(
                 f"model {src!r} needs the Hugging Face hub, which is offline here (HF_HUB_OFFLINE=1) and it is "
@@ -214,14 +254,47 @@ def prepare_embedded(asset_names: list[str]) -> list[str]:
     return done
 
 
+def random_llama_config(name: str, vocab_size: int = 49152):
+    """The transformers LlamaConfig of RANDOM_LLAMAS[name] (no weights)."""
+    from transformers import LlamaConfig
+    s = RANDOM_LLAMAS[name]
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=s.hidden, intermediate_size=s.intermediate,
+                       num_hidden_layers=s.layers, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
+                       head_dim=s.head_dim or s.hidden // s.heads, max_position_embeddings=s.max_positions,
+                       rms_norm_eps=s.rms_norm_eps, tie_word_embeddings=s.tie_embeddings,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=2)
+
+
+def random_llama(name: str, seed: int = 0, vocab_size: int = 49152, dtype: torch.dtype = torch.float32):
+    """A LlamaForCausalLM of the shape RANDOM_LLAMAS[name] with seeded random weights, in eval mode, in
+    `dtype`, on CPU. Same name, seed, vocabulary and dtype: same weights."""
+    from transformers import LlamaForCausalLM
+    spec, config = RANDOM_LLAMAS[name], random_llama_config(name, vocab_size)
+    if spec.transformers_init:
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config).float().eval().to(dtype)
+    from accelerate import init_empty_weights
+    with init_empty_weights(include_buffers=False):   # parameters on meta; buffers (rotary) real, in float32
+        model = LlamaForCausalLM(config)
+    g = torch.Generator().manual_seed(seed)
+    made: dict[int, torch.nn.Parameter] = {}   # a tied parameter is materialised once
+    with torch.no_grad():
+        for module in model.modules():   # a fixed order (construction), so the seed fixes every weight
+            for pname, p in list(module._parameters.items()):
+                if p is None:
+                    continue
+                if id(p) not in made:
+                    t = torch.empty(p.shape, dtype=dtype)
+                    t.fill_(1.0) if p.ndim == 1 else t.normal_(0.0, config.initializer_range, generator=g)
+                    made[id(p)] = torch.nn.Parameter(t, requires_grad=p.requires_grad)
+                module._parameters[pname] = made[id(p)]
+    model.config.dtype = dtype
+    return model.eval()
+
+
 def tiny_random_llama(seed: int = 0, vocab_size: int = 49152):
     """A 2-block Llama (hidden 64, FFN 128, GQA 4/2 heads) with seeded random weights, for tests."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).float().eval()
+    return random_llama(TINY_RANDOM, seed, vocab_size)
 
 
 def load_model(cfg: ModelConfig):
@@ -235,9 +308,11 @@ def _load_model(cfg: ModelConfig):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     cfg.check_available()
     src, dtype = cfg.source, _torch_dtype(cfg.dtype)
-    if src == TINY_RANDOM:
+    if src in RANDOM_LLAMAS:   # the embedded tokenizer; the vocabulary is its length (valid token ids)
         tok = AutoTokenizer.from_pretrained(embedded_dir(EMBEDDED_ALTERNATIVE))
-        return tiny_random_llama(cfg.seed, len(tok)).to(dtype), tok
+        model = random_llama(src, cfg.seed, len(tok), dtype)
+        model.config.use_cache = False
+        return model, tok
     common = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     if src in EMBEDDED:
         path = embedded_dir(src)

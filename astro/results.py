@@ -33,6 +33,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -191,6 +192,27 @@ def environment(device: str) -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start a job's CUDA peak-memory count (peak_memory reads it); nothing on CPU."""
+    import torch
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+
+
+def peak_memory(device: str) -> dict:
+    """A record's `memory`: peak_memory_gb, on CUDA the device's peak allocated by torch since
+    reset_peak_memory (this job), on CPU the process's peak resident set (ru_maxrss: over the process's
+    life, so in a sweep it includes earlier jobs); peak_rss_gb (the latter) always. GB = 1e9 bytes."""
+    import resource
+
+    import torch
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 1e9
+    if device.startswith("cuda") and torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated(torch.device(device)) / 1e9
+        return {"peak_memory_gb": peak, "source": "torch.cuda.max_memory_allocated", "peak_rss_gb": rss}
+    return {"peak_memory_gb": rss, "source": "ru_maxrss (process lifetime)", "peak_rss_gb": rss}
 
 
 def now_iso() -> str:

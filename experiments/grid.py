@@ -115,12 +115,15 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment", choices=experiments())
     ap.add_argument("--scale", default="embedded", choices=SCALES)
-    ap.add_argument("--store", default="results/store")
+    ap.add_argument("--store", default=None,
+                    help="the results store (default: the experiment's store.root, results/store unless it sets one)")
     ap.add_argument("overrides", nargs="*", help="extra overrides applied to every point (as in ARGS)")
     a = ap.parse_intermixed_args(argv)  # overrides may follow --scale (make status ARGS=...)
-    store = ResultStore(Path(a.store))
     with Composer() as c:
         pts = c.points(a.experiment, a.scale, tuple(a.overrides))
+        root = a.store or c.raw([f"experiment={a.experiment}", f"scale={a.scale}",
+                                 *(o for o in a.overrides if o.startswith("store.root="))])["store"]["root"]
+    store = ResultStore(Path(root))
     done = 0
     for p in pts:   # an invalid record (truncated, wrong shape) is missing: the next sweep redoes it
         rec, why = store.load(store.path(p.key))

@@ -39,6 +39,8 @@ from astro.results import (
     nonfinite_paths,
     now_iso,
     null_nonfinite,
+    peak_memory,
+    reset_peak_memory,
     run_key,
 )
 from astro.run import Session, check_inputs, run
@@ -174,6 +176,7 @@ def _run_locked(cfg: RunConfig, key: str, extras: dict, store: ResultStore, want
     exp = (extras.get("experiment") or {}).get("name", "single")
     log.info("run start %s [%s] (experiment %s)", describe(cfg), key, exp)
     started = now_iso()
+    reset_peak_memory(cfg.loop.device)
     t0 = time.perf_counter()
     session = _session(cfg)
     t_open = time.perf_counter() - t0
@@ -200,7 +203,8 @@ def _run_locked(cfg: RunConfig, key: str, extras: dict, store: ResultStore, want
               "loop_timings": res.loop.timings if res.loop else {}, "transform": res.transform,
               "fallbacks": res.fallbacks(),
               "rows": res.rows, "tasks": res.tasks.to_dict() if res.tasks else None,
-              "env": environment(cfg.loop.device), "wall_seconds": time.perf_counter() - t0}
+              "env": environment(cfg.loop.device), "memory": peak_memory(cfg.loop.device),
+              "wall_seconds": time.perf_counter() - t0}
     odd = nonfinite_paths(record)
     if odd:   # diagnostics only (the metrics are finite): stored as null, records stay strict JSON
         log.warning("%s [%s]: non-finite diagnostic value(s) stored as null: %s%s", describe(cfg), key,

@@ -135,7 +135,7 @@ def _run_config(overrides) -> RunConfig:
 
 
 def test_every_experiment_has_a_claim():
-    assert set(EXPERIMENTS) - {"single"} == set(CLAIMS)
+    assert set(EXPERIMENTS) - {"single", "rehearsal"} == set(CLAIMS)   # rehearsal: tests/test_rehearsal.py
 
 
 def test_grid_points_match_the_sweep(hydra_conf):

@@ -26,6 +26,10 @@ iteration changed the objective F by at most tol times the decrease achieved so 
 |F_{k-1} - F_k| <= tol (F_0 - F_k). Relative to the progress rather than to F itself because F_0 - F* is a
 small fraction of F when beta is small (the first steps change F by ~beta relative), so a rule on
 |dF| / F would stop at the first iteration. Early stopping never changes the iterates themselves.
+
+The objective is evaluated at every iterate only when something reads it there (the stopping rule, or
+`trace=True` for solver studies); otherwise at the first and last iterate only. It never feeds back into
+the iterates, so they are bit-identical either way.
 """
 
 from __future__ import annotations
@@ -76,9 +80,11 @@ class RegularizeConfig:
 
 @dataclass
 class RegularizeResult:
-    """W: reconstructed weights [out, in]; alpha: [G]; objective: [iters_used + 1] (normalised objective at
-    every iterate, the first being the original W); seconds: [iters_used + 1] wall time from the start of
-    `reconstruct` (set-up included) to each objective evaluation; restarts: fista momentum resets."""
+    """W: reconstructed weights [out, in]; alpha: [G]; objective: the normalised objective at every iterate
+    ([iters_used + 1], the first being the original W) when traced (`reconstruct(trace=True)` or a tol),
+    else at the first and last only ([2]; [1] when no iteration ran); seconds: wall time from the start of
+    `reconstruct` (set-up included) to each objective evaluation, same length; restarts: fista momentum
+    resets."""
 
     W: torch.Tensor
     alpha: torch.Tensor
@@ -173,11 +179,12 @@ def shared_lambda_max(stats: LayerStats, device: torch.device | str) -> tuple[fl
 
 
 def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig,
-                lambda_max_h: float | None = None) -> RegularizeResult:
+                lambda_max_h: float | None = None, trace: bool = False) -> RegularizeResult:
     """Astro (alpha='activation') or MagR (alpha='uniform') reconstruction of W [out, in] (eq. 12).
 
     lambda_max_h: lambda_max(stats.H) when the caller already has it (`shared_lambda_max`: once per shared
-    H); None computes it here (an eigvalsh of H)."""
+    H); None computes it here (an eigvalsh of H). trace: the objective at every iterate (else at the first
+    and last only, unless cfg.tol needs every one; the iterates are the same either way)."""
     t0 = time.perf_counter()
     W = W.float()
     n_out, n_in = W.shape
@@ -187,15 +194,15 @@ def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig,
     H = stats.H.to(W.device, torch.float32)
     lam = lambda_max(H, W.device) if lambda_max_h is None else float(lambda_max_h)
     alpha = group_alpha(stats, g, cfg.alpha).to(W.device)  # [G]
-    trace = _Trace(cfg.iters, cfg.tol, t0, W.device)
+    log = _Trace(cfg.iters, cfg.tol, t0, W.device, every=trace or cfg.tol is not None)
     if lam <= 0 or cfg.beta == 0 or cfg.iters == 0:
-        trace.record(_objective(W, torch.zeros_like(W), W.new_zeros(()), alpha, cfg.beta, g))
-        return trace.result(W.clone(), alpha, lam, g, cfg.solver, 0)
+        log.record(_objective(W, torch.zeros_like(W), W.new_zeros(()), alpha, cfg.beta, g))
+        return log.result(W.clone(), alpha, lam, g, cfg.solver, 0, 0)
     Hn = H / lam
     tau = (cfg.beta * alpha).expand(n_out, -1)  # [out, G]
     solve = _pgd if cfg.solver == "pgd" else _fista
-    Wp, restarts = solve(W, Hn, tau, alpha, cfg, g, trace)
-    return trace.result(Wp, alpha, lam, g, cfg.solver, restarts)
+    Wp, restarts, used = solve(W, Hn, tau, alpha, cfg, g, log)
+    return log.result(Wp, alpha, lam, g, cfg.solver, restarts, used)
 
 
 def stopping_iteration(objective: torch.Tensor, tol: float) -> int | None:
@@ -213,11 +220,16 @@ class _Trace:
     accelerator the per-iterate seconds are not taken (they would time kernel launches, not the work) and
     `result` leaves them None. Only the stopping rule reads values back, and only when tol is set."""
 
-    def __init__(self, iters: int, tol: float | None, t0: float, device: torch.device | str = "cpu"):
+    def __init__(self, iters: int, tol: float | None, t0: float, device: torch.device | str = "cpu",
+                 every: bool = True):
         self.objective = torch.empty(iters + 1, dtype=torch.float64, device=device)
         timed = torch.device(device).type == "cpu"
         self.seconds = torch.empty(iters + 1, dtype=torch.float64) if timed else None
-        self.n, self.tol, self.t0 = 0, tol, t0
+        self.n, self.tol, self.t0, self.every = 0, tol, t0, every
+
+    def wants(self, k: int) -> bool:
+        """Whether the objective at iterate k (before the k-th step) is recorded: always the first."""
+        return self.every or k == 0
 
     def record(self, value: torch.Tensor) -> None:
         self.objective[self.n] = value
@@ -232,9 +244,9 @@ class _Trace:
         first, prev, cur = self.objective[[0, self.n - 2, self.n - 1]].tolist()  # one read-back
         return abs(prev - cur) <= self.tol * (first - cur)
 
-    def result(self, Wp, alpha, lam, g, solver, restarts) -> RegularizeResult:
+    def result(self, Wp, alpha, lam, g, solver, restarts, iters_used: int) -> RegularizeResult:
         seconds = self.seconds[:self.n].clone() if self.seconds is not None else None
-        return RegularizeResult(Wp, alpha, self.objective[:self.n].to("cpu", copy=True), lam, g, solver, self.n - 1,
+        return RegularizeResult(Wp, alpha, self.objective[:self.n].to("cpu", copy=True), lam, g, solver, iters_used,
                                 int(restarts), seconds)
 
 
@@ -248,23 +260,26 @@ def _prox_step(V: torch.Tensor, tau: torch.Tensor, g: int) -> torch.Tensor:
     return prox_linf(pad_to_groups(V, g, "zero"), tau, topk).reshape(n_out, -1)[:, :n_in]
 
 
-def _pgd(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace) -> tuple[torch.Tensor, int]:
-    """The paper's proximal gradient: W' <- prox(W' - (W' - W) Hn)."""
+def _pgd(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace) -> tuple[torch.Tensor, int, int]:
+    """The paper's proximal gradient: W' <- prox(W' - (W' - W) Hn). Returns (W', restarts = 0, iterations)."""
     Wp = W.clone()
-    for _ in range(cfg.iters):
+    for k in range(cfg.iters):
         D = Wp - W
         G = D @ Hn                                          # gradient [out, in]
-        trace.record(_objective(Wp, D, G, alpha, cfg.beta, g))
-        if trace.converged():
-            return Wp, 0
+        if trace.wants(k):
+            trace.record(_objective(Wp, D, G, alpha, cfg.beta, g))
+            if trace.converged():
+                return Wp, 0, k
         Wp = _prox_step(Wp - G, tau, g)
     D = Wp - W
     trace.record(_objective(Wp, D, D @ Hn, alpha, cfg.beta, g))
-    return Wp, 0
+    return Wp, 0, cfg.iters
 
 
-def _fista(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace) -> tuple[torch.Tensor, torch.Tensor]:
+def _fista(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int,
+           trace: _Trace) -> tuple[torch.Tensor, torch.Tensor, int]:
     """FISTA with gradient-based adaptive restart (module docstring); one matmul per iteration.
+    Returns (W', restarts, iterations).
 
     theta and the restart count stay on the device (float64 / int64 scalars, the same arithmetic as Python
     floats), so the restart test costs no host sync."""
@@ -272,12 +287,13 @@ def _fista(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace) -> t
     X_prev, G_prev = X, torch.zeros_like(W)
     theta = torch.ones((), dtype=torch.float64, device=W.device)
     restarts = torch.zeros((), dtype=torch.int64, device=W.device)
-    for _ in range(cfg.iters):
+    for k in range(cfg.iters):
         D = X - W
         G = D @ Hn                                          # gradient at the iterate X
-        trace.record(_objective(X, D, G, alpha, cfg.beta, g))
-        if trace.converged():
-            return X, restarts
+        if trace.wants(k):
+            trace.record(_objective(X, D, G, alpha, cfg.beta, g))
+            if trace.converged():
+                return X, restarts, k
         theta_next = (1 + torch.sqrt(1 + 4 * theta * theta)) / 2
         weight = (1 + (theta - 1) / theta_next).to(W.dtype)  # 1 + m_k; m_0 = 0 gives Y = X, V = X - G exactly
         # lerp(a, b, 1 + m) = b + m (b - a); the gradient is affine: grad(Y) = G + m (G - G_prev)
@@ -290,7 +306,7 @@ def _fista(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace) -> t
         X_prev, G_prev, X = X, G, X_new
     D = X - W
     trace.record(_objective(X, D, D @ Hn, alpha, cfg.beta, g))
-    return X, restarts
+    return X, restarts, cfg.iters
 
 
 def _objective(Wp, D, G, alpha, beta, g) -> torch.Tensor:

@@ -118,7 +118,8 @@ def first_within(gap: torch.Tensor, eps: float) -> int | None:
 
 def run_problem(p: Problem, beta: float, args) -> dict:
     W = sample_rows(p.W, args.rows, args.seed) if p.kind != "synthetic" else p.W
-    runs = {s: reconstruct(W, p.stats, RegularizeConfig(beta=beta, iters=n, group_size=args.group_size, solver=s))
+    runs = {s: reconstruct(W, p.stats, RegularizeConfig(beta=beta, iters=n, group_size=args.group_size, solver=s),
+                         trace=True)
             for s, n in (("pgd", args.pgd_iters), ("fista", args.ref_iters))}
     best = min(float(r.objective.min()) for r in runs.values())
     ref = runs["fista"].objective
@@ -147,7 +148,8 @@ def ref_check(p: Problem, beta: float, res: dict, iters: int, args) -> dict:
     """Rerun the fista reference of one problem for `iters` iterations: does the shorter reference move
     any reported threshold?"""
     W = sample_rows(p.W, args.rows, args.seed) if p.kind != "synthetic" else p.W
-    long = reconstruct(W, p.stats, RegularizeConfig(beta=beta, iters=iters, group_size=args.group_size, solver="fista"))
+    long = reconstruct(W, p.stats, RegularizeConfig(beta=beta, iters=iters, group_size=args.group_size,
+                                                    solver="fista"), trace=True)
     best_long = min(float(long.objective.min()), res["best"])
     out = dict(problem=p.name, beta=beta, iters=iters, best_short_vs_long=res["best"] / best_long - 1, moved={})
     for s, d in res["solvers"].items():
@@ -161,7 +163,7 @@ def ref_check(p: Problem, beta: float, res: dict, iters: int, args) -> dict:
 
 def full_layer_s_per_iter(p: Problem, solver: str, args, iters: int = 10) -> float:
     r = reconstruct(p.W, p.stats, RegularizeConfig(beta=BETAS[len(BETAS) // 2], iters=iters,
-                                                   group_size=args.group_size, solver=solver))
+                                                   group_size=args.group_size, solver=solver), trace=True)
     return float(r.seconds[-1] - r.seconds[0]) / r.iters_used
 
 

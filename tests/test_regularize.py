@@ -93,7 +93,7 @@ def test_beta_zero_returns_w_unchanged():
 @pytest.mark.parametrize("alpha", ["activation", "uniform"])
 def test_objective_never_increases(alpha):
     W, st = _problem(1)
-    res = reconstruct(W, st, RegularizeConfig(beta=1e-3, iters=300, alpha=alpha, group_size=16))
+    res = reconstruct(W, st, RegularizeConfig(beta=1e-3, iters=300, alpha=alpha, group_size=16), trace=True)
     obj = res.objective
     assert (obj[1:] <= obj[:-1] * (1 + 1e-6) + 1e-12).all()
     assert obj[-1] < obj[0]

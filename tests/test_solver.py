@@ -38,8 +38,8 @@ def _problem(seed=0, n_out=32, n_in=128, tokens=512, sigma=1.0):
 def test_fista_objective_at_most_pgd_at_every_iteration(seed, sigma, beta):
     W, st = _problem(seed, sigma=sigma)
     cfg = RegularizeConfig(beta=beta, iters=200, group_size=32)
-    pgd = reconstruct(W, st, cfg)
-    fista = reconstruct(W, st, dataclasses.replace(cfg, solver="fista"))
+    pgd = reconstruct(W, st, cfg, trace=True)
+    fista = reconstruct(W, st, dataclasses.replace(cfg, solver="fista"), trace=True)
     assert pgd.iters_used == fista.iters_used == 200 and fista.solver == "fista"
     # the first step has no momentum: the same iterate as pgd
     assert torch.equal(fista.objective[:2], pgd.objective[:2])
@@ -81,7 +81,7 @@ def test_stopping_rule_on_hand_made_traces(trace, tol, expected):
 def test_stopping_rule_stops_at_first_small_decrease_and_never_exceeds_iters(solver):
     W, st = _problem(2)
     base = RegularizeConfig(beta=1e-4, iters=150, group_size=32, solver=solver)
-    full = reconstruct(W, st, base)
+    full = reconstruct(W, st, base, trace=True)
     stopped_early = 0
     for tol in (1e-1, 1e-2, 1e-3, 1e-12):
         res = reconstruct(W, st, dataclasses.replace(base, tol=tol))
@@ -107,7 +107,8 @@ def test_beta_zero_returns_w_unchanged(solver):
     trace = regularize._Trace(cfg.iters, None, 0.0)
     Hn = st.H / torch.linalg.eigvalsh(st.H)[-1]
     loop = regularize._pgd if solver == "pgd" else regularize._fista
-    Wp, _ = loop(W, Hn, torch.zeros(W.shape[0], 4), torch.ones(4), cfg, 32, trace)
+    Wp, _, used = loop(W, Hn, torch.zeros(W.shape[0], 4), torch.ones(4), cfg, 32, trace)
+    assert used == cfg.iters and trace.n == cfg.iters + 1
     assert torch.equal(Wp, W) and (trace.objective[:trace.n] == 0).all()
 
 
@@ -131,7 +132,7 @@ def test_final_iterate_is_a_prox_gradient_fixed_point(solver, iters, tol, beta):
 
 def test_fista_restarts_on_an_ill_conditioned_problem():
     W, st = _problem(1, sigma=2.0)
-    res = reconstruct(W, st, RegularizeConfig(beta=1e-2, iters=300, group_size=32, solver="fista"))
+    res = reconstruct(W, st, RegularizeConfig(beta=1e-2, iters=300, group_size=32, solver="fista"), trace=True)
     assert res.restarts >= 1
     assert (res.objective[1:] <= res.objective[:-1] * (1 + 1e-4)).all()  # restarts keep it nearly monotone
 
@@ -168,3 +169,15 @@ def test_fista_through_the_block_loop(tiny_cfg):
     rows = run(cfg, progress=False).loop.rows
     assert len(rows) == 14 and all(r["solver"] == "fista" for r in rows)
     assert all(0 < r["iters_used"] <= cfg.method.iters and r["obj_last"] < r["obj_first"] for r in rows)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_untraced_run_has_the_traced_iterates_and_ends(solver):
+    """Without a trace the objective is evaluated at the first and last iterate only; the iterates, the
+    iteration count and those two values are exactly the traced run's."""
+    W, st = _problem(5)
+    cfg = RegularizeConfig(beta=1e-3, iters=60, group_size=32, solver=solver)
+    traced, plain = reconstruct(W, st, cfg, trace=True), reconstruct(W, st, cfg)
+    assert torch.equal(plain.W, traced.W) and plain.iters_used == traced.iters_used == 60
+    assert plain.restarts == traced.restarts and traced.objective.numel() == 61
+    assert torch.equal(plain.objective, traced.objective[[0, -1]]) and plain.seconds.numel() == 2

@@ -80,24 +80,46 @@ def _inverse_cholesky(H: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, s
         "set gptq.on_cholesky_failure=more_damping or raise gptq.damp_percent")
 
 
-def gptq(W: torch.Tensor, H: torch.Tensor, grid: QuantGrid, cfg: GPTQConfig = GPTQConfig()) -> QuantResult:
-    """Quantize W [out, in] against the input second moment H [in, in] (any positive scale)."""
-    grid.check_layer(W.shape[1])
-    W = W.clone().float()
-    H = H.clone().float()
-    _n_out, n_in = W.shape
-    g = grid.group_len(n_in)
+@dataclass(frozen=True)
+class GPTQFactor:
+    """What GPTQ derives from H alone: the dead input channels (diag H = 0), the act-order permutation
+    (None without act_order) and the upper Cholesky factor U of the damped H^-1 (in permuted order), with
+    the damping fallback taken. Linears that read one H (q/k/v, gate/up) can share it (methods.py)."""
 
+    dead: torch.Tensor
+    perm: torch.Tensor | None
+    U: torch.Tensor
+    fallback: str | None
+
+
+def gptq_factor(H: torch.Tensor, cfg: GPTQConfig = GPTQConfig()) -> GPTQFactor:
+    """GPTQFactor of H [in, in] under cfg (damp_percent, act_order, the Cholesky-failure policy)."""
+    H = H.clone().float()
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1
-    W[:, dead] = 0
-
-    static = find_params(W, grid) if (cfg.static_groups or grid.group_size == -1) else None
     perm = None
     if cfg.act_order:
         perm = torch.argsort(torch.diagonal(H), descending=True)
-        W, H = W[:, perm], H[perm][:, perm]
+        H = H[perm][:, perm]
     U, fallback = _inverse_cholesky(H, cfg)
+    return GPTQFactor(dead, perm, U, fallback)
+
+
+def gptq(W: torch.Tensor, H: torch.Tensor, grid: QuantGrid, cfg: GPTQConfig = GPTQConfig(),
+         factor: GPTQFactor | None = None) -> QuantResult:
+    """Quantize W [out, in] against the input second moment H [in, in] (any positive scale).
+    factor: gptq_factor(H, cfg) when the caller already has it (shared H); None computes it here."""
+    grid.check_layer(W.shape[1])
+    W = W.clone().float()
+    _n_out, n_in = W.shape
+    g = grid.group_len(n_in)
+    f = gptq_factor(H, cfg) if factor is None else factor
+    dead, perm, U, fallback = f.dead, f.perm, f.U, f.fallback
+    W[:, dead] = 0
+
+    static = find_params(W, grid) if (cfg.static_groups or grid.group_size == -1) else None
+    if perm is not None:
+        W = W[:, perm]
 
     Q = torch.zeros_like(W)
     codes = torch.zeros_like(W)

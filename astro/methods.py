@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 from .awq import AWQConfig, search_clip
-from .gptq import GPTQConfig, gptq
+from .gptq import GPTQConfig, GPTQFactor, gptq, gptq_factor
 from .quantizer import QuantGrid, QuantResult, pad_to_groups
 from .regularize import RegularizeConfig, reconstruct, shared_lambda_max
 from .rotation import RotationConfig
@@ -193,7 +193,24 @@ def group_linf_mean(W: torch.Tensor, g: int) -> list[float]:
 
 
 def _quantize(kind: str, W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig) -> QuantResult:
-    return rtn(W, grid) if kind == "rtn" else gptq(W, stats.H, grid, method.gptq)
+    if kind == "rtn":
+        return rtn(W, grid)
+    return gptq(W, stats.H, grid, method.gptq, shared_gptq_factor(stats, method.gptq))
+
+
+def shared_gptq_factor(stats: LayerStats, cfg: GPTQConfig) -> GPTQFactor:
+    """gptq_factor(stats.H, cfg), computed once per stats object and GPTQ config and kept on it (attribute
+    `_gptq_factor`, outside the dataclass fields), so the linears that share one H (the block loop hands
+    q/k/v and gate/up the very same LayerStats) pay for one Cholesky. Dropped when stats.H is replaced or
+    modified in place (tensor identity and version counter are part of the key); bit-identical to
+    computing it per linear."""
+    key = (stats.H, stats.H._version, cfg)
+    cached = stats.__dict__.get("_gptq_factor")
+    if cached is not None and cached[0] is key[0] and cached[1:3] == key[1:]:
+        return cached[3]
+    factor = gptq_factor(stats.H, cfg)
+    stats.__dict__["_gptq_factor"] = (*key, factor)
+    return factor
 
 
 def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig,

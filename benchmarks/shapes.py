@@ -29,8 +29,8 @@ Row sampling and the projection (CPU; --rows / --gptq-rows > 0): every method ru
 its time (and peak memory) is fitted as a + b * rows, then evaluated at each linear's full row count: only the
 row-proportional part b scales, the fixed part a (per-column loop overhead, set-up) does not. The H-only parts
 are timed on their own and never scaled: lambda_max (once per shared H) and GPTQ's factorization
-(astro.gptq._inverse_cholesky, timed inside the call by a wrapper; it runs once per linear, as the library does,
-so q/k/v pay it three times). To fit GPTQ's column loop without redoing the n^3 work, the wrapper hands the
+(astro.gptq._inverse_cholesky, timed inside the call by a wrapper; counted once per shared H, as the library
+computes it: methods.shared_gptq_factor). To fit GPTQ's column loop without redoing the n^3 work, the wrapper hands the
 r_lo / r calls a copy of the factor it computed for the identical H (bit-identical input, so the same result).
 MagR / Astro / AWQ cost ~iterations x rows x in^2, so they run on --rows (default 16); GPTQ and RTN are one pass,
 so they run on --gptq-rows (default 256) for their per-row part to stand out of the loop overhead.
@@ -345,7 +345,8 @@ def summarize(group: dict) -> dict:
     for method, f in group["methods"].items():
         t = dict(measured=0.0, projected=0.0, h_only=0.0, peak=0.0, peak_proj=0.0, per_unit=[])
         h, hb = f.get("h_only", 0.0), f.get("h_only_bytes", 0)
-        for full in units(method, group):
+        for i, full in enumerate(units(method, group)):
+            h = f.get("h_only", 0.0) if i == 0 else 0.0   # H-only work: once per shared H
             sample = full if full in f["points"] else max(f["points"])
             (s_m, b_m), (s_p, b_p) = at(f, sample), at(f, full)
             t["measured"] += h + s_m

@@ -87,3 +87,31 @@ def test_dead_columns_zeroed_and_counted(act_order):
     assert q.dead_columns == 2
     assert torch.equal(q.W_q[:, dead], torch.zeros(32, 2))
     assert (q.W_q[:, [c for c in range(128) if c not in dead]] != 0).any(0).all()   # only those columns
+
+
+def test_shared_factor_is_computed_once_per_h_and_changes_nothing(monkeypatch):
+    """Linears that read one H (q/k/v) get one factorization; their results equal per-linear GPTQ exactly,
+    and a changed H (in place) or GPTQ config gets a fresh factor."""
+    import dataclasses
+
+    from astro import gptq as gptq_module
+    from astro.methods import MethodConfig, process_linear
+    from astro.stats import LayerStats
+    g = torch.Generator().manual_seed(7)
+    X = torch.randn(256, 64, generator=g) * torch.exp(torch.randn(64, generator=g))
+    stats = LayerStats(X.T @ X / 256, 256)
+    Ws = [torch.randn(n, 64, generator=g) for n in (64, 32, 32)]
+    grid, method = QuantGrid(3, 32), MethodConfig("gptq")
+    calls = []
+    real = gptq_module._inverse_cholesky
+    monkeypatch.setattr(gptq_module, "_inverse_cholesky", lambda H, cfg: calls.append(1) or real(H, cfg))
+    shared = [process_linear(W, stats, grid, method).W for W in Ws]
+    assert len(calls) == 1
+    for W, Q in zip(Ws, shared, strict=True):
+        assert torch.equal(Q, gptq(W, stats.H, grid, method.gptq).W_q)
+    assert len(calls) == 4
+    other = dataclasses.replace(method.gptq, damp_percent=2 * method.gptq.damp_percent)
+    process_linear(Ws[0], stats, grid, dataclasses.replace(method, gptq=other))
+    stats.H.mul_(2.0)
+    process_linear(Ws[0], stats, grid, method)
+    assert len(calls) == 6

@@ -33,7 +33,10 @@ LABELS = {"fp": "FP", "rtn": "RTN", "gptq": "GPTQ", "awq": "AWQ", "omniquant": "
           "astro_rtn": "Astro+RTN", "astro": "Astro (reconstructed, unquantized)", "magr": "MagR (unquantized)",
           # the baselines we run: AWQ (RTN) is the paper's AWQ row; weight-only SpinQuant quantizes with GPTQ
           "awq_gptq": "AWQ+GPTQ", "quarot_rtn": "QuaRot+RTN", "quarot_gptq": "QuaRot+GPTQ",
-          "spinquant_gptq": "SpinQuant"}
+          "spinquant_gptq": "SpinQuant",
+          # Astro composed with scaling / rotation (beyond the paper)
+          "awq_astro_gptq": "AWQ+Astro+GPTQ", "quarot_astro_gptq": "QuaRot+Astro+GPTQ",
+          "spinquant_astro_gptq": "SpinQuant+Astro+GPTQ"}
 # our method -> the paper's (analysis/reported.yaml) row it reproduces, where the names differ
 REPORTED_AS = {"spinquant_gptq": "spinquant"}
 NOT_APPLICABLE = "n/a"

@@ -90,6 +90,12 @@ PIPELINES: dict[str, Pipeline] = {
     "quarot_rtn": Pipeline(None, "rtn", model_transform="quarot"),
     "quarot_gptq": Pipeline(None, "gptq", model_transform="quarot"),
     "spinquant_gptq": Pipeline(None, "gptq", model_transform="spinquant"),
+    # Astro composed with scaling / rotation (not in the paper): the transform first, so Astro's H and alpha_k
+    # are those of the transformed layer; AWQ's clipping search runs after Astro, on the weights GPTQ will
+    # quantize (clipping first would fit ranges that Astro's shrinking of group maxima then moves)
+    "awq_astro_gptq": Pipeline("astro", "gptq", clip=True, block_transform="awq", clip_skip=AWQ_CLIP_SKIP),
+    "quarot_astro_gptq": Pipeline("astro", "gptq", model_transform="quarot"),
+    "spinquant_astro_gptq": Pipeline("astro", "gptq", model_transform="spinquant"),
 }
 
 

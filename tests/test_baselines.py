@@ -328,6 +328,36 @@ def test_every_baseline_runs_end_to_end(base_cfg, session):
             assert t["diagnostics"] >= tr["t_diagnostics"] > 0
 
 
+COMPOSED = {"awq_astro_gptq": "awq_gptq", "quarot_astro_gptq": "quarot_gptq", "spinquant_astro_gptq": "spinquant_gptq"}
+
+
+def test_astro_composes_with_scaling_and_rotation(base_cfg, session):
+    """Each composed pipeline runs its transform and then Astro on the transformed layer: every row has both
+    the transform's fields and a reconstruction that lowered Astro's objective, the weights end on the grid,
+    and the run key holds both parts' settings. AWQ's scaling moves the channels' energy, so Astro's alpha_k
+    (from the scaled layer's H) differ from plain Astro's."""
+    from astro.results import canonical_config
+    cfg = dataclasses.replace(base_cfg, method=dataclasses.replace(base_cfg.method, beta=1e-3, iters=10))
+    plain = run(with_method(cfg, "astro_gptq"), session, progress=False).rows
+    for name, part in COMPOSED.items():
+        res = run(with_method(cfg, name), session, progress=False)
+        rows = res.rows
+        assert math.isfinite(res.ppl.ppl) and len(rows) == 14, name
+        assert all(r["obj_last"] < r["obj_first"] and r["iters_used"] == 10 for r in rows), name
+        w = session.model.model.layers[0].mlp.down_proj.weight
+        levels = w.reshape(w.shape[0], -1, 32).sort(-1).values.diff(dim=-1).ne(0).sum(-1) + 1
+        assert int(levels.max()) <= 8, name   # W3: at most 2^3 values per (row, group of 32)
+        key = canonical_config(with_method(cfg, name))["method"]
+        assert key["beta"] == 1e-3 and key["iters"] == 10, name
+        assert ("awq" in key) == name.startswith("awq") and ("rotation" in key) == (not name.startswith("awq"))
+        if name.startswith("awq"):
+            assert res.timings["block_transform"] > 0
+            assert all("awq_alpha" in r and ("clip_ratio_mean" in r or r["clip_skipped"]) for r in rows)
+            assert any(r["alpha"] != p["alpha"] for r, p in zip(rows, plain, strict=True))
+        else:
+            assert res.transform["transform"] == part.split("_")[0] and all("rotation" in r for r in rows)
+
+
 def test_session_restores_a_rotated_model(base_cfg, session):
     run(with_method(base_cfg, "fp"), session, progress=False)
     ids = session.calib_ids[:2]

@@ -10,7 +10,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import ablation_alpha, fig3_efficiency, solver_study, table1, table3, table4, table5, table7
+from analysis import (
+    ablation_alpha,
+    beyond_study,
+    fig3_efficiency,
+    solver_study,
+    table1,
+    table3,
+    table4,
+    table5,
+    table7,
+)
 from analysis.common import Cell, log_tick_label, plain_log_ticks, reported
 from analysis.paired import signed
 from astro.results import ResultStore
@@ -31,6 +41,8 @@ RUN = {
     "solver_study": [("quant=w3g64", "method.beta=5e-6", "solver=pgd200"),
                      ("quant=w3g64", "method.beta=5e-6", "solver=fista_tol")],
     "ablation_alpha": [("quant=w3g64", "method.alpha=uniform")],   # activation W3: table3's record
+    # composed pipelines only: their parts' cells are other tables' records (astro_gptq: table1's)
+    "beyond_study": [("method=awq_astro_gptq",)],
 }
 
 
@@ -268,3 +280,18 @@ def test_fig2_landscape_probe_and_figure(store, tmp_path):
     assert all(math.isfinite(v) for v in p["line_eval_nll"] + p["line_calib_nll"])
     fig2_landscape.main(["--scale", "embedded", "--store", str(store), "--out", str(tmp_path), *TINY])
     assert (tmp_path / "fig2_landscape_embedded.png").stat().st_size > 1000
+
+
+def test_beyond_study(store, tmp_path):
+    _run(beyond_study, store, tmp_path)
+    df = pd.read_csv(tmp_path / "beyond_study_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
+    composed, astro = recs_any("awq_astro_gptq", store), recs_any("astro_gptq", store)
+    assert df.loc["AWQ+Astro+GPTQ", "PPL"] == f"{composed:.2f} (n=1)"
+    assert df.loc["SpinQuant+Astro+GPTQ", "PPL"] == "missing" and df.loc["AWQ+GPTQ", "PPL"] == "missing"
+    paired = pd.read_csv(tmp_path / "beyond_study_paired_embedded.csv", dtype=str,
+                         keep_default_na=False).set_index("comparison")
+    row = paired.loc["AWQ+Astro+GPTQ vs Astro+GPTQ"]   # Astro+GPTQ: table1's record, the same run
+    assert row["paired diff A-B"] == signed(composed - astro)
+    assert row["verdict"] == "single-seed (n=1): no interval"
+    assert paired.loc["AWQ+Astro+GPTQ vs AWQ+GPTQ", "verdict"] == "missing: AWQ+GPTQ"
+    assert paired.loc["QuaRot+Astro+GPTQ vs QuaRot+GPTQ", "verdict"].startswith("missing")

@@ -23,7 +23,8 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 PAPER_MODELS = {"llama2-7b", "llama2-13b", "llama2-70b"}
 EMBEDDED_MODELS = {"smollm2-135m", "gemma3-270m"}
 MAIN_METHODS = {"fp", "rtn", "gptq", "magr_gptq", "astro_gptq"}
-BASELINES = {"awq", "awq_gptq", "quarot_rtn", "quarot_gptq", "spinquant_gptq"}   # issue 6
+BASELINES = {"awq", "awq_gptq", "quarot_rtn", "quarot_gptq", "spinquant_gptq"}   # the baselines we run
+COMPOSED = {"awq_astro_gptq", "quarot_astro_gptq", "spinquant_astro_gptq"}
 BETAS = {5e-6, 1e-5, 3e-5, 5e-5, 1e-4, 5e-4}
 
 # What each artifact must sweep, from the paper (../shared/astro-paper.md): per scale, the set of
@@ -56,6 +57,8 @@ CLAIMS = {
                    "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
     "ablation_alpha": {"paper": ({"llama2-7b"}, W_PAPER, {"astro_gptq"}),
                        "embedded": ({"smollm2-135m"}, W_EMB, {"astro_gptq"})},
+    "beyond_study": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"} | BASELINES - {"quarot_rtn"} | COMPOSED),
+                     "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"} | BASELINES - {"quarot_rtn"} | COMPOSED)},
     "solver_study": {"paper": ({"llama2-7b"}, {(3, 128), (2, 64)}, {"astro_gptq"}),
                      "embedded": ({"smollm2-135m"}, {(3, 64), (2, 64)}, {"astro_gptq"})},
     "calib_study": {"paper": ({"llama2-7b"}, {(3, 128), (4, 128)}, {"gptq", "magr_gptq", "astro_gptq", "awq"}),
@@ -70,7 +73,7 @@ SOLVER_ARMS = {"pgd40": ("pgd", 40, None), "pgd200": ("pgd", 200, None), "fista5
 SEEDS = {"paper": {0}, "embedded": {0, 1, 2}}   # embedded table points run at 3 calibration seeds
 EXTRA_AXES = {  # experiment -> {override key: expected set of values}
     "table1": {"calib.seed": SEEDS}, "table4": {"calib.seed": SEEDS}, "table7": {"calib.seed": SEEDS},
-    "fig3_efficiency": {"calib.seed": SEEDS},
+    "fig3_efficiency": {"calib.seed": SEEDS}, "beyond_study": {"calib.seed": SEEDS},
     "table3": {"method.beta": BETAS, "method.alpha": {"activation", "uniform"}, "calib.seed": SEEDS},
     "sweep_beta": {"method.beta": BETAS, "method.alpha": {"activation", "uniform"}, "calib.seed": SEEDS},
     "ablation_alpha": {"method.alpha": {"activation", "uniform"}, "calib.seed": SEEDS},

@@ -173,6 +173,23 @@ def _git(*args: str) -> str | None:
         return None
 
 
+def build_record(cfg: RunConfig, key: str, *, experiment: str, scale: str | None, started: str, metrics: dict,
+                 timings: dict, probe_kind: str | None = None, **fields) -> dict:
+    """The one constructor of a results-store record, for runs (experiments.run) and probes (the Fig. 1/2
+    probes: probe_kind='fig1' | 'fig2', their measurements in fields['probe']). It fills what every record carries
+    (REQUIRED_FIELDS, the config, the pipeline's numerics versions, the environment); `fields` adds the
+    caller's own (a run's rows and loop timings, a probe's measurements)."""
+    record = {"schema": 1, "key": key, "status": "complete", "experiment": experiment, "scale": scale,
+              "started": started, "finished": now_iso(), "config": to_dict(cfg),
+              "canonical": {"probe": probe_kind, **canonical_config(cfg)} if probe_kind else canonical_config(cfg),
+              "numerics": cfg.method.pipeline.numerics, "metrics": metrics, "timings": timings,
+              "env": environment(cfg.loop.device)}
+    if probe_kind:
+        record["kind"] = f"probe:{probe_kind}"
+    record.update(fields)
+    return record
+
+
 def environment(device: str) -> dict:
     """Where and with what a run was computed: code version, library versions, hardware, threads."""
     import importlib.metadata as md

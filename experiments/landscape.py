@@ -26,8 +26,7 @@ import torch
 from tqdm import tqdm
 
 from astro.blockwise import architecture_of, get_module
-from astro.config import to_dict
-from astro.results import ResultStore, canonical_config, environment, now_iso
+from astro.results import ResultStore, build_record, canonical_config, now_iso
 from astro.run import Session, quantize_model
 from experiments.grid import SCALES, Composer
 
@@ -85,7 +84,7 @@ def main(argv=None) -> None:
     if store.exists(key) and not a.force:
         log.info("probe record exists: %s", store.path(key))
         return
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), now_iso()
     session = Session.open(cfg)
     model, arch = session.model, architecture_of(session.model)
     names = [f"{arch.blocks}.{b}.{lin}" for b in range(len(get_module(model, arch.blocks))) for lin in arch.linears]
@@ -120,15 +119,13 @@ def main(argv=None) -> None:
             line.append(loss_at(t, 0.0))
             bar.update()
     rel = (sum(float(d1[n].norm() ** 2) for n in names) / sum(float(W0[n].norm() ** 2) for n in names)) ** 0.5
-    record = {"schema": 1, "key": key, "status": "complete", "kind": "probe:fig2", "experiment": "fig2_landscape",
-              "scale": a.scale, "started": now_iso(), "config": to_dict(cfg),
-              "canonical": {"probe": "fig2", **canonical_config(cfg)},
-              "probe": {**settings, "a": A, "b": B, "t": T,
-                        "plane_calib_nll": plane_calib, "plane_eval_nll": plane_eval,
-                        "line_calib_nll": [c for c, _ in line], "line_eval_nll": [e for _, e in line],
-                        "relative_step": rel, "eval_tokens_per_loss": int(eval_windows.numel()),
-                        "calib_tokens_per_loss": int(calib_windows.numel()), "reconstruction_seconds": t_recon},
-              "metrics": {}, "timings": {"total": time.perf_counter() - t0}, "env": environment(cfg.loop.device)}
+    record = build_record(
+        cfg, key, experiment="fig2_landscape", scale=a.scale, started=started, metrics={},
+        timings={"total": time.perf_counter() - t0}, probe_kind="fig2",
+        probe={**settings, "a": A, "b": B, "t": T, "plane_calib_nll": plane_calib, "plane_eval_nll": plane_eval,
+                    "line_calib_nll": [c for c, _ in line], "line_eval_nll": [e for _, e in line],
+                    "relative_step": rel, "eval_tokens_per_loss": int(eval_windows.numel()),
+                    "calib_tokens_per_loss": int(calib_windows.numel()), "reconstruction_seconds": t_recon})
     store.write(record)
     log.info("wrote %s (||W_astro - W0|| / ||W0|| = %.4f)", store.path(key), rel)
 

@@ -23,9 +23,8 @@ import numpy as np
 import torch
 
 from astro.blockwise import architecture_of, get_module
-from astro.config import to_dict
 from astro.regularize import reconstruct
-from astro.results import ResultStore, canonical_config, environment, now_iso
+from astro.results import ResultStore, build_record, canonical_config, now_iso
 from astro.run import Session
 from astro.stats import HessianAccumulator
 from experiments.grid import SCALES, Composer
@@ -86,7 +85,7 @@ def main(argv=None) -> None:
     if store.exists(key) and not a.force:
         log.info("probe record exists: %s", store.path(key))
         return
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), now_iso()
     X = layer_inputs(model, arch, session.calib_ids, block, a.linear, cfg.loop.batch_size)   # [N, in]
     W = get_module(model, f"{arch.blocks}.{block}.{a.linear}").weight.detach().float()       # [out, in]
     acc = HessianAccumulator(X.shape[1])
@@ -101,14 +100,13 @@ def main(argv=None) -> None:
     np.savez_compressed(tmp, W=W.half().numpy(), W_astro=reg.W.half().numpy(), X=X[rows].half().numpy(),
                         alpha=reg.alpha.numpy(), group_xnorm=stats.group_sq_norms(g).clamp(min=0).sqrt().numpy())
     tmp.replace(run_dir / "arrays.npz")
-    record = {"schema": 1, "key": key, "status": "complete", "kind": "probe:fig1", "experiment": "fig1_outliers",
-              "scale": a.scale, "started": now_iso(), "config": to_dict(cfg),
-              "canonical": {"probe": "fig1", **canonical_config(cfg)},
-              "probe": {"block": block, "linear": a.linear, "n_tokens": int(X.shape[0]), "sample_rows": len(rows),
-                        "shape": list(W.shape), "group_size": g, "beta": cfg.method.beta, "iters": cfg.method.iters,
-                        "alpha_mode": cfg.method.regularize_config(g).alpha, "objective_first": float(reg.objective[0]),
-                        "objective_last": float(reg.objective[-1]), "arrays": "arrays.npz"},
-              "metrics": {}, "timings": {"total": time.perf_counter() - t0}, "env": environment(cfg.loop.device)}
+    record = build_record(
+        cfg, key, experiment="fig1_outliers", scale=a.scale, started=started, metrics={},
+        timings={"total": time.perf_counter() - t0}, probe_kind="fig1",
+        probe={"block": block, "linear": a.linear, "n_tokens": int(X.shape[0]), "sample_rows": len(rows),
+                    "shape": list(W.shape), "group_size": g, "beta": cfg.method.beta, "iters": cfg.method.iters,
+                    "alpha_mode": cfg.method.regularize_config(g).alpha, "objective_first": float(reg.objective[0]),
+                    "objective_last": float(reg.objective[-1]), "arrays": "arrays.npz"})
     store.write(record)
     log.info("wrote %s (block %d %s, %d tokens)", store.path(key), block, a.linear, X.shape[0])
 

@@ -33,9 +33,8 @@ from astro.export import ExportCollector, card_from_run, check_run_exportable, e
 from astro.models import local_fingerprint
 from astro.results import (
     ResultStore,
-    canonical_config,
+    build_record,
     describe_lock,
-    environment,
     nonfinite_paths,
     now_iso,
     null_nonfinite,
@@ -195,16 +194,12 @@ def _run_locked(cfg: RunConfig, key: str, extras: dict, store: ResultStore, want
     res.timings["setup"] += t_open  # loading the model and corpora (0 when an earlier job of this process did)
     res.timings["total"] += t_open
     ctx = context()
-    record = {"schema": 1, "key": key, "status": "complete", "name": f"{exp}:{describe(cfg)}",
-              "started": started, "finished": now_iso(), "experiment": exp,
-              "scale": ctx.get("choices", {}).get("scale"),
-              "config": res.config, "canonical": canonical_config(cfg), "context": ctx,
-              "numerics": cfg.method.pipeline.numerics, "metrics": metrics, "timings": res.timings,
-              "loop_timings": res.loop.timings if res.loop else {}, "transform": res.transform,
-              "fallbacks": res.fallbacks(),
-              "rows": res.rows, "tasks": res.tasks.to_dict() if res.tasks else None,
-              "env": environment(cfg.loop.device), "memory": peak_memory(cfg.loop.device),
-              "wall_seconds": time.perf_counter() - t0}
+    record = build_record(cfg, key, experiment=exp, scale=ctx.get("choices", {}).get("scale"), started=started,
+                          metrics=metrics, timings=res.timings, name=f"{exp}:{describe(cfg)}", context=ctx,
+                          loop_timings=res.loop.timings if res.loop else {}, transform=res.transform,
+                          fallbacks=res.fallbacks(), rows=res.rows,
+                          tasks=res.tasks.to_dict() if res.tasks else None, memory=peak_memory(cfg.loop.device),
+                          wall_seconds=time.perf_counter() - t0)
     odd = nonfinite_paths(record)
     if odd:   # diagnostics only (the metrics are finite): stored as null, records stay strict JSON
         log.warning("%s [%s]: non-finite diagnostic value(s) stored as null: %s%s", describe(cfg), key,

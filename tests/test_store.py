@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from astro.results import ResultStore, run_key
+from astro.results import ResultStore, canonical_config, run_key
 from experiments import run as runner
 from experiments.grid import Composer
 
@@ -233,7 +233,7 @@ def test_embedded_keys_unchanged():
     bumped = 0
     for r in recs:
         cfg = from_dict(RunConfig, r["config"])
-        assert "fingerprint" not in runner.canonical_config(cfg)["model"]
+        assert "fingerprint" not in canonical_config(cfg)["model"]
         # a pipeline whose numerics changed since (astro.methods.NUMERICS: AWQ, SpinQuant) gets a new key, so
         # its old records are not reused; every other record keeps its key
         made_by = r.get("numerics") or {}   # records older than the versions carry none: every version 1
@@ -309,7 +309,7 @@ def test_numerics_version_keys_only_the_pipelines_that_use_the_component(monkeyp
     monkeypatch.setitem(methods.NUMERICS, "gptq", methods.NUMERICS["gptq"] + 1)
     after = {m: run_key(c) for m, c in cfgs.items()}
     assert {m for m in cfgs if after[m] != before[m]} == {"gptq", "astro_gptq", "spinquant_gptq"}
-    assert runner.canonical_config(cfgs["gptq"])["numerics"] == {"gptq": 2}
+    assert canonical_config(cfgs["gptq"])["numerics"] == {"gptq": 2}
     assert cfgs["awq"].method.pipeline.numerics == {"awq": methods.NUMERICS["awq"], "rtn": 1}
 
 

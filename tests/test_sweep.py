@@ -134,3 +134,20 @@ def test_session_reuse_follows_what_session_open_reads(tiny_cfg):
     c = runner._session(dataclasses.replace(tiny_cfg, eval=dataclasses.replace(tiny_cfg.eval, seq_len=32)))
     assert c is not b and c.eval_stream.seq_len == 32
     runner._session_cache.clear()
+
+
+def test_quickstart_writes_the_sweeps_records(tmp_path):
+    """The quickstart's runs go through the runner into the store, under the keys a sweep gives the same
+    configuration, so either reuses the other's records; its table names each record."""
+    small = ["model=tiny-random-llama", "calib.n_samples=4", "calib.seq_len=64", "eval.seq_len=64",
+             "eval.max_windows=2", "method.beta=5e-5", "method.iters=40"]
+    cmd = [sys.executable, "-m", "experiments.quickstart", *small, "methods=[rtn,gptq]",
+           f"store.root={tmp_path / 'store'}", f"output={tmp_path / 'qs'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    keys = _keys(tmp_path)
+    with Composer() as c:
+        sweep = {p.key for p in c.points("single", "embedded", (*small, "method=rtn,gptq"))}
+    assert keys == sweep and len(keys) == 2
+    table = (tmp_path / "qs.md").read_text()
+    assert all(k in table for k in keys) and "| GPTQ |" in table

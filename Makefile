@@ -133,7 +133,7 @@ sweep-beta: setup  ## the paper's beta grid (5e-6 ... 5e-4) x alpha activation|u
 	$(call sweep,sweep_beta)
 	$(call analyze,table3)
 
-solver-study: setup  ## issue 8: PPL vs Astro time, pgd-200 (paper) vs fista-50/200/to-tolerance at W3 and W2 (+ pgd-40)
+solver-study: setup  ## solver study: PPL vs Astro time, pgd-200 (paper) vs fista-50/200/to-tolerance at W3 and W2 (+ pgd-40)
 	$(call sweep,solver_study)
 	$(call analyze,solver_study)
 

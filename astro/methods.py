@@ -205,18 +205,9 @@ def _quantize(kind: str, W: torch.Tensor, stats: LayerStats, grid: QuantGrid, me
 
 
 def shared_gptq_factor(stats: LayerStats, cfg: GPTQConfig) -> GPTQFactor:
-    """gptq_factor(stats.H, cfg), computed once per stats object and GPTQ config and kept on it (attribute
-    `_gptq_factor`, outside the dataclass fields), so the linears that share one H (the block loop hands
-    q/k/v and gate/up the very same LayerStats) pay for one Cholesky. Dropped when stats.H is replaced or
-    modified in place (tensor identity and version counter are part of the key); bit-identical to
-    computing it per linear."""
-    key = (stats.H, stats.H._version, cfg)
-    cached = stats.__dict__.get("_gptq_factor")
-    if cached is not None and cached[0] is key[0] and cached[1:3] == key[1:]:
-        return cached[3]
-    factor = gptq_factor(stats.H, cfg)
-    stats.__dict__["_gptq_factor"] = (*key, factor)
-    return factor
+    """gptq_factor(stats.H, cfg), computed once per shared H and GPTQ config (LayerStats.derived), so the
+    linears that share one H pay for one Cholesky; bit-identical to computing it per linear."""
+    return stats.derived("gptq_factor", lambda: gptq_factor(stats.H, cfg), cfg)[0]
 
 
 def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig,

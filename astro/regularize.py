@@ -162,20 +162,11 @@ def lambda_max(H: torch.Tensor, device: torch.device | str) -> float:
 
 def shared_lambda_max(stats: LayerStats, device: torch.device | str) -> tuple[float, float]:
     """(lambda_max(stats.H) on `device`, seconds spent computing it now): the eigendecomposition runs once per
-    stats object and is kept on it (attribute `_lambda_max`, outside the dataclass fields, so equality and
-    repr ignore it), so the linears that share one H (q/k/v, gate/up: the block loop hands them the very
-    same LayerStats) pay for it once; reused values cost 0.0 seconds. The cache is dropped when stats.H is
-    replaced or modified in place (its tensor identity and version counter are part of the key) or the
-    device differs; the value is bit-identical to `lambda_max(stats.H, device)`."""
-    key = (stats.H, stats.H._version, str(torch.device(device)))
-    cached = stats.__dict__.get("_lambda_max")
-    if cached is not None and cached[0] is key[0] and cached[1:3] == key[1:]:
-        return cached[3], 0.0
+    shared H and device (LayerStats.derived), so the linears that share one H pay for it once; reused values
+    cost 0.0 seconds and are bit-identical to `lambda_max(stats.H, device)`."""
     t = time.perf_counter()
-    lam = lambda_max(stats.H, device)
-    seconds = time.perf_counter() - t
-    stats.__dict__["_lambda_max"] = (*key, lam)
-    return lam, seconds
+    lam, fresh = stats.derived("lambda_max", lambda: lambda_max(stats.H, device), str(torch.device(device)))
+    return lam, (time.perf_counter() - t if fresh else 0.0)
 
 
 def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig,

@@ -8,6 +8,7 @@ not depend on how many samples were used), plus N. Group activation norms follow
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,19 @@ class LayerStats:
     n_tokens: int
     first_share: tuple[float, ...] | None = None
     holdout: LayerStats | None = None
+
+    def derived(self, name: str, compute: Callable[[], object], *key) -> tuple[object, bool]:
+        """(compute(), True) the first time, then (the kept value, False) while H is the same tensor,
+        unmodified (identity and version counter) and `key` is equal: what the linears that share one H (the
+        block loop hands q/k/v and gate/up the very same LayerStats) derive from it once. Kept as attribute
+        `_derived_<name>`, outside the dataclass fields, so equality and repr ignore it."""
+        attr, ident = f"_derived_{name}", (self.H._version, *key)
+        kept = self.__dict__.get(attr)
+        if kept is not None and kept[0] is self.H and kept[1] == ident:
+            return kept[2], False
+        value = compute()
+        self.__dict__[attr] = (self.H, ident, value)
+        return value, True
 
     def group_sq_norms(self, group_len: int) -> torch.Tensor:
         """||X^(k)||_F^2 / N for each group of `group_len` consecutive input channels: [G]."""

@@ -28,10 +28,9 @@ of SpinQuant's loss that produces the gradient (which dominates its real cost).
 Row sampling and the projection (CPU; --rows / --gptq-rows > 0): every method runs on r_lo = r / 4 and r rows and
 its time (and peak memory) is fitted as a + b * rows, then evaluated at each linear's full row count: only the
 row-proportional part b scales, the fixed part a (per-column loop overhead, set-up) does not. The H-only parts
-are timed on their own and never scaled: lambda_max (once per shared H) and GPTQ's factorization
-(astro.gptq._inverse_cholesky, timed inside the call by a wrapper; counted once per shared H, as the library
-computes it: methods.shared_gptq_factor). To fit GPTQ's column loop without redoing the n^3 work, the wrapper hands the
-r_lo / r calls a copy of the factor it computed for the identical H (bit-identical input, so the same result).
+are timed on their own and never scaled: lambda_max and GPTQ's factorization (astro.gptq.gptq_factor), each
+once per shared H as the library computes them (shared_lambda_max, methods.shared_gptq_factor); GPTQ's column
+loop is then timed at r_lo and r rows given that factor, as the linears sharing H get it.
 MagR / Astro / AWQ cost ~iterations x rows x in^2, so they run on --rows (default 16); GPTQ and RTN are one pass,
 so they run on --gptq-rows (default 256) for their per-row part to stand out of the loop overhead.
 GPU (--device cuda, rows 0 = full): every group runs at its linears' full row counts; measured = projected.
@@ -57,13 +56,11 @@ import platform
 import threading
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 
-import astro.gptq
 from astro.awq import search_scales
-from astro.gptq import gptq
+from astro.gptq import gptq, gptq_factor
 from astro.methods import MethodConfig
 from astro.quantizer import QuantGrid
 from astro.regularize import reconstruct, shared_lambda_max
@@ -192,31 +189,6 @@ def probe(fn, device: str) -> tuple[float, int]:
     return p.seconds, p.bytes
 
 
-class CholeskyMemo:
-    """Stands in for astro.gptq._inverse_cholesky: times it (`seconds`, summed) and, for an H equal to the one
-    it factored last, returns a copy of that factor (made inside the call, so memory matches a fresh one)."""
-
-    def __init__(self, device: str):
-        self.original = astro.gptq._inverse_cholesky
-        self.device, self.seconds, self.key, self.value = device, 0.0, None, None
-
-    def sync(self) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    def __call__(self, H: torch.Tensor, cfg):
-        self.sync()
-        t = time.perf_counter()
-        if self.key is not None and self.key.shape == H.shape and torch.equal(self.key, H):
-            out = (self.value[0].clone(), self.value[1])
-        else:
-            out = self.original(H, cfg)
-            self.key, self.value = H.clone(), out
-        self.sync()
-        self.seconds += time.perf_counter() - t
-        return out
-
-
 def fit(points: dict[int, tuple[float, int]]) -> dict:
     """Line a + b * rows through the smallest and largest measured row counts (seconds and bytes)."""
     lo, hi = min(points), max(points)
@@ -250,18 +222,14 @@ def regularizers(args) -> dict:
 
 
 def measure_gptq(H: torch.Tensor, n: int, rows: list[int], grid: QuantGrid, seed: int, args) -> dict:
-    """GPTQ's factorization (timed inside the first call) and its column loop at each row count (reused factor)."""
+    """GPTQ's factorization (once per shared H) and its column loop at each row count given that factor."""
     cfg = MethodConfig("gptq").gptq
-    memo = CholeskyMemo(args.device)
-    with mock.patch.object(astro.gptq, "_inverse_cholesky", memo):
-        W = build_w(rows[0], n, seed, args.device)
-        _, chol_bytes = probe(lambda: gptq(W, H, grid, cfg), args.device)
-        chol_s, points = memo.seconds, {}
-        for r in rows:
-            W = build_w(r, n, seed + r, args.device)
-            memo.seconds = 0.0
-            s, b = probe(lambda W=W: gptq(W, H, grid, cfg), args.device)
-            points[r] = (s - memo.seconds, b)
+    made: list = []
+    chol_s, chol_bytes = probe(lambda: made.append(gptq_factor(H, cfg)), args.device)
+    points = {}
+    for r in rows:
+        W = build_w(r, n, seed + r, args.device)
+        points[r] = probe(lambda W=W: gptq(W, H, grid, cfg, made[0]), args.device)
     return dict(h_only=chol_s, h_only_bytes=chol_bytes, **fit(points))
 
 
@@ -344,7 +312,7 @@ def summarize(group: dict) -> dict:
     out = {}
     for method, f in group["methods"].items():
         t = dict(measured=0.0, projected=0.0, h_only=0.0, peak=0.0, peak_proj=0.0, per_unit=[])
-        h, hb = f.get("h_only", 0.0), f.get("h_only_bytes", 0)
+        hb = f.get("h_only_bytes", 0)
         for i, full in enumerate(units(method, group)):
             h = f.get("h_only", 0.0) if i == 0 else 0.0   # H-only work: once per shared H
             sample = full if full in f["points"] else max(f["points"])
@@ -450,8 +418,9 @@ def model_section(key: str, m: dict) -> list[str]:
               f"{c['steps']} steps = {dur(c['total'])}. Updates only: the forward/backward pass of SpinQuant's "
               "loss through the whole model at every step, which produces the gradient, is not included."]
     methods = list(m["block"])
-    L += ["", "Per input group, projected seconds per linear (H-only part included; lambda_max and AWQ once "
-          "per group):", "", "| group | linears (rows) | in | " + " | ".join(methods) + " |",
+    L += ["", "Per input group, projected seconds of its first linear (which pays the group's H-only work: "
+          "lambda_max, GPTQ's factorization; AWQ runs once per group):", "",
+          "| group | linears (rows) | in | " + " | ".join(methods) + " |",
           "|---|---|---|" + "---|" * len(methods)]
     for name, g in m["groups"].items():
         cells = [f"{g['summary'][k]['per_unit'][0]:.2f}" if k in g["summary"] else "-" for k in methods]

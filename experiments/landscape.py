@@ -123,9 +123,9 @@ def main(argv=None) -> None:
         cfg, key, experiment="fig2_landscape", scale=a.scale, started=started, metrics={},
         timings={"total": time.perf_counter() - t0}, probe_kind="fig2",
         probe={**settings, "a": A, "b": B, "t": T, "plane_calib_nll": plane_calib, "plane_eval_nll": plane_eval,
-                    "line_calib_nll": [c for c, _ in line], "line_eval_nll": [e for _, e in line],
-                    "relative_step": rel, "eval_tokens_per_loss": int(eval_windows.numel()),
-                    "calib_tokens_per_loss": int(calib_windows.numel()), "reconstruction_seconds": t_recon})
+               "line_calib_nll": [c for c, _ in line], "line_eval_nll": [e for _, e in line],
+               "relative_step": rel, "eval_tokens_per_loss": int(eval_windows.numel()),
+               "calib_tokens_per_loss": int(calib_windows.numel()), "reconstruction_seconds": t_recon})
     store.write(record)
     log.info("wrote %s (||W_astro - W0|| / ||W0|| = %.4f)", store.path(key), rel)
 

@@ -104,9 +104,9 @@ def main(argv=None) -> None:
         cfg, key, experiment="fig1_outliers", scale=a.scale, started=started, metrics={},
         timings={"total": time.perf_counter() - t0}, probe_kind="fig1",
         probe={"block": block, "linear": a.linear, "n_tokens": int(X.shape[0]), "sample_rows": len(rows),
-                    "shape": list(W.shape), "group_size": g, "beta": cfg.method.beta, "iters": cfg.method.iters,
-                    "alpha_mode": cfg.method.regularize_config(g).alpha, "objective_first": float(reg.objective[0]),
-                    "objective_last": float(reg.objective[-1]), "arrays": "arrays.npz"})
+               "shape": list(W.shape), "group_size": g, "beta": cfg.method.beta, "iters": cfg.method.iters,
+               "alpha_mode": cfg.method.regularize_config(g).alpha, "objective_first": float(reg.objective[0]),
+               "objective_last": float(reg.objective[-1]), "arrays": "arrays.npz"})
     store.write(record)
     log.info("wrote %s (block %d %s, %d tokens)", store.path(key), block, a.linear, X.shape[0])
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from analysis.common import LABELS as TABLE_LABELS
 from astro.config import RunConfig
 from astro.methods import PIPELINES
 from astro.results import ResultStore
@@ -25,9 +26,8 @@ from experiments.run import run_job, split_config
 
 log = logging.getLogger("quickstart")
 
-LABELS = {"fp": "FP (dequantized)", "rtn": "RTN", "gptq": "GPTQ", "magr_gptq": "MagR+GPTQ",
-          "astro_gptq": "Astro+GPTQ", "magr_rtn": "MagR+RTN", "astro_rtn": "Astro+RTN",
-          "astro": "Astro (unquantized)", "magr": "MagR (unquantized)"}
+# the tables' labels (every pipeline has one); FP here is the embedded GGUF's weights, dequantized
+LABELS = {**TABLE_LABELS, "fp": "FP (dequantized)"}
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -81,6 +81,7 @@ def main(hcfg: DictConfig) -> None:
     atomic_write(output.with_suffix(".json"), json.dumps(records, indent=1))
     print(text)
     log.info("wrote %s.md and %s.json; records in %s", output, output, store.root)
+
 
 if __name__ == "__main__":
     main()

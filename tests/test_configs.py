@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
 from hydra import compose
 
 from astro.config import RunConfig
@@ -210,17 +209,23 @@ def test_solver_arm_pgd40_shares_sweep_beta_records(hydra_conf):
     assert len(set(keys.values())) == len(SOLVER_ARMS)
 
 
-def test_method_schema_matches_dataclass():
-    schema = yaml.safe_load((CONF / "schema" / "method.yaml").read_text())
-    assert schema == dataclasses.asdict(MethodConfig())
-
-
-def test_eval_schema_matches_dataclass():
-    from astro.config import EvalConfig
-    schema = yaml.safe_load((CONF / "schema" / "eval.yaml").read_text())
-    d = dataclasses.asdict(EvalConfig())
-    d["lm_eval"]["tasks"] = list(d["lm_eval"]["tasks"])
-    assert schema == {k: v for k, v in d.items() if k not in ("corpus", "seq_len")}
+def test_schema_is_the_dataclasses(hydra_conf):
+    """Each section's keys, types and defaults come from its RunConfig dataclass (experiments/schema.py): every
+    method composes to every MethodConfig field, fields that no config sets keep the dataclass default, and a
+    value of the wrong type fails at composition naming its key."""
+    from astro.blockwise import LoopConfig
+    from astro.gptq import GPTQConfig
+    fields = {f.name for f in dataclasses.fields(MethodConfig)}
+    for name in sorted(p.stem for p in (CONF / "method").glob("*.yaml")):
+        assert set(hydra_conf.raw([f"method={name}"])["method"]) == fields, name
+    raw = hydra_conf.raw([])
+    assert raw["method"]["gptq"] == dataclasses.asdict(GPTQConfig())
+    assert raw["loop"] == dataclasses.asdict(LoopConfig())
+    assert raw["eval"]["lm_eval"]["bootstrap_iters"] == RunConfig().eval.lm_eval.bootstrap_iters
+    for override, key in (("method.beta=abc", "method.beta"), ("quant.bits=x", "quant.bits"),
+                          ("eval.max_windows=many", "eval.max_windows")):
+        with pytest.raises(Exception, match=key.replace(".", r"\.")):
+            _compose([override])
 
 
 def test_model_widths_match_models(hydra_conf):

@@ -223,24 +223,26 @@ def test_fingerprint_is_computed_once_per_file_version(tmp_path, monkeypatch):
     assert n >= 2 and models.local_fingerprint(cfg) == fp and len(calls) == n
 
 
-def test_embedded_keys_unchanged():
-    """Records of embedded models (archive/) keep their keys (no fingerprint enters their canonical config), except
-    those of pipelines whose numerics changed since they were written."""
+def test_archived_keys_unchanged():
+    """Every record in archive/ keeps its key when rebuilt from its stored config (no fingerprint enters the
+    canonical config of an embedded model), except the records that a later rule deliberately stops reusing:
+    pipelines whose numerics changed since they were written, and Gemma calibrations made without the BOS
+    that its evaluation adds."""
     from astro.config import RunConfig, from_dict
+    from astro.results import calibrates_with_bos
     recs = [json.loads(p.read_text()) for p in sorted(ROOT.glob("archive/*/*/record.json"))]
-    recs = [r for r in recs if not r.get("kind") and r["config"]["model"]["source"] == "smollm2-135m"]
-    assert len(recs) > 50
-    bumped = 0
+    recs = [r for r in recs if "probe" not in r["canonical"]]
+    assert len(recs) > 120
+    superseded = 0
     for r in recs:
         cfg = from_dict(RunConfig, r["config"])
         assert "fingerprint" not in canonical_config(cfg)["model"]
-        # a pipeline whose numerics changed since (astro.methods.NUMERICS: AWQ, SpinQuant) gets a new key, so
-        # its old records are not reused; every other record keeps its key
         made_by = r.get("numerics") or {}   # records older than the versions carry none: every version 1
         changed = any(v != made_by.get(c, 1) for c, v in cfg.method.pipeline.numerics.items())
-        bumped += changed
+        changed |= calibrates_with_bos(cfg) and "bos" not in r["canonical"].get("calib", {"bos": None})
+        superseded += changed
         assert (run_key(cfg) == r["key"]) != changed, r["key"]
-    assert bumped > 0
+    assert 0 < superseded < len(recs) // 4
 
 
 # 5. concurrent sweeps do not compute one point twice

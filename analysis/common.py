@@ -4,6 +4,15 @@ reported numbers, and writers for Markdown / LaTeX / CSV tables and PNG / PDF fi
 Numbers come only from run records (astro/results.py) and analysis/reported.yaml. A grid point without
 a record stays in the table as an explicit "missing" cell. Several records that differ only in the
 calibration seed are one cell: mean +- std over seeds.
+
+Which records a cell shows: those whose *stored* canonical config (the record's own account of what
+determined its numbers) equals the canonical config of today's grid point, the seed aside. The canonical
+config holds only the fields the method's pipeline declares it reads (astro.methods.Pipeline.reads), and a
+field added later enters it only away from its old-behaviour default (astro.fields.added_field). So a new
+field, or a changed default of a field the method does not read, leaves every record in its cell; a change
+to what a run's numbers depend on (a field it reads, a component's version) makes the old records another
+configuration, and the cell says "missing" (the log names the fields in which the store's records of the
+same method, model and setting differ).
 """
 
 from __future__ import annotations
@@ -15,12 +24,14 @@ import json
 import logging
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from astro.methods import PIPELINES
 from astro.results import ResultStore, atomic_write_text, canonical_config
 from experiments.grid import SCALES, Composer
 
@@ -28,15 +39,25 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 MISSING = "missing"
-LABELS = {"fp": "FP", "rtn": "RTN", "gptq": "GPTQ", "awq": "AWQ", "omniquant": "OmniQuant",
-          "spinquant": "SpinQuant", "magr_gptq": "MagR+GPTQ", "astro_gptq": "Astro+GPTQ", "magr_rtn": "MagR+RTN",
-          "astro_rtn": "Astro+RTN", "astro": "Astro (reconstructed, unquantized)", "magr": "MagR (unquantized)",
-          # the baselines we run: AWQ (RTN) is the paper's AWQ row; weight-only SpinQuant quantizes with GPTQ
-          "awq_gptq": "AWQ+GPTQ", "quarot_rtn": "QuaRot+RTN", "quarot_gptq": "QuaRot+GPTQ",
-          "spinquant_gptq": "SpinQuant",
-          # Astro composed with scaling / rotation (beyond the paper)
-          "awq_astro_gptq": "AWQ+Astro+GPTQ", "quarot_astro_gptq": "QuaRot+Astro+GPTQ",
-          "spinquant_astro_gptq": "SpinQuant+Astro+GPTQ"}
+# Rows the paper reports for methods we do not run (analysis/reported.yaml); every pipeline's label is its own
+# (astro.methods.Pipeline.label), so a pipeline registered later is labelled too.
+PAPER_ONLY_LABELS = {"omniquant": "OmniQuant", "spinquant": "SpinQuant"}
+
+
+class _Labels(Mapping):
+    """method name -> the label tables and figures give it."""
+
+    def __getitem__(self, name: str) -> str:
+        return PIPELINES[name].label if name in PIPELINES else PAPER_ONLY_LABELS[name]
+
+    def __iter__(self):
+        return iter({**PAPER_ONLY_LABELS, **PIPELINES})
+
+    def __len__(self) -> int:
+        return len({**PAPER_ONLY_LABELS, **PIPELINES})
+
+
+LABELS = _Labels()
 # our method -> the paper's (analysis/reported.yaml) row it reproduces, where the names differ
 REPORTED_AS = {"spinquant_gptq": "spinquant"}
 NOT_APPLICABLE = "n/a"
@@ -110,12 +131,39 @@ def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...
         points = c.points(experiment, scale, extra)
     out, seen = [], set()
     for p in points:  # points that differ only in calib.seed are one cell (mean +- std over seeds)
-        sk = seedless_key(canonical_config(p.config))
+        canonical = json.loads(json.dumps(canonical_config(p.config)))   # as records store it (tuples: lists)
+        sk = seedless_key(canonical)
         ident = (sk, tuple(sorted((k, v) for k, v in p.choices.items() if k != "calib.seed")))
         if ident not in seen:
             seen.add(ident)
             out.append(Cell(p.choices, p.config, p.key, by_seedless.get(sk, [])))
+            if sk not in by_seedless:
+                _explain_missing(canonical, by_seedless, p.choices)
     return out
+
+
+def differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted paths at which nested dicts a and b differ (a key in only one of them included)."""
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        va, vb, path = a.get(k), b.get(k), f"{prefix}{k}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += differing_fields(va, vb, path + ".")
+        elif va != vb or (k in a) != (k in b):
+            out.append(path)
+    return out
+
+
+def _explain_missing(canonical: dict, by_seedless: dict[str, list], choices: dict) -> None:
+    """Log why a cell has no record when the store holds records of the same method, model and setting."""
+    def same_run_family(c: dict) -> bool:
+        return all(c.get(s) == canonical.get(s) for s in ("model", "quant")) and \
+            c.get("method", {}).get("name") == canonical["method"]["name"]
+    near = [recs[0]["canonical"] for recs in by_seedless.values() if same_run_family(recs[0]["canonical"])]
+    if near:
+        fields = Counter(f for c in near for f in differing_fields(canonical, c) if f != "calib.seed")
+        log.info("missing %s: the store has %d configuration(s) of this method, model and setting, differing in %s",
+                 choices, len(near), ", ".join(f"{f} ({n})" for f, n in fields.most_common(6)))
 
 
 def find_probe(store: ResultStore, kind: str, canonical: dict, make_target: str, **match) -> dict:

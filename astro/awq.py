@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .fields import added_field
 from .quantizer import QuantGrid, dequantize, pad_to_groups, params_from_ranges, quantize_codes
 from .rtn import rtn
 from .stats import h_error
@@ -42,9 +43,9 @@ class AWQConfig:
     clip_grid: shrink ratios tried per (row, group): 1, 1 - max_shrink/clip_grid, ...; 1 = no clipping
     search. max_shrink: the largest range reduction tried (AWQ: 0.5)."""
 
-    grid: int = 20
-    clip_grid: int = 10
-    max_shrink: float = 0.5
+    grid: int = added_field(20)
+    clip_grid: int = added_field(10)
+    max_shrink: float = added_field(0.5)
 
     def __post_init__(self):
         if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 2:

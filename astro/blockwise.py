@@ -20,6 +20,7 @@ Two extension points keep every method inside this one loop (astro/transforms.py
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -153,8 +154,9 @@ class _StopCapture(Exception):
     pass
 
 
-class _GroupDone(Exception):
-    pass
+class _AllSeen(Exception):
+    """Raised from a forward pre-hook once every hooked linear has read its input: torch has no other way for
+    a hook to end a forward, and the rest of it is not needed."""
 
 
 class _Recorder(nn.Module):
@@ -233,47 +235,118 @@ def capture_inputs(model: nn.Module, arch: Architecture, input_ids: torch.Tensor
     return hidden, kwargs
 
 
-def collect_stats(forward: Callable[[torch.Tensor], object], hidden: list[torch.Tensor], linears: dict[str, nn.Module],
-                  where: str, weights: TokenWeights = TokenWeights(), device: str = "cpu"
-                  ) -> tuple[dict[str, LayerStats], dict[str, str]]:
-    """Run each chunk of `hidden` through the block (forward) until every one of `linears` has seen its
-    input, accumulating H per distinct input tensor. Returns the statistics of each linear that owns an
-    input and {linear: owner} for linears that read the very same tensor as an earlier one (q/k/v,
-    gate/up share one H). where: names the block in errors."""
-    accs = {name: HessianAccumulator(lin.in_features, device=device, weights=weights) for name, lin in linears.items()}
+@torch.no_grad()
+def each_linear_input(forward: Callable[[torch.Tensor], object], chunks: list[torch.Tensor],
+                      linears: dict[str, nn.Module], on_input: Callable[[int, str, torch.Tensor], None]) -> None:
+    """For each chunk i, run forward(chunks[i]) until every one of `linears` has read its input, calling
+    on_input(i, name, x) with the input x each linear receives; the rest of the forward is skipped. The one
+    way the loop, AWQ's scale search and the Fig. 1 probe see the inputs of linears."""
     fired: set[str] = set()
-    seen: dict[int, tuple[str, torch.Tensor]] = {}   # input tensors of this chunk (kept alive)
-    shared: dict[str, str] = {}
+    chunk = [0]   # the index of the chunk being forwarded
 
     def hook_for(name):
         def hook(_module, args):
-            x = args[0]
-            owner = seen.get(id(x), (None,))[0]
-            if owner is None:
-                if name in shared:
-                    raise RuntimeError(f"{where} {name}: input sharing changed between chunks")
-                seen[id(x)] = (name, x)
-                accs[name].add(x)
-            elif shared.setdefault(name, owner) != owner:
-                raise RuntimeError(f"{where} {name}: input sharing changed between chunks")
+            on_input(chunk[0], name, args[0])
             fired.add(name)
             if len(fired) == len(linears):
-                raise _GroupDone  # the rest of the block is not needed for these statistics
+                raise _AllSeen
         return hook
 
     handles = [lin.register_forward_pre_hook(hook_for(name)) for name, lin in linears.items()]
     try:
-        for h in hidden:
+        for chunk[0], h in enumerate(chunks):
             fired.clear()
-            seen.clear()
             try:
                 forward(h)
-            except _GroupDone:
+            except _AllSeen:
                 pass
     finally:
         for hd in handles:
             hd.remove()
-    return {name: accs[name].result(f"{where} {name}") for name in linears if name not in shared}, shared
+
+
+def shared_inputs(arch: Architecture, names) -> dict[str, str]:
+    """{linear: the first linear of `names` that reads the very same input}: the linears one norm feeds
+    (Architecture.readers: q/k/v, gate/up) share one H, computed once."""
+    out: dict[str, str] = {}
+    for _, readers in arch.readers:
+        group = [n for n in readers if n in names]
+        out.update({n: group[0] for n in group[1:]})
+    return out
+
+
+def collect_stats(forward: Callable[[torch.Tensor], object], hidden: list[torch.Tensor], linears: dict[str, nn.Module],
+                  shared: dict[str, str], where: str, weights: TokenWeights = TokenWeights(), device: str = "cpu"
+                  ) -> dict[str, LayerStats]:
+    """H of each of `linears` over the chunks of `hidden` (the block's inputs; forward runs the block), except
+    those in `shared` ({linear: owner}, shared_inputs), which read their owner's input: that is checked, not
+    assumed (a model whose code feeds them another tensor is an error). where: names the block in errors."""
+    owners = [n for n in linears if n not in shared]
+    accs = {n: HessianAccumulator(linears[n].in_features, device=device, weights=weights) for n in owners}
+    latest: dict[str, torch.Tensor] = {}   # each owner's input in the current chunk
+
+    def on_input(_i, name, x):
+        if name not in shared:
+            latest[name] = x
+            accs[name].add(x)
+        elif latest.get(shared[name]) is not x:
+            raise RuntimeError(f"{where} {name}: its input is not {shared[name]}'s, as the Architecture's readers say")
+
+    each_linear_input(forward, hidden, linears, on_input)
+    return {n: accs[n].result(f"{where} {n}") for n in owners}
+
+
+class _Stages:
+    """Seconds per named stage of the loop, accumulated over blocks."""
+
+    def __init__(self, *names: str):
+        self.seconds = dict.fromkeys(names, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - t
+
+
+def _block_forward(block: nn.Module, b: int, kwargs: dict, device: str) -> Callable[[torch.Tensor], object]:
+    """forward(h): block b on one chunk of its inputs, with the keyword inputs captured for that chunk size."""
+    def forward(h):
+        args, kw = kwargs[(b, h.shape[0])]
+        return block(h.to(device), *args, **kw)
+    return forward
+
+
+def _group_stats(forward, hidden, held, linears, shared, b: int, weights: TokenWeights, device: str,
+                 stage: _Stages) -> dict[str, LayerStats]:
+    """Each owning linear's calibration statistics, with its held-out statistics attached when there are
+    held-out chunks (timed apart: a diagnostic)."""
+    with stage("calibrate"):
+        stats_of = collect_stats(forward, hidden, linears, shared, f"block {b}", weights, device)
+    if held:
+        with stage("holdout"):
+            held_of = collect_stats(forward, held, linears, shared, f"block {b} (held-out)", device=device)
+        stats_of = {n: dataclasses.replace(st, holdout=held_of[n]) for n, st in stats_of.items()}
+    return stats_of
+
+
+def _process_group(process, prefix: str, b: int, linears: dict[str, nn.Module], shared: dict[str, str],
+                   stats_of: dict[str, LayerStats], extra: dict[str, dict]) -> list[dict]:
+    """Run the per-linear pipeline on each linear of a group and write its new weights back (the one place
+    the loop writes weights); one row per linear."""
+    rows = []
+    for name, lin in linears.items():
+        W_new, row = process(f"{prefix}.{b}.{name}", lin.weight.data.float(), stats_of[shared.get(name, name)])
+        lin.weight.data.copy_(W_new.to(lin.weight.dtype))
+        rows.append({"block": b, "linear": name, **extra.get(name, {}), **row})
+    return rows
+
+
+def _propagate(forward, chunks: list[torch.Tensor], offload: str) -> list[torch.Tensor]:
+    """The processed block's outputs: the next block's inputs."""
+    return [_first(forward(h)).to(offload) for h in chunks]
 
 
 @torch.no_grad()
@@ -282,7 +355,7 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor,
                cfg: LoopConfig, arch: Architecture | None = None, progress: bool = True,
                block_transform: BlockTransform | None = None, holdout_ids: torch.Tensor | None = None,
                weights: TokenWeights = TokenWeights()) -> LoopResult:
-    """Calibrate and process every linear of every block in order.
+    """Calibrate and process every linear of every block in order (the module docstring's steps).
 
     input_ids: [n, seq] calibration tokens. process(qualified module name, W [out, in] fp32, stats) -> (W_new, row).
     block_transform: the block-level extension point (module docstring); its row fields join the rows of
@@ -294,62 +367,36 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor,
     arch = arch or architecture_of(model)
     model.eval()
     res = LoopResult()
-    tm = dict(capture=0.0, block_transform=0.0, calibrate=0.0, process=0.0, propagate=0.0, holdout=0.0)
+    stage = _Stages("capture", "block_transform", "calibrate", "process", "propagate", "holdout")
     t0 = time.perf_counter()
-    hidden, kwargs = capture_inputs(model, arch, input_ids, cfg)
-    tm["capture"] = time.perf_counter() - t0
+    with stage("capture"):
+        hidden, kwargs = capture_inputs(model, arch, input_ids, cfg)
     held: list[torch.Tensor] = []
     if holdout_ids is not None:
-        t = time.perf_counter()
-        held, held_kwargs = capture_inputs(model, arch, holdout_ids, cfg)
+        with stage("holdout"):
+            held, held_kwargs = capture_inputs(model, arch, holdout_ids, cfg)
         kwargs = {**held_kwargs, **kwargs}   # keyed by (block, chunk size): equal where both have a key
-        tm["holdout"] += time.perf_counter() - t
 
-    blocks = get_module(model, arch.blocks)
     groups = arch.sequential if cfg.true_sequential else (arch.linears,)
-    for b, block in enumerate(tqdm(blocks, desc="blocks", disable=not progress)):
+    for b, block in enumerate(tqdm(get_module(model, arch.blocks), desc="blocks", disable=not progress)):
         block.to(cfg.device)
-
-        def forward(h):   # used only during this block's iteration (B023 does not apply)
-            args, kw = kwargs[(b, h.shape[0])]  # noqa: B023
-            return block(h.to(cfg.device), *args, **kw)  # noqa: B023
-
+        forward = _block_forward(block, b, kwargs, cfg.device)
         extra: dict[str, dict] = {}
         if block_transform is not None:
-            t = time.perf_counter()
-            extra = block_transform(BlockContext(b, block, forward, hidden, arch, cfg.device)) or {}
-            tm["block_transform"] += time.perf_counter() - t
-
+            with stage("block_transform"):
+                extra = block_transform(BlockContext(b, block, forward, hidden, arch, cfg.device)) or {}
         for group in groups:
-            t = time.perf_counter()
             linears = {name: block.get_submodule(name) for name in group}
-            stats_of, shared = collect_stats(forward, hidden, linears, f"block {b}", weights, cfg.device)
-            tm["calibrate"] += time.perf_counter() - t
-            if held:
-                t = time.perf_counter()
-                held_of, held_shared = collect_stats(forward, held, linears, f"block {b} (held-out)", device=cfg.device)
-                if held_shared != shared:
-                    raise RuntimeError(f"block {b}: held-out inputs are shared differently from calibration ones")
-                stats_of = {n: dataclasses.replace(st, holdout=held_of[n]) for n, st in stats_of.items()}
-                tm["holdout"] += time.perf_counter() - t
-
-            t = time.perf_counter()
-            for name, lin in linears.items():
-                stats = stats_of[shared.get(name, name)]
-                W_new, row = process(f"{arch.blocks}.{b}.{name}", lin.weight.data.float(), stats)
-                lin.weight.data.copy_(W_new.to(lin.weight.dtype))
-                res.rows.append({"block": b, "linear": name, **extra.get(name, {}), **row})
-            tm["process"] += time.perf_counter() - t
-
-        t = time.perf_counter()
-        hidden = [_first(forward(h)).to(cfg.offload) for h in hidden]
-        tm["propagate"] += time.perf_counter() - t
+            shared = shared_inputs(arch, group)
+            stats_of = _group_stats(forward, hidden, held, linears, shared, b, weights, cfg.device, stage)
+            with stage("process"):
+                res.rows += _process_group(process, arch.blocks, b, linears, shared, stats_of, extra)
+        with stage("propagate"):
+            hidden = _propagate(forward, hidden, cfg.offload)
         if held:
-            t = time.perf_counter()
-            held = [_first(forward(h)).to(cfg.offload) for h in held]
-            tm["holdout"] += time.perf_counter() - t
+            with stage("holdout"):
+                held = _propagate(forward, held, cfg.offload)
         if cfg.device != "cpu":
             block.to("cpu")
-    tm["total"] = time.perf_counter() - t0
-    res.timings = tm
+    res.timings = {**stage.seconds, "total": time.perf_counter() - t0}
     return res

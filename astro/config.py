@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .blockwise import LoopConfig
 from .data import BOS_MODES
 from .evaluate import TaskEvalConfig
+from .fields import added_field
 from .methods import MethodConfig
 from .models import ModelConfig
 from .quantizer import QuantGrid
@@ -36,7 +37,7 @@ class CalibConfig:
     n_samples: int = 128
     seq_len: int = 2048
     seed: int = 0
-    holdout: int = 0
+    holdout: int = added_field(0)
     first_tokens: int = 0
     first_weight: float = 1.0
 
@@ -74,10 +75,10 @@ class EvalConfig:
     seq_len: int = 2048
     max_windows: int | None = None
     batch_size: int = 1
-    bos: str = "auto"
+    bos: str = added_field("auto")
     lm_eval: TaskEvalConfig = field(default_factory=TaskEvalConfig)
-    offload: str = "auto"
-    memory_budget_gb: float | None = None
+    offload: str = added_field("auto")   # the perplexity path: same numbers up to float rounding
+    memory_budget_gb: float | None = added_field(None)
 
     def __post_init__(self):
         from .evaluate import OFFLOAD_MODES

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 
 from .awq import AWQConfig, search_clip
+from .fields import added_field
 from .gptq import GPTQConfig, GPTQFactor, gptq, gptq_factor
 from .quantizer import QuantGrid, QuantResult, pad_to_groups
 from .regularize import RegularizeConfig, reconstruct, shared_lambda_max
@@ -32,15 +33,44 @@ from .rtn import rtn
 from .stats import LayerStats, h_error
 
 
-class Pipeline(NamedTuple):
-    """preprocess: per-linear reconstruction before quantization ('astro' = activation alpha, 'magr' =
-    uniform alpha, None). quantizer: 'rtn' | 'gptq' | None. clip: AWQ's per-linear clipping search before
-    quantization. clip_skip: the roles (a linear's path inside its block, e.g. 'self_attn.q_proj') whose
-    clipping search is skipped. block_transform: 'awq' (scales folded per block before its calibration) or
-    None. model_transform: 'quarot' | 'spinquant' (residual rotations fused once before the loop) or None."""
+class Component(NamedTuple):
+    """A numeric step a pipeline may run. version: its algorithm's version; bump it in the same commit as any
+    change that alters its numbers (an iterate-preserving speed-up is not one): the run key carries every
+    version above 1 of the components a pipeline uses (astro.results.canonical_config), so records made by
+    older numerics are never reused and a table cannot mix them. reads: the RunConfig fields (dotted paths)
+    that can change its numbers; with Pipeline.reads they are the whole of a run's key."""
 
-    preprocess: str | None
-    quantizer: str | None
+    version: int
+    reads: tuple[str, ...]
+
+
+#   awq 2: no clipping search for q/k (AWQ_CLIP_SKIP).  spinquant 2: the Cayley step cap (astro.rotation).
+COMPONENTS: dict[str, Component] = {
+    "quarot": Component(1, ("method.rotation.seed",)),
+    "spinquant": Component(2, ("method.rotation", "quant")),     # learns R1/R2 under fake quantization
+    "awq": Component(2, ("method.awq", "quant")),
+    "regularize": Component(1, ("method.beta", "method.iters", "method.alpha", "method.linf_group_size",
+                                "method.solver", "method.tol", "quant.group_size")),  # l_inf groups default to it
+    "rtn": Component(1, ("quant",)),
+    "gptq": Component(1, ("method.gptq", "quant")),
+}
+# What every run reads (the model and its evaluation), and what calibrating reads (any pipeline with a component).
+EVERY_RUN_READS = ("model", "eval", "method.name", "loop.device")
+CALIBRATION_READS = ("calib", "loop")
+
+
+class Pipeline(NamedTuple):
+    """label: the name tables and figures give it. preprocess: per-linear reconstruction before quantization
+    ('astro' = activation alpha, 'magr' = uniform alpha, None). quantizer: 'rtn' | 'gptq' | None. clip: AWQ's
+    per-linear clipping search before quantization. clip_skip: the roles (a linear's path inside its block,
+    e.g. 'self_attn.q_proj') whose clipping search is skipped. block_transform: 'awq' (scales folded per
+    block before its calibration) or None. model_transform: 'quarot' | 'spinquant' (residual rotations fused
+    once before the loop) or None. Adding a method = one entry in PIPELINES + its conf/method/<name>.yaml:
+    its run key, records and labels follow from the entry."""
+
+    label: str
+    preprocess: str | None = None
+    quantizer: str | None = None
     clip: bool = False
     block_transform: str | None = None
     model_transform: str | None = None
@@ -48,23 +78,27 @@ class Pipeline(NamedTuple):
 
     @property
     def components(self) -> tuple[str, ...]:
-        """The numeric components this pipeline runs (keys of NUMERICS), in order."""
+        """The numeric components this pipeline runs (keys of COMPONENTS), in order."""
         parts = (self.model_transform, self.block_transform or ("awq" if self.clip else None),
                  "regularize" if self.preprocess else None, self.quantizer)
         return tuple(p for p in parts if p)
 
     @property
     def numerics(self) -> dict[str, int]:
-        """{component: NUMERICS version} of what this pipeline runs (recorded with every run)."""
-        return {c: NUMERICS[c] for c in self.components}
+        """{component: version} of what this pipeline runs (recorded with every run)."""
+        return {c: COMPONENTS[c].version for c in self.components}
 
+    @property
+    def calibrates(self) -> bool:
+        return bool(self.components)
 
-# The version of each numeric component's algorithm. Bump a component's number in the same commit as any
-# change that alters its numbers (an iterate-preserving speed-up is not one): the run key carries every
-# version above 1 of the components a pipeline uses (astro.results.canonical_config), so records made by
-# older numerics are never reused, and a table cannot mix them.
-#   awq 2: no clipping search for q/k (AWQ_CLIP_SKIP).  spinquant 2: the Cayley step cap (astro.rotation).
-NUMERICS: dict[str, int] = {"rtn": 1, "gptq": 1, "regularize": 1, "awq": 2, "quarot": 1, "spinquant": 2}
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The RunConfig fields (dotted paths, a section = all of it) that can change this pipeline's numbers:
+        the run key is the config restricted to them (astro.results.canonical_config)."""
+        own = [r for c in self.components for r in COMPONENTS[c].reads]
+        paths = EVERY_RUN_READS + (CALIBRATION_READS if self.calibrates else ()) + tuple(own)
+        return tuple(dict.fromkeys(paths))
 
 
 # AWQ's reference implementations (llm-awq's auto_clip, AutoAWQ) search no clipping for the query and key
@@ -72,30 +106,32 @@ NUMERICS: dict[str, int] = {"rtn": 1, "gptq": 1, "regularize": 1, "awq": 2, "qua
 # fit from the linear's own output error and was found harmful. Roles in the layout of every registered
 # Architecture (astro.blockwise: Llama, Mistral, Qwen2/3, Gemma/2/3 name them alike).
 AWQ_CLIP_SKIP = ("self_attn.q_proj", "self_attn.k_proj")
+_AWQ = dict(clip=True, block_transform="awq", clip_skip=AWQ_CLIP_SKIP)
 
 
 PIPELINES: dict[str, Pipeline] = {
-    "fp": Pipeline(None, None),
-    "rtn": Pipeline(None, "rtn"),
-    "gptq": Pipeline(None, "gptq"),
-    "magr_gptq": Pipeline("magr", "gptq"),
-    "astro_gptq": Pipeline("astro", "gptq"),
-    "magr_rtn": Pipeline("magr", "rtn"),
-    "astro_rtn": Pipeline("astro", "rtn"),
-    "astro": Pipeline("astro", None),   # reconstructed, unquantized (Table 4)
-    "magr": Pipeline("magr", None),
-    # baselines the paper compares against (astro/awq.py, astro/rotation.py, astro/transforms.py)
-    "awq": Pipeline(None, "rtn", clip=True, block_transform="awq", clip_skip=AWQ_CLIP_SKIP),
-    "awq_gptq": Pipeline(None, "gptq", clip=True, block_transform="awq", clip_skip=AWQ_CLIP_SKIP),
-    "quarot_rtn": Pipeline(None, "rtn", model_transform="quarot"),
-    "quarot_gptq": Pipeline(None, "gptq", model_transform="quarot"),
-    "spinquant_gptq": Pipeline(None, "gptq", model_transform="spinquant"),
+    "fp": Pipeline("FP"),
+    "rtn": Pipeline("RTN", quantizer="rtn"),
+    "gptq": Pipeline("GPTQ", quantizer="gptq"),
+    "magr_gptq": Pipeline("MagR+GPTQ", "magr", "gptq"),
+    "astro_gptq": Pipeline("Astro+GPTQ", "astro", "gptq"),
+    "magr_rtn": Pipeline("MagR+RTN", "magr", "rtn"),
+    "astro_rtn": Pipeline("Astro+RTN", "astro", "rtn"),
+    "astro": Pipeline("Astro (reconstructed, unquantized)", "astro"),   # Table 4
+    "magr": Pipeline("MagR (unquantized)", "magr"),
+    # baselines the paper compares against (astro/awq.py, astro/rotation.py, astro/transforms.py): AWQ (RTN) is
+    # the paper's AWQ row; weight-only SpinQuant quantizes with GPTQ
+    "awq": Pipeline("AWQ", quantizer="rtn", **_AWQ),
+    "awq_gptq": Pipeline("AWQ+GPTQ", quantizer="gptq", **_AWQ),
+    "quarot_rtn": Pipeline("QuaRot+RTN", quantizer="rtn", model_transform="quarot"),
+    "quarot_gptq": Pipeline("QuaRot+GPTQ", quantizer="gptq", model_transform="quarot"),
+    "spinquant_gptq": Pipeline("SpinQuant", quantizer="gptq", model_transform="spinquant"),
     # Astro composed with scaling / rotation (not in the paper): the transform first, so Astro's H and alpha_k
     # are those of the transformed layer; AWQ's clipping search runs after Astro, on the weights GPTQ will
     # quantize (clipping first would fit ranges that Astro's shrinking of group maxima then moves)
-    "awq_astro_gptq": Pipeline("astro", "gptq", clip=True, block_transform="awq", clip_skip=AWQ_CLIP_SKIP),
-    "quarot_astro_gptq": Pipeline("astro", "gptq", model_transform="quarot"),
-    "spinquant_astro_gptq": Pipeline("astro", "gptq", model_transform="spinquant"),
+    "awq_astro_gptq": Pipeline("AWQ+Astro+GPTQ", "astro", "gptq", **_AWQ),
+    "quarot_astro_gptq": Pipeline("QuaRot+Astro+GPTQ", "astro", "gptq", model_transform="quarot"),
+    "spinquant_astro_gptq": Pipeline("SpinQuant+Astro+GPTQ", "astro", "gptq", model_transform="spinquant"),
 }
 
 
@@ -115,8 +151,8 @@ class MethodConfig:
     iters: int = 200
     alpha: str | None = None
     linf_group_size: int | None = None
-    solver: str = "pgd"
-    tol: float | None = None
+    solver: str = added_field("pgd")
+    tol: float | None = added_field(None)
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
     awq: AWQConfig = field(default_factory=AWQConfig)
     rotation: RotationConfig = field(default_factory=RotationConfig)
@@ -168,7 +204,7 @@ class MethodConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.name != "fp"
+        return self.pipeline.calibrates
 
     def regularize_config(self, quant_group_size: int) -> RegularizeConfig:
         alpha = self.alpha or ("uniform" if self.preprocess == "magr" else "activation")

@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import RunConfig, to_dict
+from .fields import added_fields
 from .models import local_fingerprint
 
 log = logging.getLogger(__name__)
@@ -59,72 +60,45 @@ LOCK_STALE_AFTER_S = 48 * 3600
 # A lock file that cannot be parsed is another process's just-created one for this long (it writes its
 # contents right after creating it), then stale.
 LOCK_UNREADABLE_GRACE_S = 60
-_REGULARIZE_FIELDS = ("beta", "iters", "alpha", "linf_group_size", "solver", "tol")
-# Fields added after records were first written, with the value that reproduces the old behaviour:
-# left out of the key at that value, so existing records keep their keys. Add new fields here.
-KEY_STABLE_DEFAULTS: dict[tuple[str, ...], object] = {
-    ("method", "solver"): "pgd",
-    ("method", "tol"): None,
-    ("eval", "bos"): "auto",
-    ("eval", "offload"): "auto",          # the perplexity path: same numbers up to float rounding
-    ("eval", "memory_budget_gb"): None,
-    # the baseline methods: AWQ grids, QuaRot/SpinQuant rotation settings
-    ("method", "awq", "grid"): 20,
-    ("method", "awq", "clip_grid"): 10,
-    ("method", "awq", "max_shrink"): 0.5,
-    ("method", "rotation", "seed"): 0,
-    ("method", "rotation", "steps"): 100,
-    ("method", "rotation", "lr"): 1.5,
-    ("method", "rotation", "samples"): None,
-    ("calib", "holdout"): 0,
-}
-_LEARNED_ROTATION_FIELDS = ("steps", "lr", "samples")   # SpinQuant only; QuaRot uses rotation.seed alone
+def _restrict(d: dict, paths: tuple[str, ...]) -> dict:
+    """The parts of nested dict `d` at the dotted `paths` (a path to a section keeps all of it)."""
+    out: dict = {}
+    for path in paths:
+        *parents, leaf = path.split(".")
+        src, dst = d, out
+        for p in parents:
+            src, dst = src[p], dst.setdefault(p, {})
+        dst[leaf] = copy.deepcopy(src[leaf])
+    return out
 
 
 def canonical_config(cfg: RunConfig) -> dict:
-    """The part of a RunConfig that determines the run's numbers (see the module docstring)."""
-    d = copy.deepcopy(to_dict(cfg))
+    """The part of a RunConfig that determines the run's numbers (see the module docstring): the fields its
+    pipeline declares it reads (astro.methods.Pipeline.reads), with every way of writing the same run made one."""
+    d = _restrict(to_dict(cfg), cfg.method.pipeline.reads)
     m = d["method"]
-    if cfg.method.preprocess is None:
-        for k in _REGULARIZE_FIELDS:
-            m.pop(k, None)
-    elif m.get("alpha") is None:  # make the pipeline's default explicit: astro+null == astro+activation
+    if "alpha" in m and m["alpha"] is None:  # the pipeline's default made explicit: astro+null == astro+activation
         m["alpha"] = cfg.method.regularize_config(128).alpha
-    if cfg.method.quantizer != "gptq":
-        m.pop("gptq", None)
-    if cfg.method.block_transform != "awq" and not cfg.method.clip:
-        m.pop("awq", None)
-    if cfg.method.model_transform is None:
-        m.pop("rotation", None)
-    elif cfg.method.model_transform != "spinquant":
-        for k in _LEARNED_ROTATION_FIELDS:
-            m["rotation"].pop(k, None)
     newer = {c: v for c, v in cfg.method.pipeline.numerics.items() if v > 1}
-    if newer:   # numerics changed since records were first written (astro.methods.NUMERICS)
+    if newer:   # numerics changed since records were first written (astro.methods.COMPONENTS)
         d["numerics"] = newer
-    if not cfg.calib.token_weights.active:   # every token weighs 1: the plain token mean, however written
-        for k in ("first_tokens", "first_weight"):
-            d["calib"].pop(k)
-    if calibrates_with_bos(cfg):  # calibration windows follow the evaluation's per-window BOS (Gemma)
-        d["calib"]["bos"] = "window"
-    if not cfg.method.needs_calibration:  # nothing is calibrated; only where evaluation runs matters
-        d.pop("calib", None)
-        d["loop"] = {"device": cfg.loop.device}
+    if "calib" in d:
+        if not cfg.calib.token_weights.active:   # every token weighs 1: the plain token mean, however written
+            for k in ("first_tokens", "first_weight"):
+                d["calib"].pop(k)
+        if calibrates_with_bos(cfg):  # calibration windows follow the evaluation's per-window BOS (Gemma)
+            d["calib"]["bos"] = "window"
     if not cfg.eval.lm_eval.tasks:  # no zero-shot evaluation: its settings cannot change a number
         d["eval"].pop("lm_eval", None)
     fingerprint = local_fingerprint(cfg.model)
     if fingerprint is not None:   # a local model: its contents, not only its path (other models: no field)
         d["model"]["fingerprint"] = fingerprint
-    for path, value in KEY_STABLE_DEFAULTS.items():
+    for path, value in added_fields(RunConfig).items():   # at their defaults, as before they existed
         node = d
         for p in path[:-1]:
             node = node.get(p, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict) and path[-1] in node and node[path[-1]] == value:
             del node[path[-1]]
-    if cfg.method.quantizer is None and cfg.method.preprocess is None:
-        d.pop("quant", None)
-    elif cfg.method.quantizer is None:  # reconstruction only: the grid matters only through its group size
-        d["quant"] = {"group_size": cfg.quant.group_size}
     return d
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .fields import added_field
 from .quantizer import QuantGrid
 from .rtn import rtn
 
@@ -219,10 +220,10 @@ class RotationConfig:
     (0 = keep the start), lr: initial learning rate (linear decay to 0 over the steps; the paper: 1.5),
     samples: calibration sequences used for learning (one per step, cycled; None = all)."""
 
-    seed: int = 0
-    steps: int = 100
-    lr: float = 1.5
-    samples: int | None = None
+    seed: int = added_field(0)
+    steps: int = added_field(100)
+    lr: float = added_field(1.5)
+    samples: int | None = added_field(None)
 
     def __post_init__(self):
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .awq import search_scales
-from .blockwise import NORM_LAYOUTS, Architecture, BlockContext, BlockTransform, get_module
+from .blockwise import NORM_LAYOUTS, Architecture, BlockContext, BlockTransform, each_linear_input, get_module
 from .quantizer import QuantGrid
 from .rotation import (
     fake_quant_ste,
@@ -287,25 +287,14 @@ def awq_block_transform(model: nn.Module, method, grid: QuantGrid) -> BlockTrans
     def transform(ctx: BlockContext) -> dict[str, dict]:
         arch, block, device = ctx.arch, ctx.block, ctx.device
         groups = _awq_groups(arch)
-        stats = {}
-        handles = []
-        for _, _, linears in groups:
-            lin = block.get_submodule(linears[0])
-            acc = (HessianAccumulator(lin.in_features, device=device),
-                   AbsMeanAccumulator(lin.in_features, device=device))
-            stats[linears[0]] = acc
+        firsts = {linears[0]: block.get_submodule(linears[0]) for _, _, linears in groups}   # one per scale group
+        stats = {n: (HessianAccumulator(lin.in_features, device=device),
+                     AbsMeanAccumulator(lin.in_features, device=device)) for n, lin in firsts.items()}
 
-            def hook(_m, args, acc=acc):
-                acc[0].add(args[0])
-                acc[1].add(args[0])
-            handles.append(lin.register_forward_pre_hook(hook))
-        try:
-            with torch.no_grad():
-                for h in ctx.hidden:
-                    ctx.forward(h)
-        finally:
-            for hd_ in handles:
-                hd_.remove()
+        def on_input(_i, name, x):
+            stats[name][0].add(x)
+            stats[name][1].add(x)
+        each_linear_input(ctx.forward, ctx.hidden, firsts, on_input)
 
         rows: dict[str, dict] = {}
         for prev, kind, linears in groups:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from astro.blockwise import architecture_of, get_module
+from astro.blockwise import architecture_of, each_linear_input, get_module
 from astro.regularize import reconstruct
 from astro.results import ResultStore, build_record, canonical_config, now_iso
 from astro.run import Session
@@ -32,29 +32,14 @@ from experiments.grid import SCALES, Composer
 log = logging.getLogger("astro.probe.fig1")
 
 
-class _Captured(Exception):
-    pass
-
-
 def layer_inputs(model, arch, ids: torch.Tensor, block: int, linear: str, batch: int) -> torch.Tensor:
-    """Inputs [tokens, in] of one linear over all calibration sequences (the forward stops there)."""
-    module = get_module(model, f"{arch.blocks}.{block}.{linear}")
+    """Inputs [tokens, in] of one linear over all calibration sequences (each forward stops there)."""
     chunks = []
 
-    def hook(_m, args):
-        chunks.append(args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu())
-        raise _Captured
-
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        with torch.no_grad():
-            for i in range(0, ids.shape[0], batch):
-                try:
-                    model(ids[i:i + batch])
-                except _Captured:
-                    pass
-    finally:
-        handle.remove()
+    def keep(_i, _name, x):
+        chunks.append(x.detach().reshape(-1, x.shape[-1]).float().cpu())
+    each_linear_input(lambda c: model(c), list(torch.split(ids, batch)),
+                      {linear: get_module(model, f"{arch.blocks}.{block}.{linear}")}, keep)
     return torch.cat(chunks)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from analysis.common import LABELS as TABLE_LABELS
+from analysis.common import LABELS
 from astro.config import RunConfig
 from astro.methods import PIPELINES
 from astro.results import ResultStore
@@ -26,8 +26,10 @@ from experiments.run import run_job, split_config
 
 log = logging.getLogger("quickstart")
 
-# the tables' labels (every pipeline has one); FP here is the embedded GGUF's weights, dequantized
-LABELS = {**TABLE_LABELS, "fp": "FP (dequantized)"}
+
+def label(name: str) -> str:
+    """The tables' label (every pipeline has one); FP here is the embedded GGUF's weights, dequantized."""
+    return "FP (dequantized)" if name == "fp" else LABELS[name]
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -52,7 +54,7 @@ def table(cfg: RunConfig, records: list[dict], reused: set[str]) -> str:
         t = r["timings"]
         f = lambda k: f"{t[k]:.1f}" if t.get(k) is not None else "-"  # noqa: E731, B023 - used in this iteration
         name = r["config"]["method"]["name"]
-        lines.append(f"| {LABELS[name]} | {r['metrics']['ppl']:.3f} | {f('method')} | {f('calibration')} | "
+        lines.append(f"| {label(name)} | {r['metrics']['ppl']:.3f} | {f('method')} | {f('calibration')} | "
                      f"{f('reconstruction')} | {f('quantization')} | {len(r['fallbacks'])} | "
                      f"{r['key']}{' (recorded earlier)' if r['key'] in reused else ''} |")
     return "\n".join(lines) + "\n"

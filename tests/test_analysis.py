@@ -295,3 +295,17 @@ def test_beyond_study(store, tmp_path):
     assert row["verdict"] == "single-seed (n=1): no interval"
     assert paired.loc["AWQ+Astro+GPTQ vs AWQ+GPTQ", "verdict"] == "missing: AWQ+GPTQ"
     assert paired.loc["QuaRot+Astro+GPTQ vs QuaRot+GPTQ", "verdict"].startswith("missing")
+
+
+def test_records_follow_the_fields_their_method_reads(store, caplog):
+    """A cell keeps its record when a field its method does not read changes, and is missing, with the
+    differing field named, when one it reads does."""
+    from analysis.common import cells
+    base = (*(o for o in TINY if not o.startswith("method.iters")), "quant=w3g64", "method.iters=7")
+    gptq, = cells("table1", "embedded", ResultStore(store), (*base, "method=gptq"))
+    assert gptq.records and gptq.records[0]["config"]["method"]["iters"] == 5
+    with caplog.at_level("INFO", logger="analysis.common"):
+        astro, = cells("table1", "embedded", ResultStore(store), (*base, "method=astro_gptq"))
+    assert not astro.records
+    n = len([r for r in ResultStore(store).records() if r["config"]["method"]["name"] == "astro_gptq"])
+    assert f"differing in method.iters ({n})" in caplog.text.strip().splitlines()[-1], caplog.text

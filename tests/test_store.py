@@ -308,11 +308,12 @@ def test_numerics_version_keys_only_the_pipelines_that_use_the_component(monkeyp
     from astro.methods import MethodConfig
     cfgs = {m: RunConfig(method=MethodConfig(m)) for m in ("rtn", "gptq", "astro_gptq", "awq", "spinquant_gptq")}
     before = {m: run_key(c) for m, c in cfgs.items()}
-    monkeypatch.setitem(methods.NUMERICS, "gptq", methods.NUMERICS["gptq"] + 1)
+    gptq = methods.COMPONENTS["gptq"]
+    monkeypatch.setitem(methods.COMPONENTS, "gptq", gptq._replace(version=gptq.version + 1))
     after = {m: run_key(c) for m, c in cfgs.items()}
     assert {m for m in cfgs if after[m] != before[m]} == {"gptq", "astro_gptq", "spinquant_gptq"}
     assert canonical_config(cfgs["gptq"])["numerics"] == {"gptq": 2}
-    assert cfgs["awq"].method.pipeline.numerics == {"awq": methods.NUMERICS["awq"], "rtn": 1}
+    assert cfgs["awq"].method.pipeline.numerics == {"awq": methods.COMPONENTS["awq"].version, "rtn": 1}
 
 
 def test_wandb_run_id_differs_between_machines():
@@ -322,3 +323,35 @@ def test_wandb_run_id_differs_between_machines():
     other = {**rec, "env": {**rec["env"], "gpu": "NVIDIA H200"}}
     assert run_id(rec) == run_id(json.loads(json.dumps(rec))) != run_id(other)
     assert run_id(rec).startswith("abc-")
+
+
+# 7. a new method is one PIPELINES entry and one method config: the loop, the run key and the tables follow
+
+def test_a_method_added_at_run_time_runs_keys_and_tabulates(tmp_path, monkeypatch):
+    from hydra.core.config_store import ConfigStore
+
+    from analysis import table1
+    from analysis.common import cells
+    from astro import methods
+    toy = methods.Pipeline("Toy (Astro, clip, RTN)", "astro", "rtn", clip=True)
+    monkeypatch.setitem(methods.PIPELINES, "toy", toy)
+    ConfigStore.instance().store(group="method", name="toy", node={"name": "toy"})   # = conf/method/toy.yaml
+    try:
+        store = tmp_path / "store"
+        toy_run = ("method=toy", "quant=w3g64", "method.iters=5")
+        out = _run(_raw(store, *toy_run))
+        rec = ResultStore(store).read(out["key"])
+        assert rec["numerics"] == toy.numerics == {"awq": 2, "regularize": 1, "rtn": 1}
+        row = rec["rows"][0]
+        assert row["iters_used"] == 5 and "clip_ratio_mean" in row and row["alpha"]   # the loop ran its steps
+        # the key holds exactly the fields its components read
+        key = lambda *o: _key(_raw(store, *toy_run, *o))  # noqa: E731
+        assert key() == out["key"] == key("method.gptq.act_order=true", "method.rotation.seed=3")
+        assert len({key(), key("method.awq.grid=7"), key("method.beta=1e-3"), key("quant=w4g64")}) == 4
+        # an analysis table finds the record and labels it
+        cs = cells("table1", "embedded", ResultStore(store), (*TINY, *toy_run, "calib.seed=0"))
+        df = table1.build(cs, "embedded")
+        assert df.iloc[0]["method"] == toy.label
+        assert df.iloc[0]["tiny-random-llama w3g64"] == f"{rec['metrics']['ppl']:.2f} (n=1)"
+    finally:
+        ConfigStore.instance().repo["method"].pop("toy.yaml", None)

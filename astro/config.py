@@ -105,6 +105,11 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
 
+    def __post_init__(self):
+        if self.method.preprocess and self.method.beta == "auto" and self.calib.holdout < 1:
+            raise ValueError("method.beta=auto picks beta on held-out calibration windows: set calib.holdout >= 1, "
+                             f"got calib.holdout={self.calib.holdout}")
+
 
 def _coerce(tp, value, key: str):
     origin = typing.get_origin(tp)
@@ -114,7 +119,13 @@ def _coerce(tp, value, key: str):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        return _coerce(next(a for a in args if a is not type(None)), value, key)
+        arms = [a for a in args if a is not type(None)]
+        for arm in arms[:-1]:   # the first arm the value fits (float | str: 5e-5 -> 5e-05, 'auto' -> 'auto')
+            try:
+                return _coerce(arm, value, key)
+            except ConfigError:
+                pass
+        return _coerce(arms[-1], value, key)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if (tp in (int, float, str, bool) and not isinstance(value, tp)) or (tp is int and isinstance(value, bool)):

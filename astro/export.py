@@ -312,7 +312,7 @@ def card_from_run(cfg, ppl=None, **extra) -> dict:
         card["ppl_protocol"] = (f"{e.corpus} test split, {ppl.n_windows} of {ppl.n_windows_available} windows x "
                                 f"{ppl.seq_len} tokens ({ppl.n_tokens_scored} scored), in-memory fake-quant model")
     if m.preprocess:
-        card["regularization"] = (f"beta={m.beta:g}, {m.iters} proximal-gradient iterations, "
+        card["regularization"] = (f"beta={m.beta_label}, {m.iters} proximal-gradient iterations, "
                                   f"alpha={m.alpha or 'default'}")
     if m.block_transform == "awq":
         card["awq"] = (f"activation-aware scales folded into the preceding norms / linears (grid {m.awq.grid}), "

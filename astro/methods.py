@@ -135,6 +135,11 @@ PIPELINES: dict[str, Pipeline] = {
 }
 
 
+# method.beta=auto: the paper's Table 3 grid is the default set of candidates per linear
+AUTO = "auto"
+BETA_GRID = (5e-6, 1e-5, 3e-5, 5e-5, 1e-4, 5e-4)
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     """name: one of PIPELINES. regularize: Astro/MagR settings (alpha is set by the pipeline: 'astro'
@@ -144,10 +149,14 @@ class MethodConfig:
     decrease so far (None = all iters), see astro.regularize. gptq: GPTQ settings. awq: AWQ's scale and
     clip grids (astro.awq.AWQConfig; awq, awq_gptq). rotation: QuaRot's seed and SpinQuant's learning
     schedule (astro.rotation.RotationConfig; quarot_*, spinquant_gptq). Pipelines ignore the fields they do
-    not use (and so does the run key)."""
+    not use (and so does the run key).
+    beta: a number, or 'auto': per linear, the beta of beta_grid whose quantized weights have the lowest
+    error on held-out calibration tokens (calib.holdout windows, which the reconstruction never sees;
+    select_beta). beta_grid: the candidates (default: the paper's Table 3 grid)."""
 
     name: str = "astro_gptq"
-    beta: float = 5e-5
+    beta: float | int | str = 5e-5      # int: so that Hydra's schema takes `method.beta=0` (stored as a float)
+    beta_grid: tuple[float, ...] = added_field(BETA_GRID)
     iters: int = 200
     alpha: str | None = None
     linf_group_size: int | None = None
@@ -160,8 +169,13 @@ class MethodConfig:
     def __post_init__(self):
         if self.name not in PIPELINES:
             raise ValueError(f"unknown method {self.name!r}; known: {sorted(PIPELINES)}")
+        if isinstance(self.beta, str) and self.beta != AUTO:
+            raise ValueError(f"method.beta must be a number >= 0 or {AUTO!r}, got {self.beta!r}")
+        if not self.beta_grid:
+            raise ValueError("method.beta_grid must hold at least one beta, got ()")
         try:   # validates beta/iters/alpha/group size/solver/tol early, named as the user writes them
-            self.regularize_config(128)
+            for beta in self.betas:
+                self.regularize_config(128, beta)
         except ValueError as e:   # regularize.group_size comes from method.linf_group_size, the rest by name
             import re
             raise ValueError(re.sub(r"\bregularize\.(\w+)", lambda m: "method." + (
@@ -206,11 +220,25 @@ class MethodConfig:
     def needs_calibration(self) -> bool:
         return self.pipeline.calibrates
 
-    def regularize_config(self, quant_group_size: int) -> RegularizeConfig:
-        alpha = self.alpha or ("uniform" if self.preprocess == "magr" else "activation")
+    @property
+    def betas(self) -> tuple[float, ...]:
+        """The betas a linear is reconstructed with: (beta,), or beta_grid ascending with beta=auto."""
+        return tuple(sorted(self.beta_grid)) if self.beta == AUTO else (self.beta,)
+
+    @property
+    def beta_label(self) -> str:
+        return self.beta if self.beta == AUTO else f"{self.beta:g}"
+
+    @property
+    def alpha_mode(self) -> str:
+        """alpha_k's mode: method.alpha, else the pipeline's ('magr': uniform, 'astro': activation)."""
+        return self.alpha or ("uniform" if self.preprocess == "magr" else "activation")
+
+    def regularize_config(self, quant_group_size: int, beta: float | None = None) -> RegularizeConfig:
+        """The reconstruction's settings; beta None = the first of `betas` (method.beta unless it is auto)."""
         g = quant_group_size if self.linf_group_size is None else self.linf_group_size
-        return RegularizeConfig(beta=self.beta, iters=self.iters, alpha=alpha, group_size=g,
-                                solver=self.solver, tol=self.tol)
+        return RegularizeConfig(beta=self.betas[0] if beta is None else beta, iters=self.iters, alpha=self.alpha_mode,
+                                group_size=g, solver=self.solver, tol=self.tol)
 
 
 @dataclass
@@ -246,50 +274,97 @@ def shared_gptq_factor(stats: LayerStats, cfg: GPTQConfig) -> GPTQFactor:
     return stats.derived("gptq_factor", lambda: gptq_factor(stats.H, cfg), cfg)[0]
 
 
-def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig,
-                   linear: str | None = None) -> LinearOutcome:
-    """Run the method's pipeline on one linear W [out, in] and return the new weights and its row.
+@dataclass
+class _Candidate:
+    """One pass of the pipeline's steps at one beta: reconstruct (reg None without one), clip, quantize."""
 
-    linear: the linear's role in its block ('self_attn.q_proj') or its qualified module name, for per-role
-    steps: AWQ searches no clipping for q/k (Pipeline.clip_skip; the row says clip_skipped=True). None =
-    unknown role: every linear is treated alike (AWQ then clips q/k too)."""
-    W0 = W.float()
+    beta: float | None
+    reg: object
+    W_pre: torch.Tensor                  # the weights handed to the quantizer (after reconstruction and clipping)
+    qres: QuantResult | None
+    row: dict
+    t_regularize: float
+    t_quantize: float
+
+    @property
+    def W_new(self) -> torch.Tensor:
+        return self.qres.W_q if self.qres is not None else self.W_pre
+
+
+def _candidate(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig, beta: float | None,
+               lam: float, linear: str | None, init: torch.Tensor | None) -> _Candidate:
     H = stats.H.to(W0.device)
-    g = grid.group_len(W0.shape[1])
-    row: dict = {"out_features": W0.shape[0], "in_features": W0.shape[1], "n_tokens": stats.n_tokens,
-                 "fallback": None}
-
+    row: dict = {}
     t = time.perf_counter()
-    Wp = W0
-    row["t_lambda_max"] = 0.0
-    if method.preprocess:
-        rcfg = method.regularize_config(grid.group_size)
-        # lambda_max(H): one eigvalsh per shared H (q/k/v, gate/up get the same stats object); part of
-        # t_regularize, and its own t_lambda_max on the row that computed it (0 on the rows that reuse it)
-        lam, row["t_lambda_max"] = shared_lambda_max(stats, W0.device)
-        reg = reconstruct(W0, stats, rcfg, lam)
+    Wp, reg = W0, None
+    if beta is not None:
+        reg = reconstruct(W0, stats, method.regularize_config(grid.group_size, beta), lam, init=init)
         Wp = reg.W
         row.update(solver=reg.solver, iters_used=reg.iters_used, restarts=reg.restarts,
                    obj_first=float(reg.objective[0]), obj_last=float(reg.objective[-1]), lambda_max=reg.lambda_max,
                    alpha=reg.alpha.tolist(), linf_group_size=reg.group_size,
                    err_reconstruct=h_error(Wp - W0, H))
-    row["t_regularize"] = time.perf_counter() - t
+    t_reg = time.perf_counter() - t
 
+    t = time.perf_counter()
     if method.clip and not method.clips(linear):
         row["clip_skipped"] = True
     elif method.clip:  # AWQ's clipping search: part of the quantization step's cost
-        t = time.perf_counter()
         clip = search_clip(Wp, H, grid, method.awq)
         Wp = clip.W
         row.update(clip_skipped=False, clip_ratio_mean=float(clip.ratio.mean()),
                    clip_ratio_min=float(clip.ratio.min()),
                    clip_err_rtn_before=clip.err_before, clip_err_rtn_after=clip.err_after, clip_reverted=clip.reverted,
                    t_clip=time.perf_counter() - t)
-
-    t = time.perf_counter()
     qres = _quantize(method.quantizer, Wp, stats, grid, method) if method.quantizer else None
-    row["t_quantize"] = time.perf_counter() - t + row.get("t_clip", 0.0)
-    W_new = qres.W_q if qres is not None else Wp
+    return _Candidate(beta, reg, Wp, qres, row, t_reg, time.perf_counter() - t)
+
+
+def select_beta(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig, lam: float,
+                linear: str | None) -> tuple[_Candidate, list[float]]:
+    """method.beta=auto: the pipeline at each beta of method.betas (ascending, each reconstruction warm-started
+    from the previous beta's), scored by tr(dW H_ho dW^T) of its final weights against W0 under the held-out
+    H; returns the first candidate of lowest held-out error, and every candidate's error."""
+    if stats.holdout is None:
+        raise ValueError("method.beta=auto needs held-out calibration tokens (calib.holdout >= 1)")
+    H_ho = stats.holdout.H.to(W0.device)
+    cands: list[_Candidate] = []
+    for beta in method.betas:
+        cands.append(_candidate(W0, stats, grid, method, beta, lam, linear, cands[-1].reg.W if cands else None))
+    errors = [h_error(c.W_new - W0, H_ho) for c in cands]
+    best = min(range(len(cands)), key=lambda i: (errors[i], i))
+    chosen = cands[best]
+    chosen.t_regularize, chosen.t_quantize = sum(c.t_regularize for c in cands), sum(c.t_quantize for c in cands)
+    return chosen, errors
+
+
+def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig,
+                   linear: str | None = None) -> LinearOutcome:
+    """Run the method's pipeline on one linear W [out, in] and return the new weights and its row.
+
+    linear: the linear's role in its block ('self_attn.q_proj') or its qualified module name, for per-role
+    steps: AWQ searches no clipping for q/k (Pipeline.clip_skip; the row says clip_skipped=True). None =
+    unknown role: every linear is treated alike (AWQ then clips q/k too). With method.beta=auto the row also
+    holds beta (the chosen one), beta_grid and err_holdout_per_beta (select_beta)."""
+    W0 = W.float()
+    H = stats.H.to(W0.device)
+    g = grid.group_len(W0.shape[1])
+    row: dict = {"out_features": W0.shape[0], "in_features": W0.shape[1], "n_tokens": stats.n_tokens,
+                 "fallback": None, "t_lambda_max": 0.0}
+    lam = 0.0
+    if method.preprocess:
+        # lambda_max(H): one eigvalsh per shared H (q/k/v, gate/up get the same stats object); part of
+        # t_regularize, and its own t_lambda_max on the row that computed it (0 on the rows that reuse it)
+        lam, row["t_lambda_max"] = shared_lambda_max(stats, W0.device)
+    if method.preprocess and method.beta == AUTO:
+        cand, errors = select_beta(W0, stats, grid, method, lam, linear)
+        row.update(beta=cand.beta, beta_grid=list(method.betas), err_holdout_per_beta=errors)
+    else:
+        cand = _candidate(W0, stats, grid, method, method.betas[0] if method.preprocess else None, lam, linear, None)
+    row.update(cand.row)
+    row["t_regularize"] = row["t_lambda_max"] + cand.t_regularize
+    row["t_quantize"] = cand.t_quantize
+    Wp, qres, W_new = cand.W_pre, cand.qres, cand.W_new
     if qres is not None:
         row.update(fallback=qres.fallback, dead_columns=qres.dead_columns)
 

@@ -170,12 +170,15 @@ def shared_lambda_max(stats: LayerStats, device: torch.device | str) -> tuple[fl
 
 
 def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig,
-                lambda_max_h: float | None = None, trace: bool = False) -> RegularizeResult:
+                lambda_max_h: float | None = None, trace: bool = False,
+                init: torch.Tensor | None = None) -> RegularizeResult:
     """Astro (alpha='activation') or MagR (alpha='uniform') reconstruction of W [out, in] (eq. 12).
 
     lambda_max_h: lambda_max(stats.H) when the caller already has it (`shared_lambda_max`: once per shared
     H); None computes it here (an eigvalsh of H). trace: the objective at every iterate (else at the first
-    and last only, unless cfg.tol needs every one; the iterates are the same either way)."""
+    and last only, unless cfg.tol needs every one; the iterates are the same either way). init: the first
+    iterate (None = W itself, as the paper; e.g. the solution at a neighbouring beta, a warm start); the
+    objective's anchor is W either way."""
     t0 = time.perf_counter()
     W = W.float()
     n_out, n_in = W.shape
@@ -192,7 +195,8 @@ def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig,
     Hn = H / lam
     tau = (cfg.beta * alpha).expand(n_out, -1)  # [out, G]
     solve = _pgd if cfg.solver == "pgd" else _fista
-    Wp, restarts, used = solve(W, Hn, tau, alpha, cfg, g, log)
+    start = W if init is None else init.to(W.device, torch.float32)
+    Wp, restarts, used = solve(W, Hn, tau, alpha, cfg, g, log, start)
     return log.result(Wp, alpha, lam, g, cfg.solver, restarts, used)
 
 
@@ -251,9 +255,11 @@ def _prox_step(V: torch.Tensor, tau: torch.Tensor, g: int) -> torch.Tensor:
     return prox_linf(pad_to_groups(V, g, "zero"), tau, topk).reshape(n_out, -1)[:, :n_in]
 
 
-def _pgd(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace) -> tuple[torch.Tensor, int, int]:
-    """The paper's proximal gradient: W' <- prox(W' - (W' - W) Hn). Returns (W', restarts = 0, iterations)."""
-    Wp = W.clone()
+def _pgd(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace,
+         start: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """The paper's proximal gradient from W' = start: W' <- prox(W' - (W' - W) Hn). Returns (W', restarts = 0,
+    iterations)."""
+    Wp = start.clone()
     for k in range(cfg.iters):
         D = Wp - W
         G = D @ Hn                                          # gradient [out, in]
@@ -268,13 +274,13 @@ def _pgd(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace) -> tup
 
 
 def _fista(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int,
-           trace: _Trace) -> tuple[torch.Tensor, torch.Tensor, int]:
+           trace: _Trace, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """FISTA with gradient-based adaptive restart (module docstring); one matmul per iteration.
     Returns (W', restarts, iterations).
 
     theta and the restart count stay on the device (float64 / int64 scalars, the same arithmetic as Python
     floats), so the restart test costs no host sync."""
-    X = W.clone()
+    X = start.clone()
     X_prev, G_prev = X, torch.zeros_like(W)
     theta = torch.ones((), dtype=torch.float64, device=W.device)
     restarts = torch.zeros((), dtype=torch.int64, device=W.device)

@@ -78,7 +78,7 @@ def canonical_config(cfg: RunConfig) -> dict:
     d = _restrict(to_dict(cfg), cfg.method.pipeline.reads)
     m = d["method"]
     if "alpha" in m and m["alpha"] is None:  # the pipeline's default made explicit: astro+null == astro+activation
-        m["alpha"] = cfg.method.regularize_config(128).alpha
+        m["alpha"] = cfg.method.alpha_mode
     newer = {c: v for c, v in cfg.method.pipeline.numerics.items() if v > 1}
     if newer:   # numerics changed since records were first written (astro.methods.COMPONENTS)
         d["numerics"] = newer

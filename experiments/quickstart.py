@@ -44,7 +44,7 @@ def table(cfg: RunConfig, records: list[dict], reused: set[str]) -> str:
     head = (f"{cfg.model.source}, W{q.bits} g{q.group_size} {'sym' if q.sym else 'asym'}; calibration "
             f"{cfg.calib.n_samples} x {cfg.calib.seq_len} {cfg.calib.corpus} (seed {cfg.calib.seed}); "
             f"PPL on {cfg.eval.corpus} test, {m0['eval_windows']} windows x {cfg.eval.seq_len} "
-            f"({m0['eval_tokens']} tokens scored); beta={cfg.method.beta:g}, "
+            f"({m0['eval_tokens']} tokens scored); beta={cfg.method.beta_label}, "
             f"{cfg.method.iters} {cfg.method.solver} iters")
     lines = [head, "",
              "| method | PPL | quant time (s) | calibration (s) | reconstruction (s) | quantizer (s) | fallbacks "

@@ -78,7 +78,7 @@ def describe(cfg: RunConfig) -> str:
     if m.quantizer or m.preprocess:
         s += f" W{q.bits} g{q.group_size}{' sym' if q.sym else ''}"
     if m.preprocess:
-        s += f" beta={m.beta:g} alpha={m.regularize_config(128).alpha} iters={m.iters}"
+        s += f" beta={m.beta_label} alpha={m.alpha_mode} iters={m.iters}"
     if m.model_transform == "spinquant":
         r = m.rotation
         s += f" steps={r.steps} lr={r.lr:g} samples={'all' if r.samples is None else r.samples}"

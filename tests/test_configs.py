@@ -222,7 +222,7 @@ def test_schema_is_the_dataclasses(hydra_conf):
     assert raw["method"]["gptq"] == dataclasses.asdict(GPTQConfig())
     assert raw["loop"] == dataclasses.asdict(LoopConfig())
     assert raw["eval"]["lm_eval"]["bootstrap_iters"] == RunConfig().eval.lm_eval.bootstrap_iters
-    for override, key in (("method.beta=abc", "method.beta"), ("quant.bits=x", "quant.bits"),
+    for override, key in (("method.iters=abc", "method.iters"), ("quant.bits=x", "quant.bits"),
                           ("eval.max_windows=many", "eval.max_windows")):
         with pytest.raises(Exception, match=key.replace(".", r"\.")):
             _compose([override])

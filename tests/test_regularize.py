@@ -187,3 +187,37 @@ def test_lambda_max_once_per_shared_input_in_the_block_loop(monkeypatch):
                                                            "mlp.down_proj")}
     by = {(r["block"], r["linear"]): r["lambda_max"] for r in res.rows}
     assert by[(0, "self_attn.q_proj")] == by[(0, "self_attn.k_proj")] == by[(0, "self_attn.v_proj")]
+
+
+def _layer_with_holdout(seed: int, n_in: int = 128, n_out: int = 64, n: int = 1024):
+    """W [out, in] with 1% of its entries 8x larger; H and a held-out H from disjoint halves of inputs whose
+    first 3 channels are 15x larger."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(2 * n, n_in, generator=g)
+    X[:, :3] *= 15
+    W = torch.randn(n_out, n_in, generator=g) * 0.02
+    W.view(-1)[torch.randint(0, W.numel(), (W.numel() // 100,), generator=g)] *= 8
+    Xc, Xh = X[:n], X[n:]
+    return W, LayerStats(Xc.T @ Xc / n, n, holdout=LayerStats(Xh.T @ Xh / n, n))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auto_beta_picks_the_lowest_held_out_error(seed):
+    """method.beta=auto returns the grid point whose Astro+GPTQ weights have the lowest held-out error, as an
+    independent cold-started run at each beta finds it (here an interior point, 1e-4, by a margin of > 3%),
+    and records the errors it chose by."""
+    from astro.gptq import gptq
+    from astro.methods import MethodConfig, process_linear
+    from astro.quantizer import QuantGrid
+    from astro.stats import h_error
+    W, stats = _layer_with_holdout(seed)
+    grid = QuantGrid(3, 32, False)
+    method = MethodConfig("astro_gptq", beta="auto", iters=300, beta_grid=(1e-2, 1e-5, 1e-3, 1e-4))
+    cold = [h_error(gptq(reconstruct(W, stats, method.regularize_config(32, b)).W, stats.H, grid).W_q - W,
+                    stats.holdout.H) for b in method.betas]
+    best = min(range(len(cold)), key=cold.__getitem__)
+    assert method.betas[best] == 1e-4 and sorted(cold)[1] > 1.03 * cold[best]   # the answer, known independently
+    out = process_linear(W, stats, grid, method)
+    assert out.row["beta"] == method.betas[best] and out.row["beta_grid"] == [1e-5, 1e-4, 1e-3, 1e-2]
+    assert out.row["err_holdout_per_beta"][best] == pytest.approx(h_error(out.W - W, stats.holdout.H), rel=1e-6)
+    assert out.row["err_holdout_per_beta"] == pytest.approx(cold, rel=0.05)   # warm starts reach the same solutions

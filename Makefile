@@ -20,7 +20,7 @@ analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 .PHONY: help setup setup-gemma bench-solver bench-shapes export quickstart test test-all lint bench clean-cache run sweep experiments status \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
 	reproduce-table7 figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
-	calib-study calib-sink w2-groups beyond-study rehearsal
+	calib-study calib-sink w2-groups beyond-study beta-auto rehearsal
 
 help:  ## list the targets (experiment targets take SCALE=embedded|paper, default embedded, and ARGS='overrides')
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 20
@@ -111,6 +111,10 @@ reproduce-table7: setup  ## Table 7: Astro on RTN (RTN, MagR+RTN, Astro+RTN)
 beyond-study: setup  ## beyond the paper: Astro+GPTQ composed with AWQ / QuaRot / SpinQuant vs their parts (3 seeds)
 	$(call sweep,beyond_study)
 	$(call analyze,beyond_study)
+
+beta-auto: setup  ## method.beta=auto (per-layer beta on held-out windows) for Astro+GPTQ/RTN vs the best global beta (3 seeds)
+	$(call sweep,beta_auto)
+	$(call analyze,beta_auto)
 
 figures: fig1-outliers fig2-landscape fig3-efficiency  ## all three figures
 

@@ -12,7 +12,8 @@ import pandas as pd
 
 from astro.results import ResultStore
 
-from .common import LABELS, cells, data_caption, markdown, parser, write_table
+from . import fig3_efficiency
+from .common import LABELS, cells, data_caption, markdown, parser, save_figure, write_table
 from .paired import paired_table, write_paired
 
 # each composed pipeline against each of its parts (A vs B within one model and setting)
@@ -27,9 +28,18 @@ def build(cs) -> pd.DataFrame:
                           "method time (s)": c.fmt("timings.method", 1)} for c in cs])
 
 
+def composed_figure(cs, fig3_cells, scale: str):
+    """Fig. 3 (PPL vs quantization time, one point per method) with the composed pipelines' points added."""
+    composed = {a for a, _ in PAIRS}
+    return fig3_efficiency.figure(fig3_cells + [c for c in cs if c.config.method.name in composed], scale)
+
+
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
-    cs = cells("beyond_study", a.scale, ResultStore(a.store), tuple(a.overrides))
+    store = ResultStore(a.store)
+    cs = cells("beyond_study", a.scale, store, tuple(a.overrides))
+    save_figure(composed_figure(cs, cells("fig3_efficiency", a.scale, store, tuple(a.overrides)), a.scale),
+                "fig3_composed", a.scale, a.out or a.store.parent / "figures")
     out = a.out or a.store.parent / "tables"
     df = build(cs)
     write_table(df, "beyond_study", a.scale, "Astro composed with scaling and rotations (not in the paper). "

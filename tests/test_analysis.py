@@ -12,6 +12,7 @@ import pytest
 
 from analysis import (
     ablation_alpha,
+    beta_auto,
     beyond_study,
     fig3_efficiency,
     solver_study,
@@ -43,6 +44,7 @@ RUN = {
     "ablation_alpha": [("quant=w3g64", "method.alpha=uniform")],   # activation W3: table3's record
     # composed pipelines only: their parts' cells are other tables' records (astro_gptq: table1's)
     "beyond_study": [("method=awq_astro_gptq",)],
+    "beta_auto": [("method=astro_gptq", "method.beta=auto")],   # references: table3 and table7 records
 }
 
 
@@ -295,6 +297,15 @@ def test_beyond_study(store, tmp_path):
     assert row["verdict"] == "single-seed (n=1): no interval"
     assert paired.loc["AWQ+Astro+GPTQ vs AWQ+GPTQ", "verdict"] == "missing: AWQ+GPTQ"
     assert paired.loc["QuaRot+Astro+GPTQ vs QuaRot+GPTQ", "verdict"].startswith("missing")
+    # Fig. 3 with the composed points: the recorded composed pipeline is a point beside Fig. 3's methods
+    assert (tmp_path / "fig3_composed_embedded.png").exists()
+    from analysis.common import cells
+    extra = (*TINY, "quant=w3g64")
+    fig = beyond_study.composed_figure(cells("beyond_study", "embedded", ResultStore(store), extra),
+                                       cells("fig3_efficiency", "embedded", ResultStore(store), extra), "embedded")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any(t.startswith(f"AWQ+Astro+GPTQ  ({composed:.2f}") for t in labels)
+    assert any(t.startswith("Astro+GPTQ  (") for t in labels) and "SpinQuant+Astro+GPTQ" in fig.axes[0].get_title()
 
 
 def test_records_follow_the_fields_their_method_reads(store, caplog):
@@ -309,3 +320,17 @@ def test_records_follow_the_fields_their_method_reads(store, caplog):
     assert not astro.records
     n = len([r for r in ResultStore(store).records() if r["config"]["method"]["name"] == "astro_gptq"])
     assert f"differing in method.iters ({n})" in caplog.text.strip().splitlines()[-1], caplog.text
+
+
+def test_beta_auto(store, tmp_path):
+    _run(beta_auto, store, tmp_path)
+    df = pd.read_csv(tmp_path / "beta_auto_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
+    auto = next(r for r in ResultStore(store).records() if r["config"]["method"]["beta"] == "auto")
+    gptq = df.loc["Astro+GPTQ"]
+    assert gptq["beta=auto PPL"] == f"{auto['metrics']['ppl']:.2f} (n=1)"
+    assert {r["beta"] for r in auto["rows"]} <= set(auto["rows"][0]["beta_grid"])
+    # table3's two points: 5e-5 activation (a sweep-beta point) and 5e-4 uniform (not an activation point)
+    assert gptq["best global beta"] == "5e-05" and gptq["its PPL"] == gptq["paper's beta=5e-05 PPL"] != "missing"
+    assert df.loc["Astro+RTN", "beta=auto PPL"] == "missing" and df.loc["Astro+RTN", "its PPL"] != "missing"
+    paired = pd.read_csv(tmp_path / "beta_auto_paired_embedded.csv", dtype=str, keep_default_na=False)
+    assert set(paired["verdict"]) == {"single-seed (n=1): no interval", "missing: Astro+RTN beta=auto"}

@@ -58,6 +58,8 @@ CLAIMS = {
                        "embedded": ({"smollm2-135m"}, W_EMB, {"astro_gptq"})},
     "beyond_study": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"} | BASELINES - {"quarot_rtn"} | COMPOSED),
                      "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"} | BASELINES - {"quarot_rtn"} | COMPOSED)},
+    "beta_auto": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq", "astro_rtn"}),
+                  "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq", "astro_rtn"})},
     "solver_study": {"paper": ({"llama2-7b"}, {(3, 128), (2, 64)}, {"astro_gptq"}),
                      "embedded": ({"smollm2-135m"}, {(3, 64), (2, 64)}, {"astro_gptq"})},
     "calib_study": {"paper": ({"llama2-7b"}, {(3, 128), (4, 128)}, {"gptq", "magr_gptq", "astro_gptq", "awq"}),
@@ -73,6 +75,7 @@ SEEDS = {"paper": {0}, "embedded": {0, 1, 2}}   # embedded table points run at 3
 EXTRA_AXES = {  # experiment -> {override key: expected set of values}
     "table1": {"calib.seed": SEEDS}, "table4": {"calib.seed": SEEDS}, "table7": {"calib.seed": SEEDS},
     "fig3_efficiency": {"calib.seed": SEEDS}, "beyond_study": {"calib.seed": SEEDS},
+    "beta_auto": {"calib.seed": SEEDS, "method.beta": {"auto"}},
     "table3": {"method.beta": BETAS, "method.alpha": {"activation", "uniform"}, "calib.seed": SEEDS},
     "sweep_beta": {"method.beta": BETAS, "method.alpha": {"activation", "uniform"}, "calib.seed": SEEDS},
     "ablation_alpha": {"method.alpha": {"activation", "uniform"}, "calib.seed": SEEDS},

@@ -195,7 +195,7 @@ def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig,
     Hn = H / lam
     tau = (cfg.beta * alpha).expand(n_out, -1)  # [out, G]
     solve = _pgd if cfg.solver == "pgd" else _fista
-    start = W if init is None else init.to(W.device, torch.float32)
+    start = None if init is None else init.to(W.device, torch.float32)
     Wp, restarts, used = solve(W, Hn, tau, alpha, cfg, g, log, start)
     return log.result(Wp, alpha, lam, g, cfg.solver, restarts, used)
 
@@ -256,10 +256,10 @@ def _prox_step(V: torch.Tensor, tau: torch.Tensor, g: int) -> torch.Tensor:
 
 
 def _pgd(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace,
-         start: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """The paper's proximal gradient from W' = start: W' <- prox(W' - (W' - W) Hn). Returns (W', restarts = 0,
-    iterations)."""
-    Wp = start.clone()
+         start: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
+    """The paper's proximal gradient from W' = start (None: W): W' <- prox(W' - (W' - W) Hn). Returns (W',
+    restarts = 0, iterations)."""
+    Wp = (W if start is None else start).clone()
     for k in range(cfg.iters):
         D = Wp - W
         G = D @ Hn                                          # gradient [out, in]
@@ -274,13 +274,13 @@ def _pgd(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace,
 
 
 def _fista(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int,
-           trace: _Trace, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+           trace: _Trace, start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """FISTA with gradient-based adaptive restart (module docstring); one matmul per iteration.
     Returns (W', restarts, iterations).
 
     theta and the restart count stay on the device (float64 / int64 scalars, the same arithmetic as Python
     floats), so the restart test costs no host sync."""
-    X = start.clone()
+    X = (W if start is None else start).clone()
     X_prev, G_prev = X, torch.zeros_like(W)
     theta = torch.ones((), dtype=torch.float64, device=W.device)
     restarts = torch.zeros((), dtype=torch.int64, device=W.device)

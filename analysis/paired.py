@@ -24,6 +24,9 @@ from scipy import stats
 from .common import LABELS, MISSING, NOT_APPLICABLE, Cell, lookup, markdown, write_table
 
 METRIC = "metrics.ppl"
+# A quantized model whose perplexity is above this many times its FP model's has collapsed: comparisons between
+# two collapsed cells are shown but not ranked (at embedded scale every W2 g64 method is, make w2-groups)
+COLLAPSE_FACTOR = 5.0
 
 
 @dataclass(frozen=True)
@@ -172,9 +175,12 @@ def ci_column(level: float) -> str:
 
 
 def comparison_row(a: Cell, b: Cell, label_a: str, label_b: str, level: float = 0.95, metric: str = METRIC,
-                   not_applicable: Callable[[Cell], bool] | None = None) -> dict:
+                   not_applicable: Callable[[Cell], bool] | None = None,
+                   collapsed: Callable[[Cell], bool] | None = None) -> dict:
     """The formatted columns (after comparison and setting) of one A-vs-B comparison: 'n/a' or 'missing'
-    (naming the side) where a cell has no record, else its paired difference."""
+    (naming the side) where a cell has no record, else its paired difference. collapsed(cell): the cell's
+    quantized model has collapsed (e.g. perplexity above COLLAPSE_FACTOR x FP); when both sides have, the
+    difference is shown but the verdict says so instead of ranking them."""
     empty = {"seeds": "-", "unpaired seeds": "-", "mean A": "-", "mean B": "-", "paired diff A-B": "-",
              ci_column(level): "-", "n": 0}
     sides = ((a, label_a), (b, label_b))
@@ -186,14 +192,30 @@ def comparison_row(a: Cell, b: Cell, label_a: str, label_b: str, level: float = 
         return {**empty, "verdict": f"{MISSING}: {', '.join(lacking)}"}
     p = paired_difference(seed_values(a, metric), seed_values(b, metric), level)
     unpaired = "; ".join(f"{side}: {seed_list(s)}" for side, s in (("A", p.only_a), ("B", p.only_b)) if s)
+    verdict = p.verdict(label_a, label_b)
+    if collapsed is not None and collapsed(a) and collapsed(b):
+        verdict = f"both collapsed (> {COLLAPSE_FACTOR:g}x FP): not ranked"
     return {"seeds": seed_list(p.seeds), "unpaired seeds": unpaired or "-", "mean A": plain(p.mean_a),
             "mean B": plain(p.mean_b), "paired diff A-B": "-" if p.mean is None else signed(p.mean),
-            ci_column(level): interval(p), "n": p.n, "verdict": p.verdict(label_a, label_b)}
+            ci_column(level): interval(p), "n": p.n, "verdict": verdict}
+
+
+def collapsed_above_fp(cs: list[Cell], factor: float | None = None, metric: str = METRIC) -> Callable[[Cell], bool]:
+    """collapsed(cell) for comparison_row: the cell's mean is above `factor` (COLLAPSE_FACTOR) x the mean of the
+    FP cell of the same model among `cs` (False where that model has no FP record)."""
+    factor = COLLAPSE_FACTOR if factor is None else factor
+    fp = {c.choices.get("model"): c.mean_std(metric)[0] for c in cs if c.config.method.name == "fp" and c.records}
+
+    def collapsed(c: Cell) -> bool:
+        ref, m = fp.get(c.choices.get("model")), c.mean_std(metric)[0]
+        return ref is not None and m is not None and m > factor * ref
+    return collapsed
 
 
 def paired_table(cs: list[Cell], pairs: list[tuple[str, str]], key: str = "method", level: float = 0.95,
                  labels: dict[str, str] | None = None, metric: str = METRIC,
-                 not_applicable: Callable[[Cell], bool] | None = None) -> pd.DataFrame:
+                 not_applicable: Callable[[Cell], bool] | None = None,
+                 collapsed: Callable[[Cell], bool] | None = None) -> pd.DataFrame:
     """One row per (pair, setting) where both cells are in the grid (a pair with a side outside the grid
     gives no row). Cells are matched on their choices except `key` and the seed; A and B are two values
     of `key`: method names by default, or e.g. key='method.alpha' with pairs [('activation', 'uniform')].
@@ -209,7 +231,8 @@ def paired_table(cs: list[Cell], pairs: list[tuple[str, str]], key: str = "metho
             continue
         rows = both.apply(lambda r: comparison_row(r["cell A"], r["cell B"],
                                                    name(va), name(vb),  # noqa: B023 - applied here, not kept
-                                                   level, metric, not_applicable), axis=1, result_type="expand")
+                                                   level, metric, not_applicable, collapsed),
+                          axis=1, result_type="expand")
         parts.append(rows.assign(comparison=f"{name(va)} vs {name(vb)}", setting=both["setting"]))
     if not parts:
         return pd.DataFrame(columns=columns(level))

@@ -26,7 +26,7 @@ from .common import (
     reported,
     write_table,
 )
-from .paired import paired_table, write_paired
+from .paired import collapsed_above_fp, paired_table, write_paired
 
 # the paper's baselines: reported-only rows unless the grid runs them (awq; spinquant_gptq reproduces the
 # paper's SpinQuant row); OmniQuant is not implemented here
@@ -64,8 +64,9 @@ def build(cs, scale: str) -> pd.DataFrame:
 
 
 def build_paired(cs) -> pd.DataFrame:
-    """PAIRS per model and setting, paired on calibration seeds (a rotation on Gemma3 is 'n/a')."""
-    return paired_table(cs, PAIRS, not_applicable=lambda c: not_applicable(c.config))
+    """PAIRS per model and setting, paired on calibration seeds (a rotation on Gemma3 is 'n/a'; two cells above
+    COLLAPSE_FACTOR x FP are not ranked)."""
+    return paired_table(cs, PAIRS, not_applicable=lambda c: not_applicable(c.config), collapsed=collapsed_above_fp(cs))
 
 
 def main(argv=None) -> None:

@@ -128,3 +128,28 @@ def test_paired_table_on_another_choice_key():
     row = df.loc["smollm2-135m w3g64 Astro+GPTQ beta=1e-5"]
     assert row["paired diff A-B"] == "-3.50" and row["95% CI"] == f"[{-3.5 - 6.3531:+.2f}, {-3.5 + 6.3531:+.2f}]"
     assert row["verdict"] == "unresolved (CI contains 0)"
+
+
+def test_collapsed_cells_are_not_ranked():
+    """Two cells above COLLAPSE_FACTOR x their model's FP perplexity keep their paired difference but get no
+    ranking; a comparison with one healthy side is ranked as usual."""
+    from types import SimpleNamespace
+
+    from analysis.paired import COLLAPSE_FACTOR, collapsed_above_fp
+
+    def cell(quant, method, ppl_by_seed):
+        c = _cell({"model": "m", "quant": quant, "method": method}, ppl_by_seed)
+        c.config = SimpleNamespace(method=SimpleNamespace(name=method))
+        return c
+    fp = 20.0
+    high = COLLAPSE_FACTOR * fp
+    cs = [cell("w3g64", "fp", {0: fp}),
+          cell("w2g64", "astro_gptq", {0: high + 10, 1: high + 20, 2: high + 30}),
+          cell("w2g64", "gptq", {0: high + 110, 1: high + 120, 2: high + 130}),   # diff -100 every seed
+          cell("w3g64", "astro_gptq", {0: 30.0, 1: 31.0, 2: 32.0}),
+          cell("w3g64", "gptq", {0: high + 1, 1: high + 2, 2: high + 3})]          # only B collapsed
+    df = paired_table(cs, [("astro_gptq", "gptq")], collapsed=collapsed_above_fp(cs)).set_index("setting")
+    w2 = df.loc["m w2g64"]
+    assert w2["paired diff A-B"] == "-100.00"
+    assert w2["verdict"] == f"both collapsed (> {COLLAPSE_FACTOR:g}x FP): not ranked"
+    assert df.loc["m w3g64", "verdict"] == "resolved: Astro+GPTQ lower"

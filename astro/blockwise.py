@@ -237,16 +237,15 @@ def capture_inputs(model: nn.Module, arch: Architecture, input_ids: torch.Tensor
 
 @torch.no_grad()
 def each_linear_input(forward: Callable[[torch.Tensor], object], chunks: list[torch.Tensor],
-                      linears: dict[str, nn.Module], on_input: Callable[[int, str, torch.Tensor], None]) -> None:
-    """For each chunk i, run forward(chunks[i]) until every one of `linears` has read its input, calling
-    on_input(i, name, x) with the input x each linear receives; the rest of the forward is skipped. The one
+                      linears: dict[str, nn.Module], on_input: Callable[[str, torch.Tensor], None]) -> None:
+    """For each chunk, run forward(chunk) until every one of `linears` has read its input, calling
+    on_input(name, x) with the input x each linear receives; the rest of the forward is skipped. The one
     way the loop, AWQ's scale search and the Fig. 1 probe see the inputs of linears."""
     fired: set[str] = set()
-    chunk = [0]   # the index of the chunk being forwarded
 
     def hook_for(name):
         def hook(_module, args):
-            on_input(chunk[0], name, args[0])
+            on_input(name, args[0])
             fired.add(name)
             if len(fired) == len(linears):
                 raise _AllSeen
@@ -254,7 +253,7 @@ def each_linear_input(forward: Callable[[torch.Tensor], object], chunks: list[to
 
     handles = [lin.register_forward_pre_hook(hook_for(name)) for name, lin in linears.items()]
     try:
-        for chunk[0], h in enumerate(chunks):
+        for h in chunks:
             fired.clear()
             try:
                 forward(h)
@@ -285,7 +284,7 @@ def collect_stats(forward: Callable[[torch.Tensor], object], hidden: list[torch.
     accs = {n: HessianAccumulator(linears[n].in_features, device=device, weights=weights) for n in owners}
     latest: dict[str, torch.Tensor] = {}   # each owner's input in the current chunk
 
-    def on_input(_i, name, x):
+    def on_input(name, x):
         if name not in shared:
             latest[name] = x
             accs[name].add(x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 
 ADDED = "added_after_records"
@@ -15,6 +16,7 @@ def added_field(default):
     return dataclasses.field(default=default, metadata={ADDED: True})
 
 
+@functools.cache
 def added_fields(cls, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
     """{path: default} of every added_field in dataclass `cls` and the dataclasses nested in it."""
     out: dict[tuple[str, ...], object] = {}

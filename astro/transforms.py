@@ -291,7 +291,7 @@ def awq_block_transform(model: nn.Module, method, grid: QuantGrid) -> BlockTrans
         stats = {n: (HessianAccumulator(lin.in_features, device=device),
                      AbsMeanAccumulator(lin.in_features, device=device)) for n, lin in firsts.items()}
 
-        def on_input(_i, name, x):
+        def on_input(name, x):
             stats[name][0].add(x)
             stats[name][1].add(x)
         each_linear_input(ctx.forward, ctx.hidden, firsts, on_input)

@@ -36,7 +36,7 @@ def layer_inputs(model, arch, ids: torch.Tensor, block: int, linear: str, batch:
     """Inputs [tokens, in] of one linear over all calibration sequences (each forward stops there)."""
     chunks = []
 
-    def keep(_i, _name, x):
+    def keep(_name, x):
         chunks.append(x.detach().reshape(-1, x.shape[-1]).float().cpu())
     each_linear_input(lambda c: model(c), list(torch.split(ids, batch)),
                       {linear: get_module(model, f"{arch.blocks}.{block}.{linear}")}, keep)
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
         timings={"total": time.perf_counter() - t0}, probe_kind="fig1",
         probe={"block": block, "linear": a.linear, "n_tokens": int(X.shape[0]), "sample_rows": len(rows),
                "shape": list(W.shape), "group_size": g, "beta": cfg.method.beta, "iters": cfg.method.iters,
-               "alpha_mode": cfg.method.regularize_config(g).alpha, "objective_first": float(reg.objective[0]),
+               "alpha_mode": cfg.method.alpha_mode, "objective_first": float(reg.objective[0]),
                "objective_last": float(reg.objective[-1]), "arrays": "arrays.npz"})
     store.write(record)
     log.info("wrote %s (block %d %s, %d tokens)", store.path(key), block, a.linear, X.shape[0])

@@ -49,8 +49,9 @@ COMPONENTS: dict[str, Component] = {
     "quarot": Component(1, ("method.rotation.seed",)),
     "spinquant": Component(2, ("method.rotation", "quant")),     # learns R1/R2 under fake quantization
     "awq": Component(2, ("method.awq", "quant")),
-    "regularize": Component(1, ("method.beta", "method.iters", "method.alpha", "method.linf_group_size",
-                                "method.solver", "method.tol", "quant.group_size")),  # l_inf groups default to it
+    "regularize": Component(1, ("method.beta", "method.beta_grid", "method.iters", "method.alpha",
+                                "method.linf_group_size", "method.solver", "method.tol",
+                                "quant.group_size")),  # l_inf groups default to it
     "rtn": Component(1, ("quant",)),
     "gptq": Component(1, ("method.gptq", "quant")),
 }
@@ -173,6 +174,8 @@ class MethodConfig:
             raise ValueError(f"method.beta must be a number >= 0 or {AUTO!r}, got {self.beta!r}")
         if not self.beta_grid:
             raise ValueError("method.beta_grid must hold at least one beta, got ()")
+        # a tuple, however given (Hydra gives lists), so the default compares equal and stays out of the key
+        object.__setattr__(self, "beta_grid", tuple(float(b) for b in self.beta_grid))
         try:   # validates beta/iters/alpha/group size/solver/tol early, named as the user writes them
             for beta in self.betas:
                 self.regularize_config(128, beta)

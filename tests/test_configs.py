@@ -12,6 +12,7 @@ import pytest
 from hydra import compose
 
 from astro.config import RunConfig
+from astro.export import check_run_exportable
 from astro.methods import MethodConfig
 from astro.results import canonical_config, run_key
 from astro.run import check_widths
@@ -222,7 +223,7 @@ def test_schema_is_the_dataclasses(hydra_conf):
     for name in sorted(p.stem for p in (CONF / "method").glob("*.yaml")):
         assert set(hydra_conf.raw([f"method={name}"])["method"]) == fields, name
     raw = hydra_conf.raw([])
-    assert raw["method"]["gptq"] == dataclasses.asdict(GPTQConfig())
+    assert hydra_conf.raw(["scale=paper"])["method"]["gptq"] == dataclasses.asdict(GPTQConfig())  # embedded: act-order
     assert raw["loop"] == dataclasses.asdict(LoopConfig())
     assert raw["eval"]["lm_eval"]["bootstrap_iters"] == RunConfig().eval.lm_eval.bootstrap_iters
     for override, key in (("method.iters=abc", "method.iters"), ("quant.bits=x", "quant.bits"),
@@ -288,8 +289,9 @@ def test_run_key_ignores_what_cannot_change_numbers(hydra_conf):
     assert k("method=astro_gptq") == k("method=astro_gptq", "method.beta_grid=[5e-6,1e-5,3e-5,5e-5,1e-4,5e-4]")
     assert k("method=gptq") == k("method=gptq", "method.beta_grid=[1e-5]")
     assert k("method=astro_gptq") != k("method=magr_gptq")
-    assert k("method=rtn") == k("method=rtn", "method.gptq.act_order=true")
-    assert k("method=gptq") != k("method=gptq", "method.gptq.act_order=true")
+    assert k("method=rtn") == k("method=rtn", "method.gptq.act_order=false")
+    assert k("method=gptq") != k("method=gptq", "method.gptq.act_order=false")
+    assert k("method=gptq") != k("method=gptq", "method.gptq.static_groups=false")
     assert k("method=astro_gptq") != k("method=astro_gptq", "quant=w4g64")
     # the baselines' settings key only the methods that use them
     assert k("method=gptq") == k("method=gptq", "method.awq.grid=7", "method.rotation.seed=3",
@@ -308,6 +310,14 @@ def test_embedded_scale_shrinks_spinquant(hydra_conf):
     assert (emb.method.rotation.steps, emb.method.rotation.samples) == (20, 2)
     assert (paper.method.rotation.steps, paper.method.rotation.lr, paper.method.rotation.samples) == (100, 1.5, None)
     assert "store" not in canonical_config(_run_config([])) and "tracking" not in canonical_config(_run_config([]))
+
+
+def test_embedded_gptq_is_exportable_act_order_and_paper_keeps_the_reference(hydra_conf):
+    """The embedded protocol's GPTQ (act-order on static groups) is one compressed-tensors can store."""
+    emb, paper = _run_config(["method=astro_gptq"]), _run_config(["method=astro_gptq", "scale=paper"])
+    assert (emb.method.gptq.act_order, emb.method.gptq.static_groups) == (True, True)
+    assert (paper.method.gptq.act_order, paper.method.gptq.static_groups) == (False, False)
+    check_run_exportable(emb)
 
 
 @pytest.mark.parametrize("launcher,target", [

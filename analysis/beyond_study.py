@@ -29,9 +29,11 @@ def build(cs) -> pd.DataFrame:
 
 
 def composed_figure(cs, fig3_cells, scale: str):
-    """Fig. 3 (PPL vs quantization time, one point per method) with the composed pipelines' points added."""
-    composed = {a for a, _ in PAIRS}
-    return fig3_efficiency.figure(fig3_cells + [c for c in cs if c.config.method.name in composed], scale)
+    """Fig. 3 (PPL vs quantization time, one point per method) with the composed pipelines' points added, at
+    Fig. 3's settings only (the study's W2 points would not be comparable)."""
+    composed, settings = {a for a, _ in PAIRS}, {c.choices["quant"] for c in fig3_cells}
+    return fig3_efficiency.figure(fig3_cells + [c for c in cs if c.config.method.name in composed
+                                                and c.choices["quant"] in settings], scale)
 
 
 def main(argv=None) -> None:

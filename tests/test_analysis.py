@@ -78,10 +78,10 @@ def test_table1(store, tmp_path):
     # one calibration seed: the value, visibly single-seed
     assert row.loc["GPTQ", col] == f"{recs['gptq']['metrics']['ppl']:.2f} (n=1)"
     assert row.loc["RTN", col] == f"{recs_any('rtn', store):.2f} (n=1)"  # table7's RTN run is the same computation
-    assert row.loc["MagR+GPTQ", col] == "missing" and row.loc["GPTQ", "tiny-random-llama w2g64"] == "missing"
+    assert row.loc["MagR+GPTQ", col] == "missing" and row.loc["GPTQ", "tiny-random-llama w2g16"] == "missing"
     assert row.loc["AWQ", col] == "missing" and row.loc["OmniQuant", col] == "not run"
     # the caption counts runs, not cells: the FP record fills the W2, W3 and W4 columns but is one run
-    assert row.loc["FP", "tiny-random-llama w2g64"] == row.loc["FP", col] != "missing"
+    assert row.loc["FP", "tiny-random-llama w2g16"] == row.loc["FP", col] != "missing"
     assert "torch thread" in md and "(4 runs)" in md  # FP, RTN, GPTQ, Astro+GPTQ
     # the comparisons, paired on calibration seeds: one seed each, so a difference but no interval
     paired = pd.read_csv(tmp_path / "table1_paired_embedded.csv", dtype=str, keep_default_na=False)
@@ -103,7 +103,7 @@ def test_table1_reported_values_are_verbatim(store, tmp_path):
     df = pd.read_csv(tmp_path / "table1_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
     rep = reported()["table1"]["llama2-7b"]
     for method, label in (("rtn", "RTN"), ("astro_gptq", "Astro+GPTQ"), ("spinquant", "SpinQuant")):
-        for _ours, theirs in (("w2g64", "w2g64"), ("w3g64", "w3g128"), ("w4g64", "w4g128")):
+        for _ours, theirs in (("w2g16", "w2g64"), ("w3g64", "w3g128"), ("w4g64", "w4g128")):
             v = float(df.loc[label, f"reported llama2-7b {theirs}"])
             assert math.isclose(v, rep[method][theirs], rel_tol=0.01), (method, theirs)
         assert df.loc[label, "smollm2-135m w3g64"] in ("missing", "not run")
@@ -189,7 +189,7 @@ def test_ablation_alpha(store, tmp_path):
            if r["config"]["method"]["name"] == "astro_gptq" and r["config"]["quant"]["bits"] == 3
            and r["config"]["method"]["beta"] == 5e-5 and r["config"]["method"]["solver"] == "pgd"}
     assert df.loc["W3 g64", "activation - uniform"] == f"{ppl['activation'] - ppl['uniform']:+.2f}"
-    assert df.loc["W2 g64", "uniform alpha_k"] == "missing" and df.loc["W2 g64", "activation - uniform"] == "-"
+    assert df.loc["W2 g16", "uniform alpha_k"] == "missing" and df.loc["W2 g16", "activation - uniform"] == "-"
 
 
 def test_table4_and_table7(store, tmp_path):
@@ -286,14 +286,16 @@ def test_fig2_landscape_probe_and_figure(store, tmp_path):
 
 def test_beyond_study(store, tmp_path):
     _run(beyond_study, store, tmp_path)
-    df = pd.read_csv(tmp_path / "beyond_study_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
+    df = pd.read_csv(tmp_path / "beyond_study_embedded.csv", dtype=str, keep_default_na=False)
+    assert set(df["setting"]) == {"w3g64", "w2g16"}   # W3, then the embedded W2 setting
+    df = df[df["setting"] == "w3g64"].set_index("method")
     composed = recs_any("awq_astro_gptq", store)
     astro = next(r["metrics"]["ppl"] for r in ResultStore(store).records()
                  if r["experiment"] == "table1" and r["config"]["method"]["name"] == "astro_gptq")
     assert df.loc["AWQ+Astro+GPTQ", "PPL"] == f"{composed:.2f} (n=1)"
     assert df.loc["SpinQuant+Astro+GPTQ", "PPL"] == "missing" and df.loc["AWQ+GPTQ", "PPL"] == "missing"
-    paired = pd.read_csv(tmp_path / "beyond_study_paired_embedded.csv", dtype=str,
-                         keep_default_na=False).set_index("comparison")
+    paired = pd.read_csv(tmp_path / "beyond_study_paired_embedded.csv", dtype=str, keep_default_na=False)
+    paired = paired[paired["setting"].str.endswith("w3g64")].set_index("comparison")
     row = paired.loc["AWQ+Astro+GPTQ vs Astro+GPTQ"]   # Astro+GPTQ: table1's record, the same run
     assert row["paired diff A-B"] == signed(composed - astro)
     assert row["verdict"] == "single-seed (n=1): no interval"
@@ -334,7 +336,9 @@ def test_beta_auto(store, tmp_path):
     # the sweep-beta activation points recorded: table3's 5e-5 and solver_study's pgd 5e-6 (the same computation
     # as sweep-beta's 5e-6 here, TINY's iters overriding the arm's); 5e-4 uniform is not an activation point
     fixed = {r["config"]["method"]["beta"]: r["metrics"]["ppl"] for r in ResultStore(store).records()
-             if r["config"]["method"]["name"] == "astro_gptq" and r["config"]["method"]["beta"] in (5e-5, 5e-6)
+             if "ppl" in r["metrics"]   # not the probes' records (Table 5)
+             and r["config"]["method"]["name"] == "astro_gptq" and r["config"]["method"]["beta"] in (5e-5, 5e-6)
+             and r["canonical"]["method"]["alpha"] == "activation" and r["config"]["quant"]["bits"] == 3
              and r["config"]["method"]["solver"] == "pgd" and r["config"]["method"]["tol"] is None}
     best = min(fixed, key=fixed.get)
     assert set(fixed) == {5e-5, 5e-6} and gptq["best global beta"] == f"{best:g}"

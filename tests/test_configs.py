@@ -30,7 +30,7 @@ BETAS = {5e-6, 1e-5, 3e-5, 5e-5, 1e-4, 5e-4}
 # What each artifact must sweep, from the paper (../shared/astro-paper.md): per scale, the set of
 # models, of (bits, group size) settings and of methods, plus extra axes.
 W_PAPER = {(2, 64), (3, 128), (4, 128)}
-W_EMB = {(2, 64), (3, 64), (4, 64)}
+W_EMB = {(2, 16), (3, 64), (4, 64)}   # W2 at g16: g64 collapses every method at embedded scale
 CLAIMS = {
     "table1": {"paper": (PAPER_MODELS, W_PAPER, MAIN_METHODS | BASELINES),
                "embedded": (EMBEDDED_MODELS, W_EMB, MAIN_METHODS | BASELINES)},
@@ -58,7 +58,8 @@ CLAIMS = {
     "ablation_alpha": {"paper": ({"llama2-7b"}, W_PAPER, {"astro_gptq"}),
                        "embedded": ({"smollm2-135m"}, W_EMB, {"astro_gptq"})},
     "beyond_study": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"} | BASELINES - {"quarot_rtn"} | COMPOSED),
-                     "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"} | BASELINES - {"quarot_rtn"} | COMPOSED)},
+                     "embedded": ({"smollm2-135m"}, {(3, 64), (2, 16)},
+                                  {"astro_gptq"} | BASELINES - {"quarot_rtn"} | COMPOSED)},
     "beta_auto": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq", "astro_rtn"}),
                   "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq", "astro_rtn"})},
     "solver_study": {"paper": ({"llama2-7b"}, {(3, 128), (2, 64)}, {"astro_gptq"}),

@@ -12,7 +12,9 @@ field added later enters it only away from its old-behaviour default (astro.fiel
 field, or a changed default of a field the method does not read, leaves every record in its cell; a change
 to what a run's numbers depend on (a field it reads, a component's version) makes the old records another
 configuration, and the cell says "missing" (the log names the fields in which the store's records of the
-same method, model and setting differ).
+same method, model and setting differ). A point that asks for no diagnostics also shows, for a seed it has
+no record of, a record of the same run made with diagnostics added (astro.results.without_diagnostics: e.g.
+`make calib-study`'s runs with held-out windows answer for Table 1's).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import pandas as pd
 import yaml
 
 from astro.methods import PIPELINES
-from astro.results import ResultStore, atomic_write_text, canonical_config
+from astro.results import ResultStore, atomic_write_text, canonical_config, stored_form, without_diagnostics
 from experiments.grid import SCALES, Composer
 
 log = logging.getLogger(__name__)
@@ -126,21 +128,40 @@ class Cell:
 def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...] = ()) -> list[Cell]:
     """The experiment's grid points at `scale` (plus extra overrides), each with its records."""
     by_seedless: dict[str, list] = {}
+    answering: dict[str, list] = {}   # records made with diagnostics added, by their run without them
     for rec in store.records():
         by_seedless.setdefault(seedless_key(rec["canonical"]), []).append(rec)
+        free = without_diagnostics(rec["canonical"])
+        if free is not None:
+            answering.setdefault(seedless_key(free), []).append(rec)
     with Composer() as c:
         points = c.points(experiment, scale, extra)
     out, seen = [], set()
     for p in points:  # points that differ only in calib.seed are one cell (mean +- std over seeds)
-        canonical = json.loads(json.dumps(canonical_config(p.config)))   # as records store it (tuples: lists)
+        canonical = stored_form(canonical_config(p.config))
         sk = seedless_key(canonical)
         ident = (sk, tuple(sorted((k, v) for k, v in p.choices.items() if k != "calib.seed")))
         if ident not in seen:
             seen.add(ident)
-            out.append(Cell(p.choices, p.config, p.key, by_seedless.get(sk, [])))
-            if sk not in by_seedless:
+            recs = by_seedless.get(sk, [])
+            if without_diagnostics(canonical) is None:   # the point asks for no diagnostics
+                recs = recs + _answering_seeds(answering.get(sk, []), recs)
+            out.append(Cell(p.choices, p.config, p.key, recs))
+            if not recs:
                 _explain_missing(canonical, by_seedless, p.choices)
     return out
+
+
+def _answering_seeds(candidates: list, own: list) -> list:
+    """For each calibration seed the cell's own records lack, the newest record of that seed among
+    `candidates` (records of the same run made with diagnostics added: astro.results.without_diagnostics)."""
+    seed = lambda r: (r["canonical"].get("calib") or {}).get("seed")   # noqa: E731
+    have, newest = {seed(r) for r in own}, {}
+    for r in candidates:
+        s = seed(r)
+        if s not in have and (s not in newest or r.get("started", "") > newest[s].get("started", "")):
+            newest[s] = r
+    return list(newest.values())
 
 
 def differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -19,7 +19,10 @@ GPTQ, the quantization grid for the full-precision model), so sweeps of differen
 reach the same computation share one record. Tracking settings, paths and the experiment's name are
 never part of the key. A local model (a directory or a .gguf file) is keyed by its path and a fingerprint
 of its files' contents (astro.models.local_fingerprint), so other weights at the same path are another
-run; embedded names and hub ids (with their revision) are keyed by name.
+run; embedded names and hub ids (with their revision) are keyed by name. A field that only adds
+diagnostics (calib.holdout: held-out errors in the rows) is keyed, but a record made with it also answers
+for the same run without it (`without_diagnostics`, ResultStore.answering): a sweep skips that run,
+`make status` counts it done and the analysis shows that record.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from pathlib import Path
 
 from .config import RunConfig, to_dict
 from .fields import added_fields
+from .methods import AUTO
 from .models import local_fingerprint
 
 log = logging.getLogger(__name__)
@@ -115,6 +119,30 @@ def run_key(cfg: RunConfig) -> str:
     """16 hex digits of the sha256 of the canonical config (sorted-key JSON)."""
     blob = json.dumps(canonical_config(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def stored_form(canonical: dict) -> dict:
+    """A canonical config as a record stores it (JSON: tuples become lists)."""
+    return json.loads(json.dumps(canonical))
+
+
+def without_diagnostics(canonical: dict) -> dict | None:
+    """`canonical` (as stored) without the fields that only add diagnostics to a record, or None when it has
+    none. calib.holdout is one: its windows travel through the blocks beside the calibration ones and only
+    add held-out errors to the rows (astro.blockwise.run_blocks; the calibration forwards, hence the
+    weights and every metric, are those of the same run without them). Not under method.beta=auto, which
+    picks beta on those windows."""
+    calib, method = canonical.get("calib") or {}, canonical.get("method") or {}
+    if "holdout" not in calib or method.get("beta") == AUTO:
+        return None
+    out = copy.deepcopy(canonical)
+    del out["calib"]["holdout"]
+    return out
+
+
+def diagnostic_ident(canonical: dict) -> str:
+    """A stored canonical config as one string (the lookup key of ResultStore.with_diagnostics)."""
+    return json.dumps(canonical, sort_keys=True)
 
 
 _UMASK = os.umask(0)
@@ -394,6 +422,28 @@ class ResultStore:
                 raise FileNotFoundError(f"no record {self.path(key)}")
             raise InvalidRecordError(f"invalid record {self.path(key)}: {why}")
         return rec
+
+    def with_diagnostics(self) -> dict[str, list[dict]]:
+        """The valid records made with diagnostics added, by their run without them (diagnostic_ident)."""
+        out: dict[str, list[dict]] = {}
+        for r in self.records():
+            free = without_diagnostics(r["canonical"])
+            if free is not None:
+                out.setdefault(diagnostic_ident(free), []).append(r)
+        return out
+
+    def answering(self, cfg: RunConfig, index: dict[str, list[dict]] | None = None) -> str | None:
+        """The key of a valid record that answers for `cfg`: its own, else (when cfg asks for no diagnostics)
+        the newest record of the same run made with diagnostics added; None if none. index: with_diagnostics(),
+        when many points are looked up at once."""
+        key = run_key(cfg)
+        if self.exists(key):
+            return key
+        want = stored_form(canonical_config(cfg))
+        if without_diagnostics(want) is not None:
+            return None
+        found = (self.with_diagnostics() if index is None else index).get(diagnostic_ident(want), [])
+        return max(found, key=lambda r: r.get("started", ""))["key"] if found else None
 
     def records(self) -> Iterator[dict]:
         """Every valid record under root (invalid files are skipped with a warning naming them)."""

@@ -124,12 +124,14 @@ def main(argv=None) -> None:
         root = a.store or c.raw([f"experiment={a.experiment}", f"scale={a.scale}",
                                  *(o for o in a.overrides if o.startswith("store.root="))])["store"]["root"]
     store = ResultStore(Path(root))
-    done = 0
+    done, index = 0, store.with_diagnostics()
     for p in pts:   # an invalid record (truncated, wrong shape) is missing: the next sweep redoes it
         rec, why = store.load(store.path(p.key))
-        done += rec is not None
+        other = store.answering(p.config, index) if rec is None else None
+        done += rec is not None or other is not None
         note = f"  (invalid record: {why})" if why else ""
-        print(f"{'done   ' if rec is not None else 'missing'} {p.key}  {' '.join(p.overrides)}{note}")
+        note += f"  (answered by {other}: the same run with diagnostics added)" if other else ""
+        print(f"{'missing' if rec is None and other is None else 'done   '} {p.key}  {' '.join(p.overrides)}{note}")
     print(f"{a.experiment} ({a.scale}): {done}/{len(pts)} points recorded in {store.root}")
 
 

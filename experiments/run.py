@@ -128,9 +128,16 @@ def export_dir(store: ResultStore, key: str) -> Path:
 
 
 def _recorded(store: ResultStore, key: str, cfg: RunConfig, skip_existing: bool, want_export: bool) -> bool:
-    """Whether the point is done: a valid record (and its checkpoint, when export is asked for)."""
-    if not skip_existing or not store.exists(key):
+    """Whether the point is done: a valid record (and its checkpoint, when export is asked for). Without
+    export, a record of the same run made with diagnostics added counts (ResultStore.answering)."""
+    if not skip_existing:
         return False
+    if not store.exists(key):
+        other = None if want_export else store.answering(cfg)
+        if other is not None:
+            log.info("skip %s [%s]: record %s answers for it (the same run, with diagnostics added)",
+                     describe(cfg), key, store.path(other))
+        return other is not None
     if not want_export or export_dir(store, key).exists():
         log.info("skip %s [%s]: record exists at %s", describe(cfg), key, store.path(key))
         return True

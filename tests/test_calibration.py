@@ -170,3 +170,23 @@ def test_token_stream_cache_equals_tokenizing_and_never_reuses_a_bad_file(tmp_pa
             assert torch.equal(token_stream(tok, texts, " "), direct)
         assert "re-tokenizing" in caplog.text
         caplog.clear()
+
+
+def test_holdout_windows_change_no_weight_and_no_calibration_error():
+    """What lets a record with held-out windows answer for the same run without them (astro.results.
+    without_diagnostics): the processed weights and every calibration-side number of the rows are bit-identical."""
+    g = torch.Generator().manual_seed(1)
+    ids, held = torch.randint(0, 128, (6, 32), generator=g), torch.randint(0, 128, (5, 32), generator=g)
+    grid, method = QuantGrid(3, 16), MethodConfig("astro_gptq", beta=1e-3, iters=5)
+    out = []
+    for h in (None, held):
+        model, _ = load_model(ModelConfig(TINY_RANDOM))
+        res = run_blocks(model, ids, lambda n, W, s: (lambda o: (o.W, o.row))(process_linear(W, s, grid, method)),
+                         LoopConfig(batch_size=4), progress=False, holdout_ids=h)
+        out.append(({n: p.detach().clone() for n, p in model.named_parameters()}, res.rows))
+    (w0, rows0), (w1, rows1) = out
+    assert all(torch.equal(w0[n], w1[n]) for n in w0)
+    assert "err_holdout" in rows1[0] and "err_holdout" not in rows0[0]
+    for r0, r1 in zip(rows0, rows1, strict=True):
+        same = {k: v for k, v in r0.items() if not k.startswith("t_")}   # seconds differ
+        assert same == {k: r1[k] for k in same}

@@ -355,3 +355,34 @@ def test_a_method_added_at_run_time_runs_keys_and_tabulates(tmp_path, monkeypatc
         assert df.iloc[0]["tiny-random-llama w3g64"] == f"{rec['metrics']['ppl']:.2f} (n=1)"
     finally:
         ConfigStore.instance().repo["method"].pop("toy.yaml", None)
+
+
+# 8. a record made with diagnostics added (held-out windows) answers for the same run without them
+
+def test_a_record_with_held_out_windows_answers_for_the_run_without_them(tmp_path, capsys):
+    from analysis.common import cells
+    from astro.results import without_diagnostics
+    from experiments import grid
+    store = ResultStore(tmp_path / "store")
+    run = ("method=gptq", "quant=w3g64", "calib.seed=0")
+    with_held = _run(_raw(store.root, *run, "calib.holdout=2"))
+    rec = store.read(with_held["key"])
+    assert "err_holdout" in rec["rows"][0]
+    plain = _raw(store.root, *run)
+    assert _key(plain) != with_held["key"]                          # keyed apart ...
+    assert _run(plain) == {"key": _key(plain), "skipped": True}     # ... but the plain run is not redone
+    assert not store.run_dir(_key(plain)).exists()
+    # `make status` counts it done; Table 1's cell shows that record, once
+    grid.main(["table1", "--store", str(store.root), *TINY, *run, "model=tiny-random-llama"])
+    out = capsys.readouterr().out
+    assert f"answered by {with_held['key']}" in out and ": 1/1 points recorded" in out
+    (cell,) = cells("table1", "embedded", store, (*TINY, *run))
+    assert [r["key"] for r in cell.records] == [with_held["key"]]
+    # never the other way round: the run with held-out windows needs its held-out errors
+    assert store.answering(runner.split_config(_raw(store.root, *run, "calib.holdout=3"))[0]) is None
+    (held_cell,) = cells("table1", "embedded", store, (*TINY, *run, "calib.holdout=3"))
+    assert held_cell.records == []
+    # under beta=auto the held-out windows choose beta: they are not a diagnostic there
+    assert without_diagnostics({"calib": {"holdout": 8}, "method": {"beta": "auto"}}) is None
+    assert without_diagnostics({"calib": {"holdout": 8, "seed": 1}, "method": {"beta": 5e-5}}) == \
+        {"calib": {"seed": 1}, "method": {"beta": 5e-5}}

@@ -87,7 +87,7 @@ def paired_table(cs, base) -> pd.DataFrame:
             va = seed_values(ca)
             if mb == "rtn":
                 rtn = base.get((st, "rtn"))
-                vb = {s: rtn.mean_std("metrics.ppl")[0] for s in va} if rtn and rtn.records else {}
+                vb = seed_values(rtn) if rtn else {}   # data-free: its one record pairs with every seed
             else:
                 cb = at.get((st, mb, size))
                 vb = seed_values(cb) if cb else {}

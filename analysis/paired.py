@@ -78,9 +78,11 @@ def paired_difference(a: dict[int, float], b: dict[int, float], level: float = 0
     """Pair a and b (seed -> value) on the seeds both have; A - B per seed, its mean, sample std and the
     two-sided Student-t interval mean +- t_{(1+level)/2, n-1} std / sqrt(n). One shared seed gives no
     interval; a non-finite value at a shared seed makes the whole pair unusable (dropping that seed
-    would hide a diverged run)."""
-    seeds = tuple(sorted(set(a) & set(b)))
-    only_a, only_b = tuple(sorted(set(a) - set(b))), tuple(sorted(set(b) - set(a)))
+    would hide a diverged run). A seed-free value (seed None: a method without calibration data) pairs with
+    every seed of the other side."""
+    a, b = _at_every_seed(a, b), _at_every_seed(b, a)
+    seeds = tuple(sorted(set(a) & set(b), key=_seed_order))
+    only_a, only_b = tuple(sorted(set(a) - set(b), key=_seed_order)), tuple(sorted(set(b) - set(a), key=_seed_order))
     none = dict(mean_a=None, mean_b=None, mean=None, std=None, lo=None, hi=None)
     bad = [f"seed {s}: {side}" for s in seeds for side, v in (("A", a[s]), ("B", b[s])) if not math.isfinite(v)]
     if bad:
@@ -126,11 +128,24 @@ def interval(p: Paired, digits: int = 2) -> str:
 
 # ---- cells -> comparisons -----------------------------------------------------------------------------------
 
-def seed_values(cell: Cell, metric: str = METRIC) -> dict[int, float]:
+def seed_values(cell: Cell, metric: str = METRIC) -> dict[int | None, float]:
     """calibration seed -> the metric, one entry per record (the store's key hashes the seed, so a cell
-    holds at most one record per seed); records without the metric are left out."""
-    found = ((r["config"]["calib"]["seed"], lookup(r, metric)) for r in cell.records)
-    return {int(seed): float(v) for seed, v in found if v is not None}
+    holds at most one record per seed); records without the metric are left out. A record of a method that
+    reads no calibration data (FP, RTN: no calib in its key) is one value for every seed: seed None."""
+    found = ((r["config"]["calib"]["seed"] if "calib" in r["canonical"] else None, lookup(r, metric))
+             for r in cell.records)
+    return {seed if seed is None else int(seed): float(v) for seed, v in found if v is not None}
+
+
+def _seed_order(s: int | None) -> int:
+    return -1 if s is None else s
+
+
+def _at_every_seed(x: dict, other: dict) -> dict:
+    """x's seed-free value (seed None) at each seed of `other`; x itself when it has seeds."""
+    if set(x) != {None} or not set(other) - {None}:
+        return x
+    return dict.fromkeys((s for s in other if s is not None), x[None])
 
 
 def choice_label(key: str) -> Callable[[str], str]:

@@ -356,7 +356,8 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor,
                weights: TokenWeights = TokenWeights()) -> LoopResult:
     """Calibrate and process every linear of every block in order (the module docstring's steps).
 
-    input_ids: [n, seq] calibration tokens. process(qualified module name, W [out, in] fp32, stats) -> (W_new, row).
+    input_ids: [n, seq] calibration tokens; None for a data-free pipeline (RTN): no forward at all, every linear
+    is processed with stats None. process(qualified module name, W [out, in] fp32, stats) -> (W_new, row).
     block_transform: the block-level extension point (module docstring); its row fields join the rows of
     that block's linears. holdout_ids: [m, seq] calibration tokens the method never sees: they travel
     through the same (processed) blocks and give each linear's stats.holdout, for held-out errors (their
@@ -368,8 +369,13 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor,
     res = LoopResult()
     stage = _Stages("capture", "block_transform", "calibrate", "process", "propagate", "holdout")
     t0 = time.perf_counter()
-    with stage("capture"):
-        hidden, kwargs = capture_inputs(model, arch, input_ids, cfg)
+    data = input_ids is not None
+    if not data and (block_transform is not None or holdout_ids is not None):
+        raise ValueError("a block transform and held-out windows need calibration data (input_ids)")
+    hidden, kwargs = [], {}
+    if data:
+        with stage("capture"):
+            hidden, kwargs = capture_inputs(model, arch, input_ids, cfg)
     held: list[torch.Tensor] = []
     if holdout_ids is not None:
         with stage("holdout"):
@@ -386,12 +392,14 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor,
                 extra = block_transform(BlockContext(b, block, forward, hidden, arch, cfg.device)) or {}
         for group in groups:
             linears = {name: block.get_submodule(name) for name in group}
-            shared = shared_inputs(arch, group)
-            stats_of = _group_stats(forward, hidden, held, linears, shared, b, weights, cfg.device, stage)
+            shared = shared_inputs(arch, group) if data else {}
+            stats_of = (_group_stats(forward, hidden, held, linears, shared, b, weights, cfg.device, stage) if data
+                        else dict.fromkeys(linears))
             with stage("process"):
                 res.rows += _process_group(process, arch.blocks, b, linears, shared, stats_of, extra)
-        with stage("propagate"):
-            hidden = _propagate(forward, hidden, cfg.offload)
+        if data:
+            with stage("propagate"):
+                hidden = _propagate(forward, hidden, cfg.offload)
         if held:
             with stage("holdout"):
                 held = _propagate(forward, held, cfg.offload)

@@ -38,24 +38,28 @@ class Component(NamedTuple):
     change that alters its numbers (an iterate-preserving speed-up is not one): the run key carries every
     version above 1 of the components a pipeline uses (astro.results.canonical_config), so records made by
     older numerics are never reused and a table cannot mix them. reads: the RunConfig fields (dotted paths)
-    that can change its numbers; with Pipeline.reads they are the whole of a run's key."""
+    that can change its numbers; with Pipeline.reads they are the whole of a run's key. data: whether it
+    reads calibration data (a pipeline of data-free components, RTN or QuaRot+RTN, runs no calibration
+    forward, and its key holds no calibration field: one record serves every calibration seed)."""
 
     version: int
     reads: tuple[str, ...]
+    data: bool = True
 
 
 #   awq 2: no clipping search for q/k (AWQ_CLIP_SKIP).  spinquant 2: the Cayley step cap (astro.rotation).
 COMPONENTS: dict[str, Component] = {
-    "quarot": Component(1, ("method.rotation.seed",)),
+    "quarot": Component(1, ("method.rotation.seed",), data=False),   # random Hadamard rotations
     "spinquant": Component(2, ("method.rotation", "quant")),     # learns R1/R2 under fake quantization
     "awq": Component(2, ("method.awq", "quant")),
     "regularize": Component(1, ("method.beta", "method.beta_grid", "method.iters", "method.alpha",
                                 "method.linf_group_size", "method.solver", "method.tol",
                                 "quant.group_size")),  # l_inf groups default to it
-    "rtn": Component(1, ("quant",)),
+    "rtn": Component(1, ("quant",), data=False),
     "gptq": Component(1, ("method.gptq", "quant")),
 }
-# What every run reads (the model and its evaluation), and what calibrating reads (any pipeline with a component).
+# What every run reads (the model and its evaluation), and what calibrating reads (a pipeline with a component
+# that reads data).
 EVERY_RUN_READS = ("model", "eval", "method.name", "loop.device")
 CALIBRATION_READS = ("calib", "loop")
 
@@ -91,7 +95,8 @@ class Pipeline(NamedTuple):
 
     @property
     def calibrates(self) -> bool:
-        return bool(self.components)
+        """Whether it needs calibration data (the loop's forwards and each linear's H)."""
+        return any(COMPONENTS[c].data for c in self.components)
 
     @property
     def reads(self) -> tuple[str, ...]:
@@ -341,15 +346,34 @@ def select_beta(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: Me
     return chosen, errors
 
 
-def process_linear(W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig,
+def _data_free(W0: torch.Tensor, grid: QuantGrid, method: MethodConfig) -> LinearOutcome:
+    """A data-free pipeline's step on one linear (RTN): no H, so its row has no H-weighted errors."""
+    if method.pipeline.calibrates:
+        raise ValueError(f"method {method.name!r} reads calibration data: it needs each linear's statistics")
+    t = time.perf_counter()
+    qres = _quantize(method.quantizer, W0, None, grid, method)
+    t_quantize = time.perf_counter() - t
+    t = time.perf_counter()
+    row = {"out_features": W0.shape[0], "in_features": W0.shape[1], "n_tokens": 0, "fallback": qres.fallback,
+           "t_lambda_max": 0.0, "t_regularize": 0.0, "t_quantize": t_quantize,
+           "max_abs_before": float(W0.abs().max()),
+           "group_linf_before": group_linf_mean(W0, grid.group_len(W0.shape[1]))}
+    row["t_diagnostics"] = time.perf_counter() - t
+    return LinearOutcome(qres.W_q, qres, row)
+
+
+def process_linear(W: torch.Tensor, stats: LayerStats | None, grid: QuantGrid, method: MethodConfig,
                    linear: str | None = None) -> LinearOutcome:
     """Run the method's pipeline on one linear W [out, in] and return the new weights and its row.
+    stats None: a data-free pipeline (RTN), run without calibration statistics.
 
     linear: the linear's role in its block ('self_attn.q_proj') or its qualified module name, for per-role
     steps: AWQ searches no clipping for q/k (Pipeline.clip_skip; the row says clip_skipped=True). None =
     unknown role: every linear is treated alike (AWQ then clips q/k too). With method.beta=auto the row also
     holds beta (the chosen one), beta_grid and err_holdout_per_beta (select_beta)."""
     W0 = W.float()
+    if stats is None:
+        return _data_free(W0, grid, method)
     H = stats.H.to(W0.device)
     g = grid.group_len(W0.shape[1])
     row: dict = {"out_features": W0.shape[0], "in_features": W0.shape[1], "n_tokens": stats.n_tokens,

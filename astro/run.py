@@ -185,9 +185,10 @@ def quantize_model(model, calib_ids: torch.Tensor, cfg: RunConfig, progress: boo
                    holdout_ids: torch.Tensor | None = None) -> LoopResult | None:
     """Apply cfg.method to the model (in place): its model-level transform once (rotations; timed as
     `transform`), then the one block loop with its block-level transform (AWQ scales) and per-linear
-    pipeline. None for the 'fp' method. on_linear(module name, outcome) sees every linear's full outcome
-    (e.g. export keeps the codes). holdout_ids: windows the method never sees, for held-out errors."""
-    if not cfg.method.needs_calibration:
+    pipeline (without calibration data for a data-free one, RTN). None for the 'fp' method. on_linear(module
+    name, outcome) sees every linear's full outcome (e.g. export keeps the codes). holdout_ids: windows the
+    method never sees, for held-out errors."""
+    if not cfg.method.pipeline.components:
         return None
     arch = architecture_of(model)
     check_applicable(cfg.method, arch, getattr(model.config, "model_type", None))
@@ -206,9 +207,10 @@ def quantize_model(model, calib_ids: torch.Tensor, cfg: RunConfig, progress: boo
             on_linear(name, out)
         return out.W, out.row
 
-    loop = run_blocks(model, calib_ids, process, cfg.loop, arch, progress=progress,
-                      block_transform=block_transform(model, cfg.method, cfg.quant), holdout_ids=holdout_ids,
-                      weights=cfg.calib.token_weights)
+    data = cfg.method.needs_calibration   # a data-free pipeline (RTN, QuaRot+RTN) runs no calibration forward
+    loop = run_blocks(model, calib_ids if data else None, process, cfg.loop, arch, progress=progress,
+                      block_transform=block_transform(model, cfg.method, cfg.quant),
+                      holdout_ids=holdout_ids if data else None, weights=cfg.calib.token_weights)
     loop.timings["transform"] = t_transform
     loop.transform = info
     return loop

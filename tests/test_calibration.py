@@ -190,3 +190,36 @@ def test_holdout_windows_change_no_weight_and_no_calibration_error():
     for r0, r1 in zip(rows0, rows1, strict=True):
         same = {k: v for k, v in r0.items() if not k.startswith("t_")}   # seconds differ
         assert same == {k: r1[k] for k in same}
+
+
+def test_rtn_reads_no_calibration_data():
+    """RTN is data-free (astro.methods.Component.data): no forward runs, its weights are those the calibrated
+    loop gives (RTN never used H), and its run key holds no calibration field, so one record serves every
+    calibration seed; a pipeline that reads data keeps them."""
+    from astro.run import quantize_model
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 128, (4, 32), generator=g)
+    cfg = RunConfig(model=ModelConfig(TINY_RANDOM), quant=QuantGrid(3, 16), method=MethodConfig("rtn"))
+    weights = []
+    for data in (ids, None):   # the loop as RTN used to run it (with calibration forwards), then data-free
+        model, _ = load_model(ModelConfig(TINY_RANDOM))
+        calls = []
+        model.model.layers[0].register_forward_pre_hook(lambda *a, calls=calls: calls.append(1))
+        process = lambda n, W, s: (lambda o: (o.W, o.row))(process_linear(W, s, cfg.quant, cfg.method))  # noqa: E731
+        if data is None:
+            res = quantize_model(model, ids, cfg, progress=False)
+            assert calls == [] and res.timings["capture"] == res.timings["calibrate"] == 0.0
+            assert len(res.rows) == 14 and "err" not in res.rows[0] and res.rows[0]["n_tokens"] == 0
+        else:
+            run_blocks(model, data, process, LoopConfig(batch_size=4), progress=False)
+            assert calls
+        weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+    cal = lambda m, **kw: dataclasses.replace(cfg, method=MethodConfig(m),  # noqa: E731
+                                              calib=dataclasses.replace(cfg.calib, **kw))
+    assert "calib" not in canonical_config(cfg)
+    assert run_key(cal("rtn", seed=1)) == run_key(cal("rtn", n_samples=7)) == run_key(cfg)
+    assert run_key(cal("quarot_rtn", seed=1)) == run_key(cal("quarot_rtn"))
+    assert run_key(cal("gptq", seed=1)) != run_key(cal("gptq")) and run_key(cal("awq", seed=1)) != run_key(cal("awq"))
+    with pytest.raises(ValueError, match="reads calibration data"):
+        process_linear(torch.randn(8, 16), None, cfg.quant, MethodConfig("gptq"))

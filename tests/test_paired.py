@@ -79,7 +79,8 @@ def test_signed_never_prints_a_nonzero_value_as_zero():
 
 
 def _record(method: str, seed: int, ppl: float, alpha: str = "activation") -> dict:
-    return {"config": {"calib": {"seed": seed}, "method": {"name": method, "alpha": alpha}}, "metrics": {"ppl": ppl}}
+    config = {"calib": {"seed": seed}, "method": {"name": method, "alpha": alpha}}
+    return {"config": config, "canonical": config, "metrics": {"ppl": ppl}}
 
 
 def _cell(choices: dict, ppl_by_seed: dict[int, float]) -> Cell:
@@ -153,3 +154,17 @@ def test_collapsed_cells_are_not_ranked():
     assert w2["paired diff A-B"] == "-100.00"
     assert w2["verdict"] == f"both collapsed (> {COLLAPSE_FACTOR:g}x FP): not ranked"
     assert df.loc["m w3g64", "verdict"] == "resolved: Astro+GPTQ lower"
+
+
+def test_a_data_free_method_pairs_with_every_seed():
+    """RTN reads no calibration data: its one record (no calib in its key) is its value at every seed, so
+    GPTQ - RTN per seed is GPTQ's value minus that constant, with GPTQ's own spread."""
+    from analysis.paired import seed_values
+    rtn = Cell({"method": "rtn"}, config=None, key="k", records=[
+        {"config": {"calib": {"seed": 0}}, "canonical": {"method": {"name": "rtn"}}, "metrics": {"ppl": 50.0}}])
+    gptq = _cell({"method": "gptq"}, {0: 31.0, 1: 33.0, 2: 32.0})
+    assert seed_values(rtn) == {None: 50.0}
+    p = paired_difference(seed_values(gptq), seed_values(rtn))
+    q = paired_difference({0: 31.0, 1: 33.0, 2: 32.0}, {0: 50.0, 1: 50.0, 2: 50.0})
+    assert p.seeds == (0, 1, 2) and (p.mean, p.lo, p.hi) == (q.mean, q.lo, q.hi) and p.mean == pytest.approx(-18.0)
+    assert paired_difference(seed_values(rtn), seed_values(gptq)).mean == pytest.approx(18.0)

@@ -226,8 +226,8 @@ def test_fingerprint_is_computed_once_per_file_version(tmp_path, monkeypatch):
 def test_archived_keys_unchanged():
     """Every record in archive/ keeps its key when rebuilt from its stored config (no fingerprint enters the
     canonical config of an embedded model), except the records that a later rule deliberately stops reusing:
-    pipelines whose numerics changed since they were written, and Gemma calibrations made without the BOS
-    that its evaluation adds."""
+    pipelines whose numerics changed since they were written, Gemma calibrations made without the BOS
+    that its evaluation adds, and data-free pipelines (RTN, QuaRot+RTN) recorded when they still calibrated."""
     from astro.config import RunConfig, from_dict
     from astro.results import calibrates_with_bos
     recs = [json.loads(p.read_text()) for p in sorted(ROOT.glob("archive/*/*/record.json"))]
@@ -240,6 +240,7 @@ def test_archived_keys_unchanged():
         made_by = r.get("numerics") or {}   # records older than the versions carry none: every version 1
         changed = any(v != made_by.get(c, 1) for c, v in cfg.method.pipeline.numerics.items())
         changed |= calibrates_with_bos(cfg) and "bos" not in r["canonical"].get("calib", {"bos": None})
+        changed |= "calib" in r["canonical"] and not cfg.method.needs_calibration   # RTN: data-free since
         superseded += changed
         assert (run_key(cfg) == r["key"]) != changed, r["key"]
     assert 0 < superseded < len(recs) // 4

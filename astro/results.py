@@ -433,12 +433,9 @@ class ResultStore:
         return out
 
     def answering(self, cfg: RunConfig, index: dict[str, list[dict]] | None = None) -> str | None:
-        """The key of a valid record that answers for `cfg`: its own, else (when cfg asks for no diagnostics)
-        the newest record of the same run made with diagnostics added; None if none. index: with_diagnostics(),
-        when many points are looked up at once."""
-        key = run_key(cfg)
-        if self.exists(key):
-            return key
+        """For a point without its own record: the key of the newest valid record of the same run made with
+        diagnostics added; None when cfg itself asks for diagnostics or there is none. index:
+        with_diagnostics(), when many points are looked up at once."""
         want = stored_form(canonical_config(cfg))
         if without_diagnostics(want) is not None:
             return None

@@ -34,7 +34,7 @@ import pandas as pd
 import yaml
 
 from astro.methods import PIPELINES
-from astro.results import ResultStore, atomic_write_text, canonical_config, stored_form, without_diagnostics
+from astro.results import ResultStore, atomic_write_text, canonical_config, newest, stored_form, without_diagnostics
 from experiments.grid import SCALES, Composer
 
 log = logging.getLogger(__name__)
@@ -156,12 +156,11 @@ def _answering_seeds(candidates: list, own: list) -> list:
     """For each calibration seed the cell's own records lack, the newest record of that seed among
     `candidates` (records of the same run made with diagnostics added: astro.results.without_diagnostics)."""
     seed = lambda r: (r["canonical"].get("calib") or {}).get("seed")   # noqa: E731
-    have, newest = {seed(r) for r in own}, {}
+    have, by_seed = {seed(r) for r in own}, {}
     for r in candidates:
-        s = seed(r)
-        if s not in have and (s not in newest or r.get("started", "") > newest[s].get("started", "")):
-            newest[s] = r
-    return list(newest.values())
+        if seed(r) not in have:
+            by_seed.setdefault(seed(r), []).append(r)
+    return [newest(rs) for rs in by_seed.values()]
 
 
 def differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -196,7 +195,7 @@ def find_probe(store: ResultStore, kind: str, canonical: dict, make_target: str,
              and all(v is None or r["probe"][k] == v for k, v in match.items())]
     if not found:
         raise SystemExit(f"no {kind} probe record for this configuration: run `make {make_target}` first")
-    return max(found, key=lambda r: r["started"])
+    return newest(found)
 
 
 def fmt_reported(v) -> str:

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,6 +138,12 @@ def without_diagnostics(canonical: dict) -> dict | None:
     out = copy.deepcopy(canonical)
     del out["calib"]["holdout"]
     return out
+
+
+def newest(records: Iterable[dict]) -> dict | None:
+    """The record started last (ISO-8601 UTC stamps sort as strings); None when there is none. The one rule
+    by which a newer record of the same run wins (the sweep's skip test, `make status`, the analysis)."""
+    return max(records, key=lambda r: r.get("started", ""), default=None)
 
 
 def diagnostic_ident(canonical: dict) -> str:
@@ -440,7 +446,8 @@ class ResultStore:
         if without_diagnostics(want) is not None:
             return None
         found = (self.with_diagnostics() if index is None else index).get(diagnostic_ident(want), [])
-        return max(found, key=lambda r: r.get("started", ""))["key"] if found else None
+        rec = newest(found)
+        return rec["key"] if rec else None
 
     def records(self) -> Iterator[dict]:
         """Every valid record under root (invalid files are skipped with a warning naming them)."""

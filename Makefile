@@ -20,7 +20,7 @@ analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 .PHONY: help setup setup-gemma bench-solver bench-shapes export quickstart test test-all lint bench clean-cache run sweep experiments status \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
 	reproduce-table7 figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
-	calib-study calib-sink w2-groups beyond-study beta-auto rehearsal
+	calib-study calib-sink w2-groups beyond-study beta-auto beta-strength rehearsal
 
 help:  ## list the targets (experiment targets take SCALE=embedded|paper, default embedded, and ARGS='overrides')
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 20
@@ -136,6 +136,10 @@ fig3-efficiency: setup  ## Figure 3: PPL vs total quantization time per method
 sweep-beta: setup  ## the paper's beta grid (5e-6 ... 5e-4) x alpha activation|uniform (shares Table 3's records)
 	$(call sweep,sweep_beta)
 	$(call analyze,table3)
+
+beta-strength: setup  ## how much the reconstruction acts per beta x iterations on real layers (shrink, error vs GPTQ alone)
+	$(PY) -m experiments.beta_strength --scale $(SCALE) $(ARGS)
+	$(call analyze,beta_strength)
 
 solver-study: setup  ## solver study: PPL vs Astro time, pgd-200 (paper) vs fista-50/200/to-tolerance at W3 and W2 (+ pgd-40)
 	$(call sweep,solver_study)

@@ -83,6 +83,8 @@ def canonical_config(cfg: RunConfig) -> dict:
     m = d["method"]
     if "alpha" in m and m["alpha"] is None:  # the pipeline's default made explicit: astro+null == astro+activation
         m["alpha"] = cfg.method.alpha_mode
+    if "beta_grid" in m and cfg.method.beta != AUTO:   # the candidates of beta=auto: a fixed beta never reads them
+        del m["beta_grid"]
     newer = {c: v for c, v in cfg.method.pipeline.numerics.items() if v > 1}
     if newer:   # numerics changed since records were first written (astro.methods.COMPONENTS)
         d["numerics"] = newer

@@ -35,7 +35,8 @@ TINY = ("model=tiny-random-llama", "calib.n_samples=4", "calib.seq_len=64", "eva
 # the points we run; every other grid point must show up as missing
 RUN = {
     "table1": [("quant=w3g64", "method=fp"), ("quant=w3g64", "method=gptq"), ("quant=w3g64", "method=astro_gptq")],
-    "table3": [("method.beta=5e-5", "method.alpha=activation"), ("method.beta=5e-4", "method.alpha=uniform")],
+    "table3": [("method.beta=5e-5", "method.alpha=activation"), ("method.beta=5e-4", "method.alpha=uniform"),
+               ("method.beta=1e-3", "method.alpha=activation")],
     "table4": [("method=fp",), ("method=astro",)],
     "table7": [("method=rtn",), ("method=astro_rtn",)],
     # TINY's method.iters=5 overrides the arms' budgets (so pgd40 = pgd200 here); solver and tol still differ
@@ -113,7 +114,8 @@ def test_table3(store, tmp_path):
     _run(table3, store, tmp_path)
     df = pd.read_csv(tmp_path / "table3_embedded.csv", dtype=str, keep_default_na=False).set_index("alpha_k")
     act = df.loc["alpha_k from activations (Astro)"]
-    assert act["beta=5e-05"] != "missing" and act["beta=1e-05"] == "missing"
+    assert act["beta=5e-05"] != "missing" and act["beta=0.005"] == "missing"
+    assert df.loc["reported: alpha_k from activations (Astro)", "beta=0.001"] == "-"   # not in the paper's grid
     assert df.loc["uniform alpha_k = 1", "beta=0.0005"] != "missing"
     assert df.loc["reported: uniform alpha_k = 1", "beta=0.0005"] == "36.41"
     assert (tmp_path / "table3_beta_embedded.png").stat().st_size > 1000
@@ -253,6 +255,29 @@ def test_fig1_probe_and_figure(store, tmp_path):
     assert (tmp_path / "fig1_outliers_embedded.png").stat().st_size > 1000
 
 
+def test_beta_strength_probe(tmp_path):
+    """beta=0 leaves W as it is: no shrink and exactly the quantizer's own error; beta > 0 shrinks the group
+    maxima; the table has one row per (iters, beta)."""
+    from analysis import beta_strength as table
+    from experiments import beta_strength
+    store = tmp_path / "store"
+    args = ["--scale", "embedded", "--store", str(store), *TINY]
+    beta_strength.main([*args, "--blocks", "0", "1", "--linears", "mlp.down_proj", "--betas", "0", "1e-2",
+                        "--iters", "5"])
+    (rec,) = [r for r in ResultStore(store).records() if r.get("kind") == "probe:beta"]
+    rows = rec["probe"]["rows"]
+    assert [(r["linear"], r["beta"]) for r in rows] == [
+        (f"model.layers.{b}.mlp.down_proj", beta) for b in (0, 1) for beta in (0.0, 1e-2)]
+    for r in rows:
+        if r["beta"] == 0:
+            assert r["shrink"] == 0 and r["err_ratio"] == 1 and r["err_holdout_ratio"] == 1
+        else:
+            assert r["shrink"] > 0
+    table.main(["--scale", "embedded", "--store", str(store), "--out", str(tmp_path), *TINY])
+    df = pd.read_csv(tmp_path / "beta_strength_embedded.csv", dtype=str)
+    assert list(df["beta"]) == ["0", "0.01"] and df["group-max shrink"].iloc[0].startswith("0.0 [0.0, 0.0]")
+
+
 def test_table2_proxy_tasks(store, tmp_path):
     from analysis import table2
     with Composer() as c:  # one FP run with the proxy tasks (few items: seconds on the tiny model)
@@ -333,15 +358,15 @@ def test_beta_auto(store, tmp_path):
     gptq = df.loc["Astro+GPTQ"]
     assert gptq["beta=auto PPL"] == f"{auto['metrics']['ppl']:.2f} (n=1)"
     assert {r["beta"] for r in auto["rows"]} <= set(auto["rows"][0]["beta_grid"])
-    # the sweep-beta activation points recorded: table3's 5e-5 and solver_study's pgd 5e-6 (the same computation
-    # as sweep-beta's 5e-6 here, TINY's iters overriding the arm's); 5e-4 uniform is not an activation point
+    # the sweep-beta activation points recorded: table3's 5e-5 and 1e-3 (solver_study's 5e-6 is not in the embedded
+    # grid; 5e-4 uniform is not an activation point)
     fixed = {r["config"]["method"]["beta"]: r["metrics"]["ppl"] for r in ResultStore(store).records()
              if "ppl" in r["metrics"]   # not the probes' records (Table 5)
-             and r["config"]["method"]["name"] == "astro_gptq" and r["config"]["method"]["beta"] in (5e-5, 5e-6)
+             and r["config"]["method"]["name"] == "astro_gptq" and r["config"]["method"]["beta"] in (5e-5, 1e-3)
              and r["canonical"]["method"]["alpha"] == "activation" and r["config"]["quant"]["bits"] == 3
              and r["config"]["method"]["solver"] == "pgd" and r["config"]["method"]["tol"] is None}
     best = min(fixed, key=fixed.get)
-    assert set(fixed) == {5e-5, 5e-6} and gptq["best global beta"] == f"{best:g}"
+    assert set(fixed) == {5e-5, 1e-3} and gptq["best global beta"] == f"{best:g}"
     assert gptq["its PPL"] == f"{fixed[best]:.2f} (n=1)"
     assert gptq["paper's beta=5e-05 PPL"] == f"{fixed[5e-5]:.2f} (n=1)"
     assert df.loc["Astro+RTN", "beta=auto PPL"] == "missing" and df.loc["Astro+RTN", "its PPL"] != "missing"

@@ -26,6 +26,7 @@ MAIN_METHODS = {"fp", "rtn", "gptq", "magr_gptq", "astro_gptq"}
 BASELINES = {"awq", "awq_gptq", "quarot_rtn", "quarot_gptq", "spinquant_gptq"}   # the baselines we run
 COMPOSED = {"awq_astro_gptq", "quarot_astro_gptq", "spinquant_astro_gptq"}
 BETAS = {5e-6, 1e-5, 3e-5, 5e-5, 1e-4, 5e-4}
+EMB_BETAS = {5e-5, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2}   # where the regularizer acts at 40 iterations (make beta-strength)
 
 # What each artifact must sweep, from the paper (../shared/astro-paper.md): per scale, the set of
 # models, of (bits, group size) settings and of methods, plus extra axes.
@@ -78,8 +79,10 @@ EXTRA_AXES = {  # experiment -> {override key: expected set of values}
     "table1": {"calib.seed": SEEDS}, "table4": {"calib.seed": SEEDS}, "table7": {"calib.seed": SEEDS},
     "fig3_efficiency": {"calib.seed": SEEDS}, "beyond_study": {"calib.seed": SEEDS},
     "beta_auto": {"calib.seed": SEEDS, "method.beta": {"auto"}},
-    "table3": {"method.beta": BETAS, "method.alpha": {"activation", "uniform"}, "calib.seed": SEEDS},
-    "sweep_beta": {"method.beta": BETAS, "method.alpha": {"activation", "uniform"}, "calib.seed": SEEDS},
+    "table3": {"method.beta": {"paper": BETAS, "embedded": EMB_BETAS}, "method.alpha": {"activation", "uniform"},
+               "calib.seed": SEEDS},
+    "sweep_beta": {"method.beta": {"paper": BETAS, "embedded": EMB_BETAS}, "method.alpha": {"activation", "uniform"},
+                   "calib.seed": SEEDS},
     "ablation_alpha": {"method.alpha": {"activation", "uniform"}, "calib.seed": SEEDS},
     "solver_study": {"method.beta": {"paper": BETAS, "embedded": {5e-6, 5e-5, 5e-4}},
                      "solver": {"paper": set(SOLVER_ARMS) - {"pgd40"}, "embedded": set(SOLVER_ARMS)}},
@@ -288,9 +291,11 @@ def test_run_key_ignores_what_cannot_change_numbers(hydra_conf):
     # beta=auto's candidates key the runs that read them (the default grid keeps earlier keys)
     auto = ("method=astro_gptq", "method.beta=auto", "calib.holdout=8")
     assert k(*auto) != k(*auto, "method.beta_grid=[1e-5,1e-4]")
-    assert k(*auto) == k(*auto, "method.beta_grid=[5e-6,1e-5,3e-5,5e-5,1e-4,5e-4]")
+    assert k(*auto, "scale=paper") == k(*auto, "scale=paper", "method.beta_grid=[5e-6,1e-5,3e-5,5e-5,1e-4,5e-4]")
+    assert _run_config(auto).method.beta_grid == tuple(sorted(EMB_BETAS))   # the embedded grid (scale=embedded)
     assert k("method=astro_gptq") == k("method=astro_gptq", "method.beta_grid=[5e-6,1e-5,3e-5,5e-5,1e-4,5e-4]")
     assert k("method=gptq") == k("method=gptq", "method.beta_grid=[1e-5]")
+    assert k("method=astro_gptq") == k("method=astro_gptq", "method.beta_grid=[1e-5,1e-4]")   # a fixed beta: unread
     assert k("method=astro_gptq") != k("method=magr_gptq")
     assert k("method=rtn") == k("method=rtn", "method.gptq.act_order=false")
     assert k("method=gptq") != k("method=gptq", "method.gptq.act_order=false")

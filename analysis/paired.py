@@ -160,11 +160,11 @@ def setting_of(choices: dict, key: str) -> str:
     """The settings a comparison holds fixed: the cell's choices except the compared key and the seed,
     e.g. 'smollm2-135m w3g64' or 'smollm2-135m w3g64 Astro+GPTQ beta=5e-6'."""
     def shown(k: str, v: str) -> str:
-        return LABELS.get(v, v) if k == "method" else v if "." not in k else f"{k.rsplit('.', 1)[-1]}={_short(v)}"
+        return LABELS.get(v, v) if k == "method" else v if "." not in k else f"{k.rsplit('.', 1)[-1]}={short_value(v)}"
     return " ".join(shown(k, v) for k, v in choices.items() if k not in (key, "calib.seed"))
 
 
-def _short(v: str) -> str:
+def short_value(v: str) -> str:
     """A small float as its shortest scientific form ('0.0005' and '5e-04' -> '5e-4'): Hydra's sweeper hands
     floats over as Python prints them; other values are returned as they are."""
     try:

@@ -23,7 +23,7 @@ from .common import (
     save_figure,
     write_table,
 )
-from .paired import paired_table, write_paired
+from .paired import columns, comparison_row, paired_table, short_value, write_paired
 
 ALPHA_LABEL = {"activation": "alpha_k from activations (Astro)", "uniform": "uniform alpha_k = 1"}
 # the paired comparison's shorter names (its rows also name beta)
@@ -46,6 +46,18 @@ def build(cs) -> pd.DataFrame:
 def build_paired(cs) -> pd.DataFrame:
     """Activation vs uniform alpha_k at each beta, paired on calibration seeds."""
     return paired_table(cs, [("activation", "uniform")], key="method.alpha", labels=ALPHA_SHORT)
+
+
+def build_vs_quantizer(cs, alone) -> pd.DataFrame:
+    """Every (alpha_k, beta) point against the quantizer alone (GPTQ: Table 1's cell, same model, setting and
+    seeds): where in the grid the reconstruction pays off at all."""
+    rows = []
+    for c in sorted(cs, key=lambda c: (c.config.method.alpha_mode, c.config.method.beta)):
+        m = c.config.method
+        label = f"{ALPHA_SHORT[m.alpha_mode]} beta={short_value(c.choices.get('method.beta', m.beta_label))}"
+        rows.append({"comparison": f"{label} vs GPTQ", "setting": f"{c.choices['model']} {c.choices['quant']}",
+                     **comparison_row(c, alone, label, "GPTQ")})
+    return pd.DataFrame(rows, columns=columns())
 
 
 def figure(cs, scale: str):
@@ -74,9 +86,16 @@ def figure(cs, scale: str):
     return fig
 
 
+def cfg_choice(cs, key: str) -> str:
+    """The grid's one value of `key` (model, quant): Table 3 sweeps a single model and setting."""
+    (v,) = {c.choices[key] for c in cs}
+    return v
+
+
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
-    cs = cells("table3", a.scale, ResultStore(a.store), tuple(a.overrides))
+    store = ResultStore(a.store)
+    cs = cells("table3", a.scale, store, tuple(a.overrides))
     df = build(cs)
     cfg = cs[0].config
     caption = (f"Astro+GPTQ perplexity vs beta, {cfg.model.source} W{cfg.quant.bits} g{cfg.quant.group_size}, "
@@ -84,8 +103,12 @@ def main(argv=None) -> None:
     write_table(df, "table3", a.scale, caption, a.out or a.store.parent / "tables")
     save_figure(figure(cs, a.scale), "table3_beta", a.scale, (a.out or a.store.parent / "figures"))
     print(markdown(df))
-    write_paired(build_paired(cs), "table3", a.scale, a.out or a.store.parent / "tables",
-                 "Table 3's comparison: alpha_k from activations vs uniform at each beta.")
+    (alone,) = cells("table1", a.scale, store, (*a.overrides, f"model={cfg_choice(cs, 'model')}",
+                                                f"quant={cfg_choice(cs, 'quant')}", "method=gptq"))
+    write_paired(pd.concat([build_paired(cs), build_vs_quantizer(cs, alone)], ignore_index=True), "table3",
+                 a.scale, a.out or a.store.parent / "tables",
+                 "Table 3's comparison: alpha_k from activations vs uniform at each beta; then each point vs "
+                 "GPTQ alone (Table 1's cell).")
 
 
 if __name__ == "__main__":

@@ -121,7 +121,17 @@ def test_table3(store, tmp_path):
     assert (tmp_path / "table3_beta_embedded.png").stat().st_size > 1000
     # activation vs uniform at each beta; beta 5e-5 has both (the fixture's ablation_alpha uniform run is that point)
     paired = pd.read_csv(tmp_path / "table3_paired_embedded.csv", dtype=str, keep_default_na=False).set_index("setting")
+    alone = paired[paired["comparison"].str.endswith(" vs GPTQ")]
+    paired = paired[~paired["comparison"].str.endswith(" vs GPTQ")]
     assert len(paired) == 6 and set(paired["comparison"]) == {"activation alpha_k vs uniform alpha_k"}
+    # each point against GPTQ alone (Table 1's record of the same model, setting and seed)
+    assert len(alone) == 12 and set(alone.index) == {"tiny-random-llama w3g64"}
+    (gptq,) = [r["metrics"]["ppl"] for r in ResultStore(store).records()
+               if r["config"]["method"]["name"] == "gptq" and r["config"]["quant"]["bits"] == 3]
+    vs = alone.set_index("comparison").loc["activation alpha_k beta=0.001 vs GPTQ"]
+    astro_1e3 = next(r["metrics"]["ppl"] for r in ResultStore(store).records() if r["experiment"] == "table3"
+                     and r["config"]["method"]["beta"] == 1e-3)
+    assert vs["paired diff A-B"] == signed(astro_1e3 - gptq) and vs["seeds"] == "0"
     assert paired.loc["tiny-random-llama w3g64 Astro+GPTQ beta=5e-4", "verdict"] == "missing: activation alpha_k"
     both = paired.loc["tiny-random-llama w3g64 Astro+GPTQ beta=5e-5"]
     ppl = {r["canonical"]["method"]["alpha"]: r["metrics"]["ppl"] for r in ResultStore(store).records()

@@ -64,9 +64,14 @@ class Paired:
             return "no shared seeds"
         if self.n == 1:
             return "single-seed (n=1): no interval"
+        if self.n < MIN_SEEDS:   # a claim rests on >= 3 shared seeds; the interval is still shown
+            return f"too few seeds (n={self.n} < {MIN_SEEDS}): no verdict"
         if self.resolved:
             return f"resolved: {label_a if self.mean < 0 else label_b} lower"
         return "unresolved (CI contains 0)"
+
+
+MIN_SEEDS = 3   # shared calibration seeds a verdict needs
 
 
 def t_half_width(std: float, n: int, level: float = 0.95) -> float:

@@ -65,6 +65,13 @@ def test_single_seed_has_no_interval():
     assert not p.resolved and p.verdict() == "single-seed (n=1): no interval"
 
 
+def test_two_seeds_give_an_interval_but_no_verdict():
+    """A claim rests on >= 3 shared seeds: two seeds whose interval excludes 0 still give no verdict."""
+    p = paired_difference({0: 29.58, 1: 29.54}, {0: 31.70, 1: 31.75})
+    assert p.n == 2 and p.hi < 0 and p.resolved
+    assert p.verdict() == "too few seeds (n=2 < 3): no verdict"
+
+
 def test_non_finite_values_make_the_pair_unusable():
     p = paired_difference({0: 10.0, 1: math.nan, 2: 11.0}, {0: 9.0, 1: 9.5, 2: 10.0})
     assert p.unusable and "seed 1: A" in p.unusable
@@ -124,11 +131,11 @@ def test_paired_table_on_another_choice_key():
     df = paired_table(cs, [("activation", "uniform")], key="method.alpha").set_index("setting")
     assert list(df.index) == ["smollm2-135m w3g64 Astro+GPTQ beta=5e-6", "smollm2-135m w3g64 Astro+GPTQ beta=1e-5"]
     assert df["comparison"].iloc[0] == "alpha=activation vs alpha=uniform"
-    assert df.loc["smollm2-135m w3g64 Astro+GPTQ beta=5e-6", "verdict"] == "unresolved (CI contains 0)"
+    assert df.loc["smollm2-135m w3g64 Astro+GPTQ beta=5e-6", "verdict"] == "too few seeds (n=2 < 3): no verdict"
     # diffs -3, -4: mean -3.5, std sqrt(0.5), half-width t_{0.975,1} * sqrt(0.5) / sqrt(2) = 12.706205 * 0.5
     row = df.loc["smollm2-135m w3g64 Astro+GPTQ beta=1e-5"]
     assert row["paired diff A-B"] == "-3.50" and row["95% CI"] == f"[{-3.5 - 6.3531:+.2f}, {-3.5 + 6.3531:+.2f}]"
-    assert row["verdict"] == "unresolved (CI contains 0)"
+    assert row["verdict"] == "too few seeds (n=2 < 3): no verdict"
 
 
 def test_collapsed_cells_are_not_ranked():

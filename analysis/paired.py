@@ -27,6 +27,7 @@ METRIC = "metrics.ppl"
 # A quantized model whose perplexity is above this many times its FP model's has collapsed: comparisons between
 # two collapsed cells are shown but not ranked (at embedded scale every W2 g64 method is, make w2-groups)
 COLLAPSE_FACTOR = 5.0
+MIN_SEEDS = 3   # shared calibration seeds a verdict needs
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,6 @@ class Paired:
         if self.resolved:
             return f"resolved: {label_a if self.mean < 0 else label_b} lower"
         return "unresolved (CI contains 0)"
-
-
-MIN_SEEDS = 3   # shared calibration seeds a verdict needs
 
 
 def t_half_width(std: float, n: int, level: float = 0.95) -> float:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from astro.blockwise import architecture_of, get_module, run_blocks
-from astro.methods import process_linear
+from astro.methods import AUTO, process_linear
 from astro.results import ResultStore, build_record, canonical_config, now_iso
 from astro.run import Session
 from experiments.grid import SCALES, Composer
@@ -95,7 +95,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     cfg = probe_config(a.scale, a.overrides)
     m = cfg.method
-    if not m.preprocess or m.block_transform or m.model_transform or m.beta == "auto":
+    if not m.preprocess or m.block_transform or m.model_transform or m.beta == AUTO:
         raise SystemExit(f"method={m.name} (beta={m.beta_label}): the probe takes a plain reconstruction + quantizer "
                          "pipeline (astro_gptq, magr_gptq, astro_rtn, magr_rtn) at a fixed beta")
     if cfg.calib.holdout < 1:

@@ -13,8 +13,9 @@ field, or a changed default of a field the method does not read, leaves every re
 to what a run's numbers depend on (a field it reads, a component's version) makes the old records another
 configuration, and the cell says "missing" (the log names the fields in which the store's records of the
 same method, model and setting differ). A point that asks for no diagnostics also shows, for a seed it has
-no record of, a record of the same run made with diagnostics added (astro.results.without_diagnostics: e.g.
-`make calib-study`'s runs with held-out windows answer for Table 1's).
+no record of, a record of the same computation (astro.results.computation_form): one made with diagnostics
+added (`make calib-study`'s runs with held-out windows answer for Table 1's), or one under the other name of
+the same pipeline (Table 3's uniform alpha_k points answer for MagR+GPTQ at their beta, and back).
 """
 
 from __future__ import annotations
@@ -34,7 +35,15 @@ import pandas as pd
 import yaml
 
 from astro.methods import PIPELINES
-from astro.results import ResultStore, atomic_write_text, canonical_config, newest, stored_form, without_diagnostics
+from astro.results import (
+    ResultStore,
+    asks_for_diagnostics,
+    atomic_write_text,
+    canonical_config,
+    computation_form,
+    newest,
+    stored_form,
+)
 from experiments.grid import SCALES, Composer
 
 log = logging.getLogger(__name__)
@@ -128,12 +137,10 @@ class Cell:
 def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...] = ()) -> list[Cell]:
     """The experiment's grid points at `scale` (plus extra overrides), each with its records."""
     by_seedless: dict[str, list] = {}
-    answering: dict[str, list] = {}   # records made with diagnostics added, by their run without them
+    answering: dict[str, list] = {}   # every record, by the computation it made (its seed aside)
     for rec in store.records():
         by_seedless.setdefault(seedless_key(rec["canonical"]), []).append(rec)
-        free = without_diagnostics(rec["canonical"])
-        if free is not None:
-            answering.setdefault(seedless_key(free), []).append(rec)
+        answering.setdefault(seedless_key(computation_form(rec["canonical"])), []).append(rec)
     with Composer() as c:
         points = c.points(experiment, scale, extra)
     out, seen = [], set()
@@ -144,8 +151,8 @@ def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...
         if ident not in seen:
             seen.add(ident)
             recs = by_seedless.get(sk, [])
-            if without_diagnostics(canonical) is None:   # the point asks for no diagnostics
-                recs = recs + _answering_seeds(answering.get(sk, []), recs)
+            if not asks_for_diagnostics(canonical):
+                recs = recs + _answering_seeds(answering.get(seedless_key(computation_form(canonical)), []), recs)
             out.append(Cell(p.choices, p.config, p.key, recs))
             if not recs:
                 _explain_missing(canonical, by_seedless, p.choices)
@@ -154,7 +161,7 @@ def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...
 
 def _answering_seeds(candidates: list, own: list) -> list:
     """For each calibration seed the cell's own records lack, the newest record of that seed among
-    `candidates` (records of the same run made with diagnostics added: astro.results.without_diagnostics)."""
+    `candidates` (records of the same computation: astro.results.computation_form)."""
     seed = lambda r: (r["canonical"].get("calib") or {}).get("seed")   # noqa: E731
     have, by_seed = {seed(r) for r in own}, {}
     for r in candidates:

@@ -141,6 +141,17 @@ PIPELINES: dict[str, Pipeline] = {
 }
 
 
+def same_computation(name: str) -> str:
+    """The first PIPELINES entry that computes what pipeline `name` does once alpha_k's mode is spelled out, as
+    the run key spells it (astro.results.canonical_config). MagR's step is Astro's with uniform alpha_k (the
+    pipelines differ only in method.alpha's default), so magr_gptq computes what astro_gptq with
+    method.alpha=uniform does, and astro_rtn with method.alpha=activation what magr_rtn with it does."""
+    def shape(p: Pipeline) -> Pipeline:
+        return p._replace(label="", preprocess="regularize" if p.preprocess else None)
+    want = shape(PIPELINES[name])
+    return next(n for n, p in PIPELINES.items() if shape(p) == want)
+
+
 # method.beta=auto: the paper's Table 3 grid is the default set of candidates per linear
 AUTO = "auto"
 BETA_GRID = (5e-6, 1e-5, 3e-5, 5e-5, 1e-4, 5e-4)

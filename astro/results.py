@@ -21,8 +21,9 @@ never part of the key. A local model (a directory or a .gguf file) is keyed by i
 of its files' contents (astro.models.local_fingerprint), so other weights at the same path are another
 run; embedded names and hub ids (with their revision) are keyed by name. A field that only adds
 diagnostics (calib.holdout: held-out errors in the rows) is keyed, but a record made with it also answers
-for the same run without it (`without_diagnostics`, ResultStore.answering): a sweep skips that run,
-`make status` counts it done and the analysis shows that record.
+for the same run without it, and so does a record of the same computation under another pipeline name
+(MagR+GPTQ is Astro+GPTQ with uniform alpha_k): `computation_form`, ResultStore.answering. A sweep skips
+that run, `make status` counts it done and the analysis shows that record.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from pathlib import Path
 
 from .config import RunConfig, to_dict
 from .fields import added_fields
-from .methods import AUTO
+from .methods import AUTO, same_computation
 from .models import local_fingerprint
 
 log = logging.getLogger(__name__)
@@ -128,17 +129,26 @@ def stored_form(canonical: dict) -> dict:
     return json.loads(json.dumps(canonical))
 
 
-def without_diagnostics(canonical: dict) -> dict | None:
-    """`canonical` (as stored) without the fields that only add diagnostics to a record, or None when it has
-    none. calib.holdout is one: its windows travel through the blocks beside the calibration ones and only
-    add held-out errors to the rows (astro.blockwise.run_blocks; the calibration forwards, hence the
-    weights and every metric, are those of the same run without them). Not under method.beta=auto, which
-    picks beta on those windows."""
+def asks_for_diagnostics(canonical: dict) -> bool:
+    """Whether a run (its canonical config, as stored) adds diagnostics to its record: calib.holdout, whose
+    windows travel through the blocks beside the calibration ones and only add held-out errors to the rows
+    (astro.blockwise.run_blocks: the calibration forwards, hence the weights and every metric, are those of
+    the same run without them). Not under method.beta=auto, which picks beta on those windows."""
     calib, method = canonical.get("calib") or {}, canonical.get("method") or {}
-    if "holdout" not in calib or method.get("beta") == AUTO:
-        return None
+    return "holdout" in calib and method.get("beta") != AUTO
+
+
+def computation_form(canonical: dict) -> dict:
+    """`canonical` (as stored) reduced to the computation whose numbers it records: without the fields that
+    only add diagnostics (asks_for_diagnostics), and with method.name the first pipeline of the same
+    computation (astro.methods.same_computation: magr_gptq is astro_gptq with uniform alpha_k, and the run
+    key always spells alpha_k's mode out). Runs of equal forms have the same weights and metrics."""
     out = copy.deepcopy(canonical)
-    del out["calib"]["holdout"]
+    if asks_for_diagnostics(out):
+        del out["calib"]["holdout"]
+    method = out.get("method") or {}
+    if method.get("name") is not None and "alpha" in method:   # alpha_k's mode is explicit: the name adds nothing
+        method["name"] = same_computation(method["name"])
     return out
 
 
@@ -148,9 +158,9 @@ def newest(records: Iterable[dict]) -> dict | None:
     return max(records, key=lambda r: r.get("started", ""), default=None)
 
 
-def diagnostic_ident(canonical: dict) -> str:
-    """A stored canonical config as one string (the lookup key of ResultStore.with_diagnostics)."""
-    return json.dumps(canonical, sort_keys=True)
+def computation_ident(canonical: dict) -> str:
+    """A stored canonical config's computation_form as one string (the lookup key of ResultStore.by_computation)."""
+    return json.dumps(computation_form(canonical), sort_keys=True)
 
 
 _UMASK = os.umask(0)
@@ -431,23 +441,22 @@ class ResultStore:
             raise InvalidRecordError(f"invalid record {self.path(key)}: {why}")
         return rec
 
-    def with_diagnostics(self) -> dict[str, list[dict]]:
-        """The valid records made with diagnostics added, by their run without them (diagnostic_ident)."""
+    def by_computation(self) -> dict[str, list[dict]]:
+        """The valid records by the computation they made (computation_ident)."""
         out: dict[str, list[dict]] = {}
         for r in self.records():
-            free = without_diagnostics(r["canonical"])
-            if free is not None:
-                out.setdefault(diagnostic_ident(free), []).append(r)
+            out.setdefault(computation_ident(r["canonical"]), []).append(r)
         return out
 
     def answering(self, cfg: RunConfig, index: dict[str, list[dict]] | None = None) -> str | None:
-        """For a point without its own record: the key of the newest valid record of the same run made with
-        diagnostics added; None when cfg itself asks for diagnostics or there is none. index:
-        with_diagnostics(), when many points are looked up at once."""
+        """For a point without its own record: the key of the newest valid record of the same computation
+        (computation_form: made with diagnostics added, or under the other name of the same pipeline); None
+        when cfg itself asks for diagnostics or there is none. index: by_computation(), when many points are
+        looked up at once."""
         want = stored_form(canonical_config(cfg))
-        if without_diagnostics(want) is not None:
+        if asks_for_diagnostics(want):
             return None
-        found = (self.with_diagnostics() if index is None else index).get(diagnostic_ident(want), [])
+        found = (self.by_computation() if index is None else index).get(computation_ident(want), [])
         rec = newest(found)
         return rec["key"] if rec else None
 

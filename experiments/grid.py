@@ -124,13 +124,13 @@ def main(argv=None) -> None:
         root = a.store or c.raw([f"experiment={a.experiment}", f"scale={a.scale}",
                                  *(o for o in a.overrides if o.startswith("store.root="))])["store"]["root"]
     store = ResultStore(Path(root))
-    done, index = 0, store.with_diagnostics()
+    done, index = 0, store.by_computation()
     for p in pts:   # an invalid record (truncated, wrong shape) is missing: the next sweep redoes it
         rec, why = store.load(store.path(p.key))
         other = store.answering(p.config, index) if rec is None else None
         done += rec is not None or other is not None
         note = f"  (invalid record: {why})" if why else ""
-        note += f"  (answered by {other}: the same run with diagnostics added)" if other else ""
+        note += f"  (answered by {other}: the same computation)" if other else ""
         print(f"{'missing' if rec is None and other is None else 'done   '} {p.key}  {' '.join(p.overrides)}{note}")
     print(f"{a.experiment} ({a.scale}): {done}/{len(pts)} points recorded in {store.root}")
 

@@ -129,13 +129,14 @@ def export_dir(store: ResultStore, key: str) -> Path:
 
 def _recorded(store: ResultStore, key: str, cfg: RunConfig, skip_existing: bool, want_export: bool) -> bool:
     """Whether the point is done: a valid record (and its checkpoint, when export is asked for). Without
-    export, a record of the same run made with diagnostics added counts (ResultStore.answering)."""
+    export, a record of the same computation counts (made with diagnostics added, or under the other name of the
+    same pipeline: ResultStore.answering)."""
     if not skip_existing:
         return False
     if not store.exists(key):
         other = None if want_export else store.answering(cfg)
         if other is not None:
-            log.info("skip %s [%s]: record %s answers for it (the same run, with diagnostics added)",
+            log.info("skip %s [%s]: record %s answers for it (the same computation)",
                      describe(cfg), key, store.path(other))
         return other is not None
     if not want_export or export_dir(store, key).exists():

@@ -79,11 +79,15 @@ def test_table1(store, tmp_path):
     # one calibration seed: the value, visibly single-seed
     assert row.loc["GPTQ", col] == f"{recs['gptq']['metrics']['ppl']:.2f} (n=1)"
     assert row.loc["RTN", col] == f"{recs_any('rtn', store):.2f} (n=1)"  # table7's RTN run is the same computation
-    assert row.loc["MagR+GPTQ", col] == "missing" and row.loc["GPTQ", "tiny-random-llama w2g16"] == "missing"
+    # MagR+GPTQ is Astro+GPTQ with uniform alpha_k: the alpha ablation's uniform run is this cell's record
+    uniform = next(r for r in ResultStore(store).records() if r["experiment"] == "ablation_alpha")
+    assert uniform["config"]["method"]["name"] == "astro_gptq"
+    assert row.loc["MagR+GPTQ", col] == f"{uniform['metrics']['ppl']:.2f} (n=1)"
+    assert row.loc["GPTQ", "tiny-random-llama w2g16"] == "missing"
     assert row.loc["AWQ", col] == "missing" and row.loc["OmniQuant", col] == "not run"
     # the caption counts runs, not cells: the FP record fills the W2, W3 and W4 columns but is one run
     assert row.loc["FP", "tiny-random-llama w2g16"] == row.loc["FP", col] != "missing"
-    assert "torch thread" in md and "(4 runs)" in md  # FP, RTN, GPTQ, Astro+GPTQ
+    assert "torch thread" in md and "(5 runs)" in md  # FP, RTN, GPTQ, Astro+GPTQ, MagR+GPTQ (the ablation's)
     # the comparisons, paired on calibration seeds: one seed each, so a difference but no interval
     paired = pd.read_csv(tmp_path / "table1_paired_embedded.csv", dtype=str, keep_default_na=False)
     assert "per shared calibration seed" in (tmp_path / "table1_paired_embedded.md").read_text()
@@ -94,8 +98,11 @@ def test_table1(store, tmp_path):
     assert w3.loc["GPTQ vs RTN", "paired diff A-B"] == signed(d) and w3.loc["GPTQ vs RTN", "seeds"] == seed
     assert w3.loc["GPTQ vs RTN", "verdict"] == "single-seed (n=1): no interval"
     assert w3.loc["GPTQ vs RTN", "95% CI"] == "-"
-    assert w3.loc["Astro+GPTQ vs MagR+GPTQ", "verdict"] == "missing: MagR+GPTQ"
-    assert w3.loc["MagR+GPTQ vs GPTQ", "verdict"] == "missing: MagR+GPTQ"
+    d_magr = uniform["metrics"]["ppl"] - recs["gptq"]["metrics"]["ppl"]
+    assert w3.loc["MagR+GPTQ vs GPTQ", "paired diff A-B"] == signed(d_magr)
+    assert w3.loc["Astro+GPTQ vs MagR+GPTQ", "verdict"] == "single-seed (n=1): no interval"
+    assert paired[paired["setting"] == "tiny-random-llama w4g64"].set_index("comparison").loc[
+        "MagR+GPTQ vs GPTQ", "verdict"] == "missing: MagR+GPTQ, GPTQ"
     assert len(paired) == 4 * 3  # four comparisons x three settings, each with a row
 
 
@@ -240,7 +247,9 @@ def test_table5_group_statistics(store, tmp_path):
 def test_fig3_and_time_table(store, tmp_path):
     _run(fig3_efficiency, store, tmp_path)
     df = pd.read_csv(tmp_path / "quant_time_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
-    assert df.loc["GPTQ", "PPL"] != "missing" and df.loc["MagR+GPTQ", "PPL"] == "missing"
+    assert df.loc["GPTQ", "PPL"] != "missing" and df.loc["AWQ", "PPL"] == "missing"
+    uniform = next(r for r in ResultStore(store).records() if r["experiment"] == "ablation_alpha")
+    assert df.loc["MagR+GPTQ", "PPL"] == f"{uniform['metrics']['ppl']:.2f} (n=1)"   # the same computation
     assert df.loc["GPTQ", "method (s)"] != "missing"
     assert (tmp_path / "fig3_efficiency_embedded.pdf").exists()
 

@@ -362,7 +362,7 @@ def test_a_method_added_at_run_time_runs_keys_and_tabulates(tmp_path, monkeypatc
 
 def test_a_record_with_held_out_windows_answers_for_the_run_without_them(tmp_path, capsys):
     from analysis.common import cells
-    from astro.results import without_diagnostics
+    from astro.results import asks_for_diagnostics, computation_form
     from experiments import grid
     store = ResultStore(tmp_path / "store")
     run = ("method=gptq", "quant=w3g64", "calib.seed=0")
@@ -384,6 +384,38 @@ def test_a_record_with_held_out_windows_answers_for_the_run_without_them(tmp_pat
     (held_cell,) = cells("table1", "embedded", store, (*TINY, *run, "calib.holdout=3"))
     assert held_cell.records == []
     # under beta=auto the held-out windows choose beta: they are not a diagnostic there
-    assert without_diagnostics({"calib": {"holdout": 8}, "method": {"beta": "auto"}}) is None
-    assert without_diagnostics({"calib": {"holdout": 8, "seed": 1}, "method": {"beta": 5e-5}}) == \
+    auto = {"calib": {"holdout": 8}, "method": {"beta": "auto"}}
+    assert not asks_for_diagnostics(auto) and computation_form(auto) == auto
+    assert asks_for_diagnostics({"calib": {"holdout": 8, "seed": 1}, "method": {"beta": 5e-5}})
+    assert computation_form({"calib": {"holdout": 8, "seed": 1}, "method": {"beta": 5e-5}}) == \
         {"calib": {"seed": 1}, "method": {"beta": 5e-5}}
+
+
+# 9. MagR's step is Astro's with uniform alpha_k: one computation under two pipeline names shares its record
+
+def test_magr_is_astro_with_uniform_alpha_and_shares_its_record(tmp_path, capsys):
+    from analysis.common import cells
+    from astro.methods import PIPELINES, same_computation
+    from experiments import grid
+    # the names that share a computation are exactly those that differ only in the regularizer's default alpha_k
+    assert same_computation("astro_gptq") == same_computation("magr_gptq")
+    assert same_computation("astro_rtn") == same_computation("magr_rtn")
+    assert len({same_computation(n) for n in PIPELINES}) == len(PIPELINES) - 3   # astro/magr unquantized too
+    run = ("quant=w3g64", "calib.seed=0", "method.beta=1e-3")
+    magr = _raw(tmp_path / "a", "method=magr_gptq", *run)
+    astro_uniform = _raw(tmp_path / "b", "method=astro_gptq", "method.alpha=uniform", *run)
+    assert _key(magr) != _key(astro_uniform)                       # keyed apart (the name is in the key) ...
+    ra, rb = (ResultStore(tmp_path / d).read(_run(r)["key"]) for d, r in (("a", magr), ("b", astro_uniform)))
+    assert ra["metrics"]["ppl"] == rb["metrics"]["ppl"]            # ... but the very same numbers, run apart
+    assert [r["err"] for r in ra["rows"]] == [r["err"] for r in rb["rows"]]
+    # so in one store, either answers for the other: the sweep skips it, make status and the tables count it
+    store = ResultStore(tmp_path / "a")
+    astro_here = _raw(store.root, "method=astro_gptq", "method.alpha=uniform", *run)
+    assert _run(astro_here) == {"key": _key(astro_here), "skipped": True}
+    grid.main(["table3", "--store", str(store.root), *TINY, *run, "method.alpha=uniform", "model=tiny-random-llama"])
+    assert f"answered by {ra['key']}" in capsys.readouterr().out
+    (cell,) = cells("table3", "embedded", store, (*TINY, *run, "method.alpha=uniform"))
+    assert [r["key"] for r in cell.records] == [ra["key"]]
+    # activation alpha_k is another computation: not answered
+    activation = _raw(store.root, "method=astro_gptq", "method.alpha=activation", *run)
+    assert store.answering(runner.split_config(activation)[0]) is None

@@ -21,6 +21,18 @@ def _median_range(s: pd.Series, fmt: str) -> str:
     return f"{s.median():{fmt}} [{s.min():{fmt}}, {s.max():{fmt}}]"
 
 
+def probed(linears: list[str], blocks: list[int] | None, roles: list[str] | None) -> bool:
+    """Whether a probe of these qualified linears ('<blocks path>.<block>.<role>', experiments/beta_strength.py)
+    covers exactly the asked blocks and roles (None: any)."""
+    parsed = set()
+    for name in linears:
+        parts = name.split(".")
+        i = next(k for k, part in enumerate(parts) if part.isdigit())   # the block index follows the blocks path
+        parsed.add((int(parts[i]), ".".join(parts[i + 1:])))
+    return ((blocks is None or {b for b, _ in parsed} == set(blocks))
+            and (roles is None or {r for _, r in parsed} == set(roles)))
+
+
 def build(rec: dict) -> pd.DataFrame:
     rows = pd.DataFrame(rec["probe"]["rows"])
     q = rec["probe"]["quantizer"].upper()
@@ -39,8 +51,9 @@ def main(argv=None) -> None:
         ap.add_argument(flag, type=tp, nargs="+", default=None, help="the probe's (make beta-strength ARGS)")
     a = ap.parse_args(argv)
     cfg = probe_config(a.scale, a.overrides)
-    rec = find_probe(ResultStore(a.store), "beta", canonical_config(cfg), "beta-strength", betas=a.betas,
-                     iters=a.iters)   # the newest probe of this configuration with those points
+    rec = find_probe(ResultStore(a.store), "beta", canonical_config(cfg), "beta-strength",
+                     where=lambda p: probed(p["linears"], a.blocks, a.linears), betas=a.betas,
+                     iters=a.iters)   # the newest probe of this configuration with those points and linears
     df = build(rec)
     p = rec["probe"]
     caption = (f"{cfg.model.source} {cfg.method.name} W{cfg.quant.bits} g{cfg.quant.group_size}, alpha "

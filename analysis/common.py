@@ -194,12 +194,13 @@ def _explain_missing(canonical: dict, by_seedless: dict[str, list], choices: dic
                  choices, len(near), ", ".join(f"{f} ({n})" for f, n in fields.most_common(6)))
 
 
-def find_probe(store: ResultStore, kind: str, canonical: dict, make_target: str, **match) -> dict:
+def find_probe(store: ResultStore, kind: str, canonical: dict, make_target: str, where=None, **match) -> dict:
     """The newest probe record of `kind` ('fig1', 'fig2') for a run configuration; `match` filters on
-    the record's probe settings (None = any)."""
+    the record's probe settings (None = any), `where(probe settings) -> bool` on anything else."""
     want = json.loads(json.dumps({"probe": kind, **canonical}))  # as stored (tuples become lists)
     found = [r for r in store.records() if r.get("kind") == f"probe:{kind}" and r["canonical"] == want
-             and all(v is None or r["probe"][k] == v for k, v in match.items())]
+             and all(v is None or r["probe"][k] == v for k, v in match.items())
+             and (where is None or where(r["probe"]))]
     if not found:
         raise SystemExit(f"no {kind} probe record for this configuration: run `make {make_target}` first")
     return newest(found)

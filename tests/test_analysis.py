@@ -295,6 +295,12 @@ def test_beta_strength_probe(tmp_path):
     table.main(["--scale", "embedded", "--store", str(store), "--out", str(tmp_path), *TINY])
     df = pd.read_csv(tmp_path / "beta_strength_embedded.csv", dtype=str)
     assert list(df["beta"]) == ["0", "0.01"] and df["group-max shrink"].iloc[0].startswith("0.0 [0.0, 0.0]")
+    # the table reads the probe of the asked blocks and linears, and no other
+    table.main(["--scale", "embedded", "--store", str(store), "--out", str(tmp_path), *TINY,
+                "--blocks", "1", "0", "--linears", "mlp.down_proj"])
+    for other in (["--blocks", "0"], ["--linears", "mlp.up_proj"]):
+        with pytest.raises(SystemExit, match="no beta probe record"):
+            table.main(["--scale", "embedded", "--store", str(store), "--out", str(tmp_path), *TINY, *other])
 
 
 def test_table2_proxy_tasks(store, tmp_path):

@@ -42,11 +42,18 @@ RUN = {
     # TINY's method.iters=5 overrides the arms' budgets (so pgd40 = pgd200 here); solver and tol still differ
     "solver_study": [("quant=w3g64", "method.beta=5e-6", "solver=pgd200"),
                      ("quant=w3g64", "method.beta=5e-6", "solver=fista_tol")],
-    "ablation_alpha": [("quant=w3g64", "method.alpha=uniform")],   # activation W3: table3's record
+    "ablation_alpha": [("quant=w3g64", "method.alpha=uniform")],   # activation W3: table1's Astro+GPTQ record
     # composed pipelines only: their parts' cells are other tables' records (astro_gptq: table1's)
     "beyond_study": [("method=awq_astro_gptq",)],
     "beta_auto": [("method=astro_gptq", "method.beta=auto")],   # references: table3 and table7 records
 }
+
+
+def embedded_method():
+    """Table 1's Astro+GPTQ MethodConfig: its beta is the scale's (conf/scale/embedded.yaml), where Table 1's,
+    Table 7's and the ablation's Astro/MagR run."""
+    with Composer() as c:
+        return c.points("table1", "embedded", (*TINY, "quant=w3g64", "method=astro_gptq"))[0].config.method
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +133,8 @@ def test_table3(store, tmp_path):
     assert df.loc["uniform alpha_k = 1", "beta=0.0005"] != "missing"
     assert df.loc["reported: uniform alpha_k = 1", "beta=0.0005"] == "36.41"
     assert (tmp_path / "table3_beta_embedded.png").stat().st_size > 1000
-    # activation vs uniform at each beta; beta 5e-5 has both (the fixture's ablation_alpha uniform run is that point)
+    # activation vs uniform at each beta; the embedded beta has both (table1's Astro+GPTQ and the ablation's uniform
+    # run are those points), 5e-5 only Table 3's own activation run
     paired = pd.read_csv(tmp_path / "table3_paired_embedded.csv", dtype=str, keep_default_na=False).set_index("setting")
     alone = paired[paired["comparison"].str.endswith(" vs GPTQ")]
     paired = paired[~paired["comparison"].str.endswith(" vs GPTQ")]
@@ -140,10 +148,11 @@ def test_table3(store, tmp_path):
                      and r["config"]["method"]["beta"] == 1e-3)
     assert vs["paired diff A-B"] == signed(astro_1e3 - gptq) and vs["seeds"] == "0"
     assert paired.loc["tiny-random-llama w3g64 Astro+GPTQ beta=5e-4", "verdict"] == "missing: activation alpha_k"
-    both = paired.loc["tiny-random-llama w3g64 Astro+GPTQ beta=5e-5"]
+    assert paired.loc["tiny-random-llama w3g64 Astro+GPTQ beta=5e-5", "verdict"] == "missing: uniform alpha_k"
+    both = paired.loc[f"tiny-random-llama w3g64 Astro+GPTQ beta={embedded_method().beta_label}"]
     ppl = {r["canonical"]["method"]["alpha"]: r["metrics"]["ppl"] for r in ResultStore(store).records()
            if r["config"]["method"]["name"] == "astro_gptq" and r["config"]["quant"]["bits"] == 3
-           and r["config"]["method"]["beta"] == 5e-5 and r["config"]["method"]["solver"] == "pgd"}
+           and r["config"]["method"]["beta"] == embedded_method().beta and r["config"]["method"]["solver"] == "pgd"}
     assert both["verdict"] == "single-seed (n=1): no interval" and both["95% CI"] == "-"
     assert both["paired diff A-B"] == signed(ppl["activation"] - ppl["uniform"])
 
@@ -206,7 +215,7 @@ def test_ablation_alpha(store, tmp_path):
     df = pd.read_csv(tmp_path / "ablation_alpha_embedded.csv", dtype=str, keep_default_na=False).set_index("setting")
     ppl = {r["canonical"]["method"]["alpha"]: r["metrics"]["ppl"] for r in ResultStore(store).records()
            if r["config"]["method"]["name"] == "astro_gptq" and r["config"]["quant"]["bits"] == 3
-           and r["config"]["method"]["beta"] == 5e-5 and r["config"]["method"]["solver"] == "pgd"}
+           and r["config"]["method"]["beta"] == embedded_method().beta and r["config"]["method"]["solver"] == "pgd"}
     assert df.loc["W3 g64", "activation - uniform"] == f"{ppl['activation'] - ppl['uniform']:+.2f}"
     assert df.loc["W2 g16", "uniform alpha_k"] == "missing" and df.loc["W2 g16", "activation - uniform"] == "-"
 
@@ -396,4 +405,6 @@ def test_beta_auto(store, tmp_path):
     assert gptq["paper's beta=5e-05 PPL"] == f"{fixed[5e-5]:.2f} (n=1)"
     assert df.loc["Astro+RTN", "beta=auto PPL"] == "missing" and df.loc["Astro+RTN", "its PPL"] != "missing"
     paired = pd.read_csv(tmp_path / "beta_auto_paired_embedded.csv", dtype=str, keep_default_na=False)
-    assert set(paired["verdict"]) == {"single-seed (n=1): no interval", "missing: Astro+RTN beta=auto"}
+    # Astro+RTN's references: Table 7 at the embedded beta (recorded) and at the paper's (not run here)
+    assert set(paired["verdict"]) == {"single-seed (n=1): no interval", "missing: Astro+RTN beta=auto",
+                                      "missing: Astro+RTN beta=auto, Astro+RTN beta=5e-05 (paper's)"}

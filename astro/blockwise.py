@@ -7,6 +7,9 @@ inputs), accumulate H -> run the per-linear pipeline -> write the new weights ba
 loop itself writes weights; the transforms below write theirs in astro/transforms.py) ->
 propagate the calibration inputs through the processed block -> next block.
 Only the current block lives on the compute device; calibration activations stay on `offload`.
+Attention runs only for the groups that need it: once o_proj is processed, the residual stream after
+attention is rebuilt from the inputs o_proj read, the mlp's groups read it through the mlp alone, and the
+block's output is rebuilt from the inputs down_proj read (LoopConfig.reuse_writer_inputs; bit-identical).
 
 Two extension points keep every method inside this one loop (astro/transforms.py implements them):
 - a model-level transform runs once before `run_blocks` (astro.run.quantize_model; e.g. the QuaRot /
@@ -31,93 +34,29 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .architectures import Architecture, architecture_of, get_module
+from .fields import added_field
 from .stats import HessianAccumulator, LayerStats, TokenWeights
 
 log = logging.getLogger(__name__)
-
-
-NORM_LAYOUTS = {
-    "pre": "one RMSNorm before each sublayer; sublayer outputs are added to the residual stream as they are "
-           "(Llama, Mistral, Qwen2/3, Gemma)",
-    "sandwich": "RMSNorms before and after each sublayer (Gemma2/3 post_attention/post_feedforward norms): the "
-                "post-norm's per-channel weights act on the sublayer output before it joins the residual stream",
-}
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """Where the decoder blocks live and which linears are processed, in which sequential groups
-    (a group's linears see the same inputs; later groups see the already-processed earlier ones).
-
-    What the transforms (astro/transforms.py) need, also as data:
-    base / embed / final_norm / lm_head: the decoder stack, the token embedding, the final norm and the
-    output head (module paths from the model root). readers: (norm, linears that read that norm's output)
-    per block: AWQ scales and QuaRot norm fusion go into these pairs. writers: the linears whose output is
-    added to the residual stream. scale_pairs: (linear, linears reading its output channels one to one,
-    modulo attention-head sharing): AWQ folds scales into the first one's output rows. head_pair: (v, o),
-    the per-head path a rotation R2 of head_dim can act on. norm_layout: a key of NORM_LAYOUTS; a
-    residual-stream rotation commutes only with 'pre'. norm_offset: the norm multiplies by
-    (norm_offset + weight) (0 Llama, 1 Gemma's (1 + w))."""
-
-    blocks: str
-    sequential: tuple[tuple[str, ...], ...]
-    base: str = "model"
-    embed: str = "model.embed_tokens"
-    final_norm: str = "model.norm"
-    lm_head: str = "lm_head"
-    readers: tuple[tuple[str, tuple[str, ...]], ...] = (
-        ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-        ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")))
-    writers: tuple[str, ...] = ("self_attn.o_proj", "mlp.down_proj")
-    scale_pairs: tuple[tuple[str, tuple[str, ...]], ...] = (
-        ("self_attn.v_proj", ("self_attn.o_proj",)), ("mlp.up_proj", ("mlp.down_proj",)))
-    head_pair: tuple[str, str] | None = ("self_attn.v_proj", "self_attn.o_proj")
-    norm_layout: str = "pre"
-    norm_offset: float = 0.0
-
-    def __post_init__(self):
-        if self.norm_layout not in NORM_LAYOUTS:
-            raise ValueError(f"norm_layout must be one of {sorted(NORM_LAYOUTS)}, got {self.norm_layout!r}")
-
-    @property
-    def linears(self) -> tuple[str, ...]:
-        return tuple(n for grp in self.sequential for n in grp)
-
-
-_LLAMA_LIKE = Architecture(
-    blocks="model.layers",
-    sequential=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
-                ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",)))
-_GEMMA = dataclasses.replace(_LLAMA_LIKE, norm_offset=1.0)
-_GEMMA_SANDWICH = dataclasses.replace(
-    _GEMMA, norm_layout="sandwich",
-    readers=(("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-             ("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj"))))
-
-# config.model_type -> layout. Qwen3 and Gemma3 add q/k norms, which are not linears: same layout.
-ARCHITECTURES: dict[str, Architecture] = {
-    **{t: _LLAMA_LIKE for t in ("llama", "mistral", "qwen2", "qwen3")},
-    "gemma": _GEMMA, **{t: _GEMMA_SANDWICH for t in ("gemma2", "gemma3_text")}}
-
-
-def architecture_of(model: nn.Module) -> Architecture:
-    mt = model.config.model_type
-    if mt not in ARCHITECTURES:
-        raise ValueError(f"unsupported architecture {mt!r}; supported: {sorted(ARCHITECTURES)} "
-                         "(add an Architecture entry in astro/blockwise.py)")
-    return ARCHITECTURES[mt]
 
 
 @dataclass(frozen=True)
 class LoopConfig:
     """batch_size: calibration sequences per forward. true_sequential: process the groups of an
     Architecture one after another (False: all linears from the block's unprocessed inputs).
-    device: where the current block runs. offload: where calibration activations wait."""
+    device: where the current block runs. offload: where calibration activations wait.
+    reuse_writer_inputs: with true_sequential, keep the inputs the writers (o_proj, down_proj) read while
+    their statistics are collected, and rebuild the residual stream from them (Architecture docstring)
+    instead of re-running attention for each mlp group and the whole block to propagate. The same
+    operations on the same tensors, so bit-identical (tests/test_blockwise.py); it costs one writer input
+    per calibration sequence on `offload` and saves about half of the calibration forwards."""
 
     batch_size: int = 8
     true_sequential: bool = True
     device: str = "cpu"
     offload: str = "cpu"
+    reuse_writer_inputs: bool = added_field(True)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -177,10 +116,6 @@ class _Recorder(nn.Module):
     def forward(self, hidden_states, *args, **kwargs):
         self._on_call(hidden_states, args, kwargs)
         return hidden_states
-
-
-def get_module(root: nn.Module, path: str) -> nn.Module:
-    return root.get_submodule(path)
 
 
 def _first(out):
@@ -275,16 +210,19 @@ def shared_inputs(arch: Architecture, names) -> dict[str, str]:
 
 
 def collect_stats(forward: Callable[[torch.Tensor], object], hidden: list[torch.Tensor], linears: dict[str, nn.Module],
-                  shared: dict[str, str], where: str, weights: TokenWeights = TokenWeights(), device: str = "cpu"
-                  ) -> dict[str, LayerStats]:
+                  shared: dict[str, str], where: str, weights: TokenWeights = TokenWeights(), device: str = "cpu",
+                  kept: dict[str, list[torch.Tensor]] | None = None, offload: str = "cpu") -> dict[str, LayerStats]:
     """H of each of `linears` over the chunks of `hidden` (the block's inputs; forward runs the block), except
     those in `shared` ({linear: owner}, shared_inputs), which read their owner's input: that is checked, not
-    assumed (a model whose code feeds them another tensor is an error). where: names the block in errors."""
+    assumed (a model whose code feeds them another tensor is an error). where: names the block in errors.
+    kept: {linear: list}; the input each of those linears reads is appended to its list (on `offload`)."""
     owners = [n for n in linears if n not in shared]
     accs = {n: HessianAccumulator(linears[n].in_features, device=device, weights=weights) for n in owners}
     latest: dict[str, torch.Tensor] = {}   # each owner's input in the current chunk
 
     def on_input(name, x):
+        if kept is not None and name in kept:
+            kept[name].append(x.to(offload))
         if name not in shared:
             latest[name] = x
             accs[name].add(x)
@@ -319,14 +257,16 @@ def _block_forward(block: nn.Module, b: int, kwargs: dict, device: str) -> Calla
 
 
 def _group_stats(forward, hidden, held, linears, shared, b: int, weights: TokenWeights, device: str,
-                 stage: _Stages) -> dict[str, LayerStats]:
+                 stage: _Stages, kept: dict[str, list] | None = None, held_kept: dict[str, list] | None = None,
+                 offload: str = "cpu") -> dict[str, LayerStats]:
     """Each owning linear's calibration statistics, with its held-out statistics attached when there are
-    held-out chunks (timed apart: a diagnostic)."""
+    held-out chunks (timed apart: a diagnostic). kept / held_kept: as in collect_stats."""
     with stage("calibrate"):
-        stats_of = collect_stats(forward, hidden, linears, shared, f"block {b}", weights, device)
+        stats_of = collect_stats(forward, hidden, linears, shared, f"block {b}", weights, device, kept, offload)
     if held:
         with stage("holdout"):
-            held_of = collect_stats(forward, held, linears, shared, f"block {b} (held-out)", device=device)
+            held_of = collect_stats(forward, held, linears, shared, f"block {b} (held-out)", device=device,
+                                    kept=held_kept, offload=offload)
         stats_of = {n: dataclasses.replace(st, holdout=held_of[n]) for n, st in stats_of.items()}
     return stats_of
 
@@ -346,6 +286,53 @@ def _process_group(process, prefix: str, b: int, linears: dict[str, nn.Module], 
 def _propagate(forward, chunks: list[torch.Tensor], offload: str) -> list[torch.Tensor]:
     """The processed block's outputs: the next block's inputs."""
     return [_first(forward(h)).to(offload) for h in chunks]
+
+
+def _join(block: nn.Module, arch: Architecture, k: int, stream: list[torch.Tensor], inputs: list[torch.Tensor],
+          device: str, offload: str) -> list[torch.Tensor]:
+    """The residual stream after sublayer k, from the stream before it and the input writers[k] read:
+    stream + post_norms[k](writers[k](input)), the very operations (and order) of the block's forward."""
+    writer = block.get_submodule(arch.writers[k])
+    post = block.get_submodule(arch.post_norms[k]) if arch.post_norms else nn.Identity()
+    return [(s.to(device) + post(writer(x.to(device)))).to(offload) for s, x in zip(stream, inputs, strict=True)]
+
+
+def _mlp_forward(block: nn.Module, arch: Architecture, device: str) -> Callable[[torch.Tensor], object]:
+    """forward(r): the mlp sublayer on the residual stream r (its norm, then the mlp)."""
+    norm = block.get_submodule(arch.readers[-1][0])
+    mlp = block.get_submodule(arch.mlp)
+    return lambda r: mlp(norm(r.to(device)))
+
+
+class _Streams:
+    """The chunks the next group's statistics are collected from, for calibration and held-out windows, and
+    the forward that reaches the group's linears from them: the block's inputs and forward, until the loop
+    switches to the residual stream after attention (LoopConfig.reuse_writer_inputs)."""
+
+    def __init__(self, forward, hidden: list[torch.Tensor], held: list[torch.Tensor]):
+        self.forward, self.hidden, self.held = forward, hidden, held
+        self.kept: dict[str, list] = {}
+        self.held_kept: dict[str, list] = {}
+
+    def keep(self, names) -> None:
+        self.kept = {n: [] for n in names}
+        self.held_kept = {n: [] for n in names}
+
+    def join(self, block, arch: Architecture, k: int, device: str, offload: str, held: bool = False) -> None:
+        """Move the calibration (or held-out) chunks past sublayer k (_join)."""
+        if held:
+            self.held = _join(block, arch, k, self.held, self.held_kept.pop(arch.writers[k]), device, offload)
+        else:
+            self.hidden = _join(block, arch, k, self.hidden, self.kept.pop(arch.writers[k]), device, offload)
+
+
+def _join_both(streams: _Streams, block, arch: Architecture, k: int, cfg: LoopConfig, stage: _Stages, name: str):
+    """Move calibration and held-out chunks past sublayer k, timed as `name` and `holdout`."""
+    with stage(name):
+        streams.join(block, arch, k, cfg.device, cfg.offload)
+    if streams.held:
+        with stage("holdout"):
+            streams.join(block, arch, k, cfg.device, cfg.offload, held=True)
 
 
 @torch.no_grad()
@@ -383,6 +370,7 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor,
         kwargs = {**held_kwargs, **kwargs}   # keyed by (block, chunk size): equal where both have a key
 
     groups = arch.sequential if cfg.true_sequential else (arch.linears,)
+    mlp_from = arch.mlp_groups_from if data and cfg.true_sequential and cfg.reuse_writer_inputs else None
     for b, block in enumerate(tqdm(get_module(model, arch.blocks), desc="blocks", disable=not progress)):
         block.to(cfg.device)
         forward = _block_forward(block, b, kwargs, cfg.device)
@@ -390,19 +378,30 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor,
         if block_transform is not None:
             with stage("block_transform"):
                 extra = block_transform(BlockContext(b, block, forward, hidden, arch, cfg.device)) or {}
-        for group in groups:
+        streams = _Streams(forward, hidden, held)
+        for g, group in enumerate(groups):
             linears = {name: block.get_submodule(name) for name in group}
             shared = shared_inputs(arch, group) if data else {}
-            stats_of = (_group_stats(forward, hidden, held, linears, shared, b, weights, cfg.device, stage) if data
+            if mlp_from is not None:
+                if g == mlp_from:   # attention is done: the mlp's groups read the residual stream after it
+                    _join_both(streams, block, arch, 0, cfg, stage, "calibrate")
+                    streams.forward = _mlp_forward(block, arch, cfg.device)
+                streams.keep([w for w in arch.writers if w in group])
+            stats_of = (_group_stats(streams.forward, streams.hidden, streams.held, linears, shared, b, weights,
+                                     cfg.device, stage, streams.kept, streams.held_kept, cfg.offload) if data
                         else dict.fromkeys(linears))
             with stage("process"):
                 res.rows += _process_group(process, arch.blocks, b, linears, shared, stats_of, extra)
-        if data:
-            with stage("propagate"):
-                hidden = _propagate(forward, hidden, cfg.offload)
-        if held:
-            with stage("holdout"):
-                held = _propagate(forward, held, cfg.offload)
+        if mlp_from is not None:
+            _join_both(streams, block, arch, 1, cfg, stage, "propagate")
+            hidden, held = streams.hidden, streams.held
+        else:
+            if data:
+                with stage("propagate"):
+                    hidden = _propagate(forward, hidden, cfg.offload)
+            if held:
+                with stage("holdout"):
+                    held = _propagate(forward, held, cfg.offload)
         if cfg.device != "cpu":
             block.to("cpu")
     res.timings = {**stage.seconds, "total": time.perf_counter() - t0}

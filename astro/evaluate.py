@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .blockwise import LoopConfig, _first, architecture_of, capture_inputs, get_module
+from .architectures import architecture_of, get_module
+from .blockwise import LoopConfig, _first, capture_inputs
 from .data import EvalTokens
 from .proxy_tasks import PROXY_DESCRIPTIONS, PROXY_TASKS, build_proxy_tasks
 

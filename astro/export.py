@@ -140,7 +140,7 @@ def check_run_exportable(cfg, model: nn.Module | None = None) -> None:
         raise ExportError("gptq.act_order=true fits groups in permuted order (a g_idx), which compressed-tensors "
                           "0.20 cannot store; set method.gptq.static_groups=true to export act-order")
     if model is not None:
-        from .blockwise import architecture_of, get_module
+        from .architectures import architecture_of, get_module
         arch = architecture_of(model)
         for b, block in enumerate(get_module(model, arch.blocks)):
             for name in arch.linears:

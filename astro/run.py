@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .blockwise import ARCHITECTURES, LoopResult, architecture_of, run_blocks
+from .architectures import ARCHITECTURES, architecture_of
+from .blockwise import LoopResult, run_blocks
 from .config import RunConfig, to_dict
 from .data import (
     EvalTokens,

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .architectures import NORM_LAYOUTS, Architecture, get_module
 from .awq import search_scales
-from .blockwise import NORM_LAYOUTS, Architecture, BlockContext, BlockTransform, each_linear_input, get_module
+from .blockwise import BlockContext, BlockTransform, each_linear_input
 from .quantizer import QuantGrid
 from .rotation import (
     fake_quant_ste,

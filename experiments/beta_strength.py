@@ -27,7 +27,8 @@ import logging
 import time
 from pathlib import Path
 
-from astro.blockwise import architecture_of, get_module, run_blocks
+from astro.architectures import architecture_of, get_module
+from astro.blockwise import run_blocks
 from astro.methods import AUTO, process_linear
 from astro.results import ResultStore, build_record, canonical_config, now_iso
 from astro.run import Session

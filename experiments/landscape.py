@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from astro.blockwise import architecture_of, get_module
+from astro.architectures import architecture_of, get_module
 from astro.results import ResultStore, build_record, canonical_config, now_iso
 from astro.run import Session, quantize_model
 from experiments.grid import SCALES, Composer

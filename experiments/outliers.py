@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from astro.blockwise import architecture_of, each_linear_input, get_module
+from astro.architectures import architecture_of, get_module
+from astro.blockwise import each_linear_input
 from astro.regularize import reconstruct
 from astro.results import ResultStore, build_record, canonical_config, now_iso
 from astro.run import Session

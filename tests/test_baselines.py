@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from astro import run as run_mod
+from astro.architectures import architecture_of
 from astro.awq import AWQConfig, search_clip, search_scales
-from astro.blockwise import LoopConfig, architecture_of, run_blocks
+from astro.blockwise import LoopConfig, run_blocks
 from astro.config import RunConfig, from_dict
 from astro.methods import MethodConfig, process_linear
 from astro.models import ModelConfig, tiny_random_llama

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from astro import blockwise
+from astro.architectures import architecture_of
 from astro.config import EvalConfig, from_dict
 from astro.data import EvalTokens
 from astro.evaluate import eval_path, model_bytes, perplexity
@@ -19,7 +20,7 @@ def _no_full_forward(model, monkeypatch):
     stops at the last one): a full forward (real blocks in place) fails the test."""
     cls = type(model)
     real = cls.forward
-    blocks = model.get_submodule(blockwise.architecture_of(model).blocks)
+    blocks = model.get_submodule(architecture_of(model).blocks)
     calls = []
 
     def guarded(self, *a, **k):

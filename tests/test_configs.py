@@ -239,7 +239,7 @@ def test_schema_is_the_dataclasses(hydra_conf):
 
 
 def test_model_widths_match_models(hydra_conf):
-    from astro.blockwise import architecture_of
+    from astro.architectures import architecture_of
     from astro.models import tiny_random_llama
     m = tiny_random_llama(vocab_size=128)
     arch = architecture_of(m)

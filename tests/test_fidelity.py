@@ -9,8 +9,9 @@ import struct
 import pytest
 import torch
 
+from astro.architectures import ARCHITECTURES
 from astro.awq import AWQConfig, search_clip, search_scales
-from astro.blockwise import ARCHITECTURES, LoopConfig, run_blocks
+from astro.blockwise import LoopConfig, run_blocks
 from astro.gptq import GPTQConfig, gptq
 from astro.quantizer import QuantGrid
 from astro.rotation import fake_quant_ste, learn_rotations, orthogonality_error, random_rotation

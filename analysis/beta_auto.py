@@ -3,9 +3,9 @@ global beta of sweep-beta's grid and the paper's setting; paired per-seed differ
 
   python -m analysis.beta_auto --scale embedded      (make beta-auto)
 The global-beta points are sweep-beta's records (Astro+GPTQ, alpha_k from activations) and Table 7's Astro+RTN
-(at the scale's beta and the paper's): the same seeds and settings, without held-out windows (which change no
-weight of a fixed-beta run). The best global beta is picked on the same seeds' perplexity, so it is the
-optimistic reference.
+(at each of beta=auto's candidates and the paper's beta, where recorded): the same seeds and settings, without
+held-out windows (which change no weight of a fixed-beta run). The best global beta is picked on the same seeds'
+perplexity, so it is the optimistic reference.
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
     store, extra = ResultStore(a.store), tuple(a.overrides)
     auto = cells("beta_auto", a.scale, store, extra)
-    table7 = cells("table7", a.scale, store, extra)
-    if all(c.config.method.beta != PAPER_BETA for c in table7):   # the scale's own beta (embedded): add the paper's
-        table7 += cells("table7", a.scale, store, (*extra, f"method.beta={PAPER_BETA}"))
+    # Astro+RTN's global betas: Table 7's points at each candidate of beta=auto and at the paper's beta
+    betas = sorted({b for c in auto for b in c.config.method.beta_grid} | {PAPER_BETA})
+    table7 = [c for b in betas for c in cells("table7", a.scale, store, (*extra, f"method.beta={b:g}"))]
     df, paired = build(auto, cells("sweep_beta", a.scale, store, extra), table7)
     out = a.out or a.store.parent / "tables"
     write_table(df, "beta_auto", a.scale, "Per-layer beta chosen on held-out calibration windows (method.beta=auto) "

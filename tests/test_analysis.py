@@ -44,14 +44,14 @@ RUN = {
                      ("quant=w3g64", "method.beta=5e-6", "solver=fista_tol")],
     "ablation_alpha": [("quant=w3g64", "method.alpha=uniform")],   # activation W3: table1's Astro+GPTQ record
     # composed pipelines only: their parts' cells are other tables' records (astro_gptq: table1's)
-    "beyond_study": [("method=awq_astro_gptq",)],
+    "beyond_study": [("quant=w3g64", "method=awq_astro_gptq")],
     "beta_auto": [("method=astro_gptq", "method.beta=auto")],   # references: table3 and table7 records
 }
 
 
 def embedded_method():
-    """Table 1's Astro+GPTQ MethodConfig: its beta is the scale's (conf/scale/embedded.yaml), where Table 1's,
-    Table 7's and the ablation's Astro/MagR run."""
+    """Table 1's Astro+GPTQ MethodConfig: its beta is the scale's (conf/scale/embedded.yaml), where Table 1's and
+    the ablation's Astro/MagR run."""
     with Composer() as c:
         return c.points("table1", "embedded", (*TINY, "quant=w3g64", "method=astro_gptq"))[0].config.method
 
@@ -61,9 +61,9 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     with Composer() as c:
         for exp, points in RUN.items():
-            for p in points:
-                raw = c.raw([f"experiment={exp}", "scale=embedded", *TINY, *p, f"store.root={root}"])
-                run_job(raw)
+            for p in points:   # the job the sweep runs for that point (the grid's own fixed values included)
+                (job,) = c.jobs(exp, "embedded", (*TINY, *p))
+                run_job(c.raw([f"experiment={exp}", "scale=embedded", *job, f"store.root={root}"]))
     return root
 
 
@@ -405,6 +405,6 @@ def test_beta_auto(store, tmp_path):
     assert gptq["paper's beta=5e-05 PPL"] == f"{fixed[5e-5]:.2f} (n=1)"
     assert df.loc["Astro+RTN", "beta=auto PPL"] == "missing" and df.loc["Astro+RTN", "its PPL"] != "missing"
     paired = pd.read_csv(tmp_path / "beta_auto_paired_embedded.csv", dtype=str, keep_default_na=False)
-    # Astro+RTN's references: Table 7 at the embedded beta (recorded) and at the paper's (not run here)
+    # Astro+RTN's references: Table 7 at its embedded beta (recorded) and at the paper's (not run here)
     assert set(paired["verdict"]) == {"single-seed (n=1): no interval", "missing: Astro+RTN beta=auto",
                                       "missing: Astro+RTN beta=auto, Astro+RTN beta=5e-05 (paper's)"}

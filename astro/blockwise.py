@@ -379,6 +379,7 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor,
             with stage("block_transform"):
                 extra = block_transform(BlockContext(b, block, forward, hidden, arch, cfg.device)) or {}
         streams = _Streams(forward, hidden, held)
+        hidden = held = None   # the streams own them now: the block's inputs are freed once attention is joined
         for g, group in enumerate(groups):
             linears = {name: block.get_submodule(name) for name in group}
             shared = shared_inputs(arch, group) if data else {}
@@ -396,12 +397,10 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor,
             _join_both(streams, block, arch, 1, cfg, stage, "propagate")
             hidden, held = streams.hidden, streams.held
         else:
-            if data:
-                with stage("propagate"):
-                    hidden = _propagate(forward, hidden, cfg.offload)
-            if held:
-                with stage("holdout"):
-                    held = _propagate(forward, held, cfg.offload)
+            with stage("propagate"):
+                hidden = _propagate(forward, streams.hidden, cfg.offload)
+            with stage("holdout"):
+                held = _propagate(forward, streams.held, cfg.offload)
         if cfg.device != "cpu":
             block.to("cpu")
     res.timings = {**stage.seconds, "total": time.perf_counter() - t0}

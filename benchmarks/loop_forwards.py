@@ -23,29 +23,29 @@ import torch
 
 from astro.architectures import architecture_of
 from astro.blockwise import LoopConfig, run_blocks
-from astro.data import calibration_bos, load_corpus, sample_calibration, sample_holdout, token_stream
+from astro.config import CalibConfig, RunConfig
 from astro.methods import MethodConfig, process_linear
-from astro.models import EMBEDDED_ALTERNATIVE, ModelConfig, load_model
+from astro.models import EMBEDDED_ALTERNATIVE, ModelConfig
 from astro.quantizer import QuantGrid
+from astro.run import Session
 
 FORWARD_STAGES = ("calibrate", "propagate", "holdout")
 
 
 def one_run(a, reuse: bool) -> tuple[dict, dict, list]:
-    """(stage seconds, processed weights, rows without their seconds) of the loop over the first a.blocks."""
-    model, tok = load_model(ModelConfig(a.model))
-    arch = architecture_of(model)
-    del model.get_submodule(arch.blocks)[a.blocks:]
-    corpus = load_corpus(a.corpus)
-    stream = token_stream(tok, corpus.train, corpus.train_join)
+    """(stage seconds, processed weights, rows without their seconds) of the loop over the first a.blocks,
+    on the calibration and held-out windows a run of these settings samples (astro.run.Session)."""
     n, seq_len = (int(x) for x in a.calib.split("x"))
-    bos = calibration_bos("auto", model.config.model_type, tok.bos_token_id)
-    ids = sample_calibration(stream, n, seq_len, a.seed, bos)
-    held = sample_holdout(stream, n, seq_len, a.seed, a.holdout, bos) if a.holdout else None
     grid, method = QuantGrid(a.bits, a.group_size), MethodConfig(a.method, beta=a.beta, iters=a.iters)
-    res = run_blocks(model, ids, lambda name, W, s: (lambda o: (o.W, o.row))(process_linear(W, s, grid, method)),
+    cfg = RunConfig(model=ModelConfig(a.model), calib=CalibConfig(a.corpus, n, seq_len, a.seed, holdout=a.holdout),
+                    quant=grid, method=method)
+    session = Session.open(cfg, keep_original=False)
+    model = session.model
+    del model.get_submodule(architecture_of(model).blocks)[a.blocks:]
+    res = run_blocks(model, session.calib_ids,
+                     lambda name, W, s: (lambda o: (o.W, o.row))(process_linear(W, s, grid, method)),
                      LoopConfig(batch_size=a.batch_size, reuse_writer_inputs=reuse), progress=False,
-                     holdout_ids=held)
+                     holdout_ids=session.holdout_ids)
     rows = [{k: v for k, v in r.items() if not k.startswith("t_")} for r in res.rows]
     return res.timings, {k: v.detach().clone() for k, v in model.named_parameters()}, rows
 

@@ -283,11 +283,12 @@ def plain_log_ticks(*axes) -> None:
 
 
 def machines_phrase(cs: list[Cell]) -> str:
-    """The distinct machines the recorded runs used (accelerator or CPU count, torch threads), from each
-    record's env: wall times are only comparable between runs on the same one. A record shared by several
-    cells (FP under every bit-width) counts once."""
+    """The distinct machines the recorded runs used (accelerator, or processor and core count; torch
+    threads), from each record's env: wall times are only comparable between runs on the same one. Records
+    made before the processor was recorded say 'CPU'. A record shared by several cells (FP under every
+    bit-width) counts once."""
     def machine(env: dict) -> str:
-        where = env.get("gpu") or f"CPU ({env.get('cpu_count', '?')} cores)"
+        where = env.get("gpu") or f"{env.get('cpu') or 'CPU'} ({env.get('cpu_count', '?')} cores)"
         return f"{where}, {plural(env.get('torch_threads', '?'), 'torch thread')}"
 
     by_key = {r.get("key"): machine(r.get("env", {})) for c in cs for r in c.records}

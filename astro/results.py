@@ -234,15 +234,16 @@ def environment(device: str) -> dict:
 def _cpu_name() -> str:
     """The processor, with family and model where /proc/cpuinfo has them: two hosts sold under one model
     name ('AMD EPYC') can differ several-fold in speed, and only these numbers tell their times apart."""
-    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if not sep:
-                break   # the first processor's block ends at its first blank line
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or platform.machine()
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:   # not Linux: the platform's name alone
+        text = ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            break   # the first processor's block ends at its first blank line
+        fields.setdefault(key.strip(), value.strip())
     name = fields.get("model name") or platform.processor() or platform.machine()
     if "cpu family" in fields and "model" in fields:
         name += f" (family {fields['cpu family']}, model {fields['model']})"

@@ -75,10 +75,13 @@ def resolve_mode(mode: str) -> str:
 
 def run_id(record: dict) -> str:
     """The W&B run id: the record key plus the machine that computed it (host, accelerator or CPU, torch
-    threads), so runs of one configuration on two machines (an H100 and an H200) do not overwrite each other."""
+    threads; the processor where recorded), so runs of one configuration on two machines (an H100 and an H200,
+    or two CPU hosts both named 'vm') do not overwrite each other. Records made before `env.cpu` keep their id."""
     import hashlib
     env = record.get("env") or {}
     machine = f"{env.get('hostname')}|{env.get('gpu') or env.get('device')}|{env.get('torch_threads')}"
+    if env.get("cpu"):
+        machine += f"|{env['cpu']}"
     return f"{record['key']}-{hashlib.sha256(machine.encode()).hexdigest()[:8]}"
 
 

@@ -324,6 +324,9 @@ def test_wandb_run_id_differs_between_machines():
     other = {**rec, "env": {**rec["env"], "gpu": "NVIDIA H200"}}
     assert run_id(rec) == run_id(json.loads(json.dumps(rec))) != run_id(other)
     assert run_id(rec).startswith("abc-")
+    cpu = {"key": "abc", "env": {"hostname": "vm", "device": "cpu", "torch_threads": 1}}
+    hosts = [{**cpu, "env": {**cpu["env"], "cpu": f"AMD EPYC (family {f}, model 2)"}} for f in (25, 26)]
+    assert run_id(hosts[0]) != run_id(hosts[1]) != run_id(cpu)      # same hostname, different processors
 
 
 # 7. a new method is one PIPELINES entry and one method config: the loop, the run key and the tables follow

@@ -13,7 +13,7 @@ from .blockwise import LoopConfig
 from .data import BOS_MODES
 from .evaluate import TaskEvalConfig
 from .fields import added_field
-from .methods import MethodConfig
+from .methods import AUTO_HOLDOUT, MethodConfig
 from .models import ModelConfig
 from .quantizer import QuantGrid
 from .stats import TokenWeights
@@ -30,7 +30,8 @@ class CalibConfig:
     start with a BOS exactly when evaluation windows do (astro.data.calibration_bos).
     holdout: further windows of seq_len, disjoint from the calibration ones, that the method never sees:
     each per-layer row then gets held-out errors (err_holdout, err_rtn_holdout; 0 = none, a diagnostic
-    that does not change the quantized model). first_tokens / first_weight: the weight of the first
+    that does not change the quantized model). Under method.beta=auto they choose beta (0 there means
+    astro.methods.AUTO_HOLDOUT windows). first_tokens / first_weight: the weight of the first
     positions of every sequence in H (astro.stats.TokenWeights; 0 / 1 = the plain token mean)."""
 
     corpus: str = "wiki_offline"
@@ -106,9 +107,10 @@ class RunConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
 
     def __post_init__(self):
+        # beta=auto picks beta on held-out windows: without calib.holdout it draws AUTO_HOLDOUT of them (the
+        # record's config says so); pipelines that do not reconstruct never read beta, so they keep none
         if self.method.preprocess and self.method.beta == "auto" and self.calib.holdout < 1:
-            raise ValueError("method.beta=auto picks beta on held-out calibration windows: set calib.holdout >= 1, "
-                             f"got calib.holdout={self.calib.holdout}")
+            object.__setattr__(self, "calib", dataclasses.replace(self.calib, holdout=AUTO_HOLDOUT))
 
 
 def _coerce(tp, value, key: str):

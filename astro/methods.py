@@ -155,6 +155,7 @@ def same_computation(name: str) -> str:
 # method.beta=auto: the paper's Table 3 grid is the default set of candidates per linear
 AUTO = "auto"
 BETA_GRID = (5e-6, 1e-5, 3e-5, 5e-5, 1e-4, 5e-4)
+AUTO_HOLDOUT = 8   # the held-out windows beta=auto picks on when calib.holdout does not say (0)
 
 
 @dataclass(frozen=True)

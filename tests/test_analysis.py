@@ -349,17 +349,21 @@ def test_beyond_study(store, tmp_path):
     assert set(df["setting"]) == {"w3g64", "w2g16"}   # W3, then the embedded W2 setting
     df = df[df["setting"] == "w3g64"].set_index("method")
     composed = recs_any("awq_astro_gptq", store)
+    # the study's Astro pipelines pick beta per linear (beta=auto): its Astro+GPTQ is beta-auto's run
     astro = next(r["metrics"]["ppl"] for r in ResultStore(store).records()
-                 if r["experiment"] == "table1" and r["config"]["method"]["name"] == "astro_gptq")
+                 if r["experiment"] == "beta_auto" and r["config"]["method"]["name"] == "astro_gptq")
     assert df.loc["AWQ+Astro+GPTQ", "PPL"] == f"{composed:.2f} (n=1)"
     assert df.loc["SpinQuant+Astro+GPTQ", "PPL"] == "missing" and df.loc["AWQ+GPTQ", "PPL"] == "missing"
     paired = pd.read_csv(tmp_path / "beyond_study_paired_embedded.csv", dtype=str, keep_default_na=False)
     paired = paired[paired["setting"].str.endswith("w3g64")].set_index("comparison")
-    row = paired.loc["AWQ+Astro+GPTQ vs Astro+GPTQ"]   # Astro+GPTQ: table1's record, the same run
+    row = paired.loc["AWQ+Astro+GPTQ vs Astro+GPTQ"]
     assert row["paired diff A-B"] == signed(composed - astro)
     assert row["verdict"] == "single-seed (n=1): no interval"
     assert paired.loc["AWQ+Astro+GPTQ vs AWQ+GPTQ", "verdict"] == "missing: AWQ+GPTQ"
     assert paired.loc["QuaRot+Astro+GPTQ vs QuaRot+GPTQ", "verdict"].startswith("missing")
+    # besides its parts, each composed pipeline meets the best of each family (AWQ+GPTQ, SpinQuant, Astro+GPTQ)
+    assert paired.loc["AWQ+Astro+GPTQ vs SpinQuant", "verdict"] == "missing: SpinQuant"
+    assert {"QuaRot+Astro+GPTQ vs AWQ+GPTQ", "SpinQuant+Astro+GPTQ vs AWQ+GPTQ"} <= set(paired.index)
     # Fig. 3 with the composed points: the recorded composed pipeline is a point beside Fig. 3's methods
     assert (tmp_path / "fig3_composed_embedded.png").exists()
     from analysis.common import cells

@@ -13,7 +13,7 @@ from hydra import compose
 
 from astro.config import RunConfig
 from astro.export import check_run_exportable
-from astro.methods import MethodConfig
+from astro.methods import AUTO_HOLDOUT, MethodConfig
 from astro.results import canonical_config, run_key
 from astro.run import check_widths
 from experiments.grid import Composer
@@ -280,6 +280,17 @@ def test_invalid_combination_fails_before_loading(hydra_conf):
 def test_unknown_group_option_is_an_error(hydra_conf):
     with pytest.raises(Exception, match="nonexistent"):
         _compose(["method=nonexistent"])
+
+
+def test_beta_auto_draws_its_held_out_windows(hydra_conf):
+    """beta=auto without calib.holdout picks on AUTO_HOLDOUT windows, the same run as saying so; a pipeline
+    without a reconstruction never reads beta, so it draws none and stays the fixed-beta run."""
+    auto = _run_config(("method=astro_gptq", "method.beta=auto"))
+    assert auto.calib.holdout == AUTO_HOLDOUT
+    assert run_key(auto) == run_key(_run_config(("method=astro_gptq", "method.beta=auto", f"calib.holdout={AUTO_HOLDOUT}")))
+    assert _run_config(("method=astro_gptq", "method.beta=auto", "calib.holdout=3")).calib.holdout == 3
+    gptq = _run_config(("method=gptq", "method.beta=auto"))
+    assert gptq.calib.holdout == 0 and run_key(gptq) == run_key(_run_config(("method=gptq",)))
 
 
 def test_run_key_ignores_what_cannot_change_numbers(hydra_conf):

@@ -282,16 +282,19 @@ def plain_log_ticks(*axes) -> None:
         axis.set_minor_formatter(formatter(axis))
 
 
-def machines_phrase(cs: list[Cell]) -> str:
-    """The distinct machines the recorded runs used (accelerator, or processor and core count; torch
-    threads), from each record's env: wall times are only comparable between runs on the same one. Records
-    made before the processor was recorded say 'CPU'. A record shared by several cells (FP under every
-    bit-width) counts once."""
-    def machine(env: dict) -> str:
-        where = env.get("gpu") or f"{env.get('cpu') or 'CPU'} ({env.get('cpu_count', '?')} cores)"
-        return f"{where}, {plural(env.get('torch_threads', '?'), 'torch thread')}"
+def machine(record: dict) -> str:
+    """The machine a record ran on (accelerator, or processor and core count; torch threads), from its env:
+    wall times are only comparable between runs on the same one. Records made before the processor was
+    recorded say 'CPU'."""
+    env = record.get("env", {})
+    where = env.get("gpu") or f"{env.get('cpu') or 'CPU'} ({env.get('cpu_count', '?')} cores)"
+    return f"{where}, {plural(env.get('torch_threads', '?'), 'torch thread')}"
 
-    by_key = {r.get("key"): machine(r.get("env", {})) for c in cs for r in c.records}
+
+def machines_phrase(cs: list[Cell]) -> str:
+    """The distinct machines the recorded runs used (`machine`). A record shared by several cells (FP under
+    every bit-width) counts once."""
+    by_key = {r.get("key"): machine(r) for c in cs for r in c.records}
     return "; ".join(f"{name} ({plural(n, 'run')})" for name, n in Counter(by_key.values()).items())
 
 

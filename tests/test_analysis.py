@@ -412,3 +412,18 @@ def test_beta_auto(store, tmp_path):
     # Astro+RTN's references: Table 7 at its embedded beta (recorded) and at the paper's (not run here)
     assert set(paired["verdict"]) == {"single-seed (n=1): no interval", "missing: Astro+RTN beta=auto",
                                       "missing: Astro+RTN beta=auto, Astro+RTN beta=5e-05 (paper's)"}
+
+
+def test_beta_auto_time_ratio_only_within_one_machine():
+    """Wall times of two processors (or thread counts) do not compare: the ratio needs one machine."""
+    from analysis.beta_auto import _ratio
+    from analysis.common import Cell
+
+    def cell(seconds, cpu, threads=1):
+        return Cell({}, None, "k", [{"key": f"{cpu}{s}", "timings": {"method": s},
+                                     "env": {"cpu": cpu, "cpu_count": 2, "torch_threads": threads}} for s in seconds])
+    auto = cell([400.0, 440.0], "AMD EPYC (family 26, model 2)")
+    assert _ratio(auto, cell([100.0, 110.0], "AMD EPYC (family 26, model 2)"), "timings.method") == "4.0x"
+    assert _ratio(auto, cell([100.0, 110.0], "AMD EPYC (family 25, model 1)"), "timings.method") == "- (different machines)"
+    assert _ratio(auto, cell([100.0], "AMD EPYC (family 26, model 2)", 2), "timings.method") == "- (different machines)"
+    assert _ratio(auto, None, "timings.method") == "-"

@@ -422,8 +422,9 @@ def test_beta_auto_time_ratio_only_within_one_machine():
     def cell(seconds, cpu, threads=1):
         return Cell({}, None, "k", [{"key": f"{cpu}{s}", "timings": {"method": s},
                                      "env": {"cpu": cpu, "cpu_count": 2, "torch_threads": threads}} for s in seconds])
-    auto = cell([400.0, 440.0], "AMD EPYC (family 26, model 2)")
-    assert _ratio(auto, cell([100.0, 110.0], "AMD EPYC (family 26, model 2)"), "timings.method") == "4.0x"
-    assert _ratio(auto, cell([100.0, 110.0], "AMD EPYC (family 25, model 1)"), "timings.method") == "- (different machines)"
-    assert _ratio(auto, cell([100.0], "AMD EPYC (family 26, model 2)", 2), "timings.method") == "- (different machines)"
+    here, other, t = "AMD EPYC (family 26, model 2)", "AMD EPYC (family 25, model 1)", "timings.method"
+    auto = cell([400.0, 440.0], here)
+    assert _ratio(auto, cell([100.0, 110.0], here), t) == "4.0x"
+    assert _ratio(auto, cell([100.0, 110.0], other), t) == "- (different machines)"
+    assert _ratio(auto, cell([100.0], here, 2), t) == "- (different machines)"   # another thread count
     assert _ratio(auto, None, "timings.method") == "-"

@@ -287,7 +287,8 @@ def test_beta_auto_draws_its_held_out_windows(hydra_conf):
     without a reconstruction never reads beta, so it draws none and stays the fixed-beta run."""
     auto = _run_config(("method=astro_gptq", "method.beta=auto"))
     assert auto.calib.holdout == AUTO_HOLDOUT
-    assert run_key(auto) == run_key(_run_config(("method=astro_gptq", "method.beta=auto", f"calib.holdout={AUTO_HOLDOUT}")))
+    said = _run_config(("method=astro_gptq", "method.beta=auto", f"calib.holdout={AUTO_HOLDOUT}"))
+    assert run_key(auto) == run_key(said)
     assert _run_config(("method=astro_gptq", "method.beta=auto", "calib.holdout=3")).calib.holdout == 3
     gptq = _run_config(("method=gptq", "method.beta=auto"))
     assert gptq.calib.holdout == 0 and run_key(gptq) == run_key(_run_config(("method=gptq",)))

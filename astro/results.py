@@ -1,6 +1,8 @@
 """The results store: one JSON record per run, keyed by a hash of what determines the run's numbers.
 
-Layout: <root>/<key>/record.json (plus whatever else a run keeps beside it). A record is written once,
+Layout: <root>/<key>/record.json (plus whatever else a run keeps beside it); an archived record may be
+record.json.gz instead, the same JSON gzip-compressed (`archive_records`), read wherever a record is read
+(a plain record.json beside it wins). A record is written once,
 atomically (temporary file + os.replace), after the run finished, as strict JSON (no NaN or Infinity:
 a non-finite value is refused), so a run killed mid-way leaves nothing that looks like one. A record
 counts only when it is *valid* (`record_problem`): a JSON object with the required fields, its key equal
@@ -29,12 +31,14 @@ that run, `make status` counts it done and the analysis shows that record.
 from __future__ import annotations
 
 import copy
+import gzip
 import hashlib
 import json
 import logging
 import math
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -54,6 +58,7 @@ from .models import local_fingerprint
 log = logging.getLogger(__name__)
 
 RECORD = "record.json"
+RECORD_GZ = RECORD + ".gz"   # an archived record: read like RECORD, never written by a run
 LOCK = ".lock"
 SCHEMA_VERSION = 1
 # A record counts only with these fields, of these types (record_problem).
@@ -407,7 +412,9 @@ class ResultStore:
         object.__setattr__(self, "root", Path(self.root))
 
     def path(self, key: str) -> Path:
-        return self.root / key / RECORD
+        """The record file of `key`: record.json, else an archived record.json.gz, else where a run writes."""
+        plain, packed = self.root / key / RECORD, self.root / key / RECORD_GZ
+        return packed if not plain.exists() and packed.exists() else plain
 
     def run_dir(self, key: str) -> Path:
         return self.root / key
@@ -419,10 +426,11 @@ class ResultStore:
     def load(path: Path) -> tuple[dict | None, str | None]:
         """(record, None) for a valid record file; (None, why) for an invalid one; (None, None) if absent."""
         try:
-            text = path.read_text()
+            data = path.read_bytes()
+            text = (gzip.decompress(data) if path.name.endswith(".gz") else data).decode()
         except FileNotFoundError:
             return None, None
-        except (OSError, UnicodeDecodeError) as e:
+        except (OSError, EOFError, UnicodeDecodeError) as e:   # gzip: BadGzipFile is an OSError, truncation EOFError
             return None, f"unreadable: {e}"
         try:
             rec = json.loads(text, parse_constant=_reject_constant)
@@ -448,7 +456,7 @@ class ResultStore:
         if bad:
             raise ValueError(f"record {record['key']} has non-finite value(s) at {', '.join(bad[:5])}"
                              f"{' ...' if len(bad) > 5 else ''}: records are strict JSON, not stored")
-        path = self.path(record["key"])
+        path = self.run_dir(record["key"]) / RECORD
         atomic_write_text(path, json.dumps(record, indent=1, default=_json_default, allow_nan=False) + "\n")
         return path
 
@@ -481,7 +489,9 @@ class ResultStore:
 
     def records(self) -> Iterator[dict]:
         """Every valid record under root (invalid files are skipped with a warning naming them)."""
-        for p in sorted(self.root.glob(f"*/{RECORD}")):
+        files = {p.parent: p for p in self.root.glob(f"*/{RECORD_GZ}")}
+        files.update({p.parent: p for p in self.root.glob(f"*/{RECORD}")})   # the plain file wins (path())
+        for _, p in sorted(files.items()):
             rec, why = self.load(p)
             if rec is not None:
                 yield rec
@@ -489,17 +499,17 @@ class ResultStore:
                 log.warning("skipping invalid record %s: %s", p, why)
 
     def quarantine(self, key: str) -> Path | None:
-        """Move an invalid record file of `key` aside (record.json.corrupt-<UTC time>, same directory) with
+        """Move an invalid record file of `key` aside (record.json[.gz].corrupt-<UTC time>, same directory) with
         a warning naming it; returns where it went (None when the record is valid or absent)."""
         path = self.path(key)
         why = self.problem(key)
         if why is None:
             return None
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        dest = path.with_name(f"{RECORD}.corrupt-{stamp}")
+        dest = path.with_name(f"{path.name}.corrupt-{stamp}")
         n = 1
         while dest.exists():
-            dest, n = path.with_name(f"{RECORD}.corrupt-{stamp}-{n}"), n + 1
+            dest, n = path.with_name(f"{path.name}.corrupt-{stamp}-{n}"), n + 1
         try:
             os.rename(path, dest)
         except FileNotFoundError:   # another process moved it first
@@ -553,6 +563,53 @@ class ResultStore:
             pass
         aside.unlink()
         return False
+
+
+def _write_packed(data: bytes, out: Path, rec: dict) -> None:
+    """`data` (a record file's bytes) as the gzip file `out`, kept only if it reads back as `rec`."""
+    if not out.name.endswith(".gz"):
+        raise ValueError(f"a packed record ends in .gz, got {out.name}")
+    if data[:2] != b"\x1f\x8b":   # not gzip yet
+        data = gzip.compress(data, mtime=0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp.{out.name}")
+    tmp.write_bytes(data)
+    if ResultStore.load(tmp)[0] != rec:   # never keep a copy that does not read back as the record
+        tmp.unlink()
+        raise OSError(f"the packed copy of {rec.get('key')} does not read back as its record")
+    os.replace(tmp, out)
+
+
+def archive_records(store: ResultStore, dest: Path, since: str = "") -> list[str]:
+    """Copy the valid records of `store` that finished at or after `since` (ISO time; '' = all) into the
+    store `dest` as <key>/record.json.gz (gzip of the same bytes, mtime 0: one record, one file), with the
+    files a run keeps beside its record (a probe's arrays). A key `dest` already holds is left as it is.
+    Returns the keys copied."""
+    archive, copied = ResultStore(dest), []
+    for rec in store.records():
+        key = rec["key"]
+        if rec.get("finished", "") < since or archive.exists(key):
+            continue
+        _write_packed(store.path(key).read_bytes(), archive.run_dir(key) / RECORD_GZ, rec)
+        for extra in store.run_dir(key).iterdir():
+            if extra.is_file() and not extra.name.startswith((RECORD, ".")):   # not the record, a lock or a temp
+                if not (archive.run_dir(key) / extra.name).exists():
+                    shutil.copy2(extra, archive.run_dir(key) / extra.name)
+        copied.append(key)
+    return copied
+
+
+def pack_records(root: Path) -> list[str]:
+    """Replace each valid <key>/record.json under `root` (an archive snapshot) with its record.json.gz;
+    invalid files are left as they are. Returns the keys packed."""
+    store, packed = ResultStore(root), []
+    for plain in sorted(Path(root).glob(f"*/{RECORD}")):
+        rec, _ = store.load(plain)
+        if rec is not None:
+            _write_packed(plain.read_bytes(), plain.with_name(RECORD_GZ), rec)
+            plain.unlink()
+            packed.append(rec["key"])
+    return packed
 
 
 def _json_default(o):

@@ -230,7 +230,7 @@ def test_archived_keys_unchanged():
     that its evaluation adds, and data-free pipelines (RTN, QuaRot+RTN) recorded when they still calibrated."""
     from astro.config import RunConfig, from_dict
     from astro.results import calibrates_with_bos
-    recs = [json.loads(p.read_text()) for p in sorted(ROOT.glob("archive/*/*/record.json"))]
+    recs = [r for snap in sorted(ROOT.glob("archive/*/")) for r in ResultStore(snap).records()]
     recs = [r for r in recs if "probe" not in r["canonical"]]
     assert len(recs) > 120
     superseded = 0
@@ -244,6 +244,36 @@ def test_archived_keys_unchanged():
         superseded += changed
         assert (run_key(cfg) == r["key"]) != changed, r["key"]
     assert 0 < superseded < len(recs) // 4
+
+
+def test_archived_records_are_packed_and_read_as_they_are(tmp_path, caplog):
+    """An archive keeps records gzip-compressed; the store reads them as the records they were (a plain file
+    beside one wins), a damaged one counts as missing and is moved aside, and packing keeps every byte."""
+    from astro.results import RECORD_GZ, archive_records, pack_records
+    live = ResultStore(tmp_path / "store")
+    for key, finished in (("k1", "2026-12-01T10:00:00"), ("k2", "2026-12-02T10:00:00")):
+        live.write({**_valid_record(key), "finished": finished})
+    (live.run_dir("k2") / "probe.npz").write_bytes(b"arrays")          # a file the run keeps beside its record
+    snap = ResultStore(tmp_path / "archive")
+    assert archive_records(live, snap.root, since="2026-12-02") == ["k2"]
+    assert archive_records(live, snap.root) == ["k1"]                   # k2 is there already: kept as it is
+    assert sorted(p.name for p in snap.run_dir("k2").iterdir()) == ["probe.npz", RECORD_GZ]
+    assert [r for r in snap.records()] == [live.read("k1"), live.read("k2")] and snap.read("k2") == live.read("k2")
+    assert snap.path("k1").name == RECORD_GZ and snap.path("k1").stat().st_size < live.path("k1").stat().st_size
+    # a plain record beside the packed one is the record
+    snap.write({**_valid_record("k1"), "metrics": {"ppl": 4.0}})
+    assert snap.read("k1")["metrics"]["ppl"] == 4.0 and len(list(snap.records())) == 2
+    # a truncated packed record is missing everywhere, and moved aside under its own name
+    packed = snap.path("k2").read_bytes()
+    snap.path("k2").write_bytes(packed[: len(packed) // 2])
+    assert not snap.exists("k2") and [r["key"] for r in snap.records()] == ["k1"]
+    with caplog.at_level(logging.WARNING):
+        moved = snap.quarantine("k2")
+    assert moved.name.startswith(f"{RECORD_GZ}.corrupt-") and not snap.path("k2").exists()
+    # packing a snapshot in place: plain records become .gz files that read back the same
+    before = live.read("k1")
+    assert pack_records(live.root) == ["k1", "k2"]
+    assert not list(live.root.glob("*/record.json")) and live.read("k1") == before
 
 
 # 5. concurrent sweeps do not compute one point twice

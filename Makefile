@@ -111,7 +111,7 @@ reproduce-table7: setup  ## Table 7: Astro on RTN (RTN, MagR+RTN, Astro+RTN)
 	$(call sweep,table7)
 	$(call analyze,table7)
 
-beyond-study: setup  ## beyond the paper: Astro+GPTQ composed with AWQ / QuaRot / SpinQuant vs their parts (3 seeds)
+beyond-study: setup  ## beyond the paper: Astro+GPTQ composed with AWQ / QuaRot / SpinQuant (beta=auto) vs their parts and each family's best (3 seeds)
 	$(call sweep,beyond_study)
 	$(call analyze,beyond_study)
 

@@ -43,7 +43,7 @@ RUN = {
     "solver_study": [("quant=w3g64", "method.beta=5e-6", "solver=pgd200"),
                      ("quant=w3g64", "method.beta=5e-6", "solver=fista_tol")],
     "ablation_alpha": [("quant=w3g64", "method.alpha=uniform")],   # activation W3: table1's Astro+GPTQ record
-    # composed pipelines only: their parts' cells are other tables' records (astro_gptq: table1's)
+    # composed pipelines only: their parts' cells are other tables' records (astro_gptq at beta=auto: beta_auto's)
     "beyond_study": [("quant=w3g64", "method=awq_astro_gptq")],
     "beta_auto": [("method=astro_gptq", "method.beta=auto")],   # references: table3 and table7 records
 }

@@ -175,12 +175,17 @@ os.umask(_UMASK)
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory and os.replace: readers see the old file or the
     whole new one, never a partial one."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """atomic_write_text for bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; the result should read like any written file
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -566,18 +571,13 @@ class ResultStore:
 
 
 def _write_packed(data: bytes, out: Path, rec: dict) -> None:
-    """`data` (a record file's bytes) as the gzip file `out`, kept only if it reads back as `rec`."""
-    if not out.name.endswith(".gz"):
-        raise ValueError(f"a packed record ends in .gz, got {out.name}")
+    """`data` (a record file's bytes, plain or gzip) as the gzip file `out`, written atomically, and only if
+    it reads back as `rec`."""
     if data[:2] != b"\x1f\x8b":   # not gzip yet
         data = gzip.compress(data, mtime=0)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp.{out.name}")
-    tmp.write_bytes(data)
-    if ResultStore.load(tmp)[0] != rec:   # never keep a copy that does not read back as the record
-        tmp.unlink()
+    if json.loads(gzip.decompress(data), parse_constant=_reject_constant) != rec:
         raise OSError(f"the packed copy of {rec.get('key')} does not read back as its record")
-    os.replace(tmp, out)
+    atomic_write_bytes(out, data)
 
 
 def archive_records(store: ResultStore, dest: Path, since: str = "") -> list[str]:

@@ -69,11 +69,20 @@ def build_paired(cs) -> pd.DataFrame:
     return paired_table(cs, PAIRS, not_applicable=lambda c: not_applicable(c.config), collapsed=collapsed_above_fp(cs))
 
 
+def beta_caption(cs) -> str:
+    """The beta MagR and Astro ran at, per model (a model may carry its own: conf/model_beta/)."""
+    betas = {}
+    for c in cs:
+        if c.config.method.preprocess:
+            betas.setdefault(c.choices["model"], set()).add(c.config.method.beta_label)
+    return "MagR/Astro beta: " + ", ".join(f"{m} {'/'.join(sorted(b))}" for m, b in betas.items()) + "." if betas else ""
+
+
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
     cs = cells("table1", a.scale, ResultStore(a.store), tuple(a.overrides))
     df = build(cs, a.scale)
-    caption = ("Perplexity (lower is better). " + data_caption(cs, a.scale) +
+    caption = ("Perplexity (lower is better). " + data_caption(cs, a.scale) + " " + beta_caption(cs) +
                " 'not run': a method this codebase does not run (reported only); 'missing': no record yet;"
                " 'n/a': the method does not apply to that model (e.g. a residual rotation across Gemma3's sandwich"
                " norms). SpinQuant is the weight-only recipe: learned rotations, then GPTQ.")

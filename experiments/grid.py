@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from astro.config import RunConfig
 from astro.results import ResultStore, run_key
+from astro.run import not_applicable
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SCALES = ("embedded", "paper")
@@ -124,15 +125,20 @@ def main(argv=None) -> None:
         root = a.store or c.raw([f"experiment={a.experiment}", f"scale={a.scale}",
                                  *(o for o in a.overrides if o.startswith("store.root="))])["store"]["root"]
     store = ResultStore(Path(root))
-    done, index = 0, store.by_computation()
+    done, na, index = 0, 0, store.by_computation()
     for p in pts:   # an invalid record (truncated, wrong shape) is missing: the next sweep redoes it
+        if not_applicable(p.config) is not None:   # the sweep skips it; tables show n/a
+            na += 1
+            print(f"n/a     {p.key}  {' '.join(p.overrides)}  (not applicable to its model: the sweep skips it)")
+            continue
         rec, why = store.load(store.path(p.key))
         other = store.answering(p.config, index) if rec is None else None
         done += rec is not None or other is not None
         note = f"  (invalid record: {why})" if why else ""
         note += f"  (answered by {other}: the same computation)" if other else ""
         print(f"{'missing' if rec is None and other is None else 'done   '} {p.key}  {' '.join(p.overrides)}{note}")
-    print(f"{a.experiment} ({a.scale}): {done}/{len(pts)} points recorded in {store.root}")
+    print(f"{a.experiment} ({a.scale}): {done}/{len(pts) - na} points recorded in {store.root}"
+          + (f" ({na} not applicable to their model)" if na else ""))
 
 
 if __name__ == "__main__":

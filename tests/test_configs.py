@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose
+from omegaconf import OmegaConf
 
 from astro.config import RunConfig
 from astro.export import check_run_exportable
@@ -364,3 +365,31 @@ def test_status_cli_takes_overrides_after_scale(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == f"solver_study (embedded): 0/15 points recorded in {tmp_path}"
     assert all("quant=w3g64" in line for line in out[:-1]) and len(out) == 16
+
+
+def test_status_lists_inapplicable_points_as_na(tmp_path, capsys):
+    """A rotation on Gemma3 (sandwich norms) can never be recorded: the sweep skips it, so the status listing
+    marks it n/a and leaves it out of the count instead of reporting it missing forever."""
+    from experiments.grid import main
+    main(["table1", "--scale", "embedded", "--store", str(tmp_path), "model=gemma3-270m", "quant=w3g64",
+          "calib.seed=0"])
+    out = capsys.readouterr().out.splitlines()
+    na = {w.split("=")[1] for line in out if line.startswith("n/a") for w in line.split() if w.startswith("method=")}
+    assert na == {"quarot_rtn", "quarot_gptq", "spinquant_gptq"}
+    assert sum(line.startswith("missing") for line in out) == 7
+    assert out[-1] == f"table1 (embedded): 0/7 points recorded in {tmp_path} (3 not applicable to their model)"
+
+
+def test_a_models_own_beta_overrides_the_scales(hydra_conf):
+    """beta is a shrink in weight units, so a model whose weights are on another scale carries its own tuned beta
+    at a scale (conf/model_beta/<scale>/<model>.yaml). It replaces the scale's beta for that model only; the command
+    line and an experiment that sets beta (beta=auto, a Table 3 grid point) still win, and a scale without a file
+    for the model keeps its own beta."""
+    beta = lambda *ov: _compose(["experiment=table1", *ov]).method.beta  # noqa: E731
+    own = OmegaConf.load(CONF / "model_beta/embedded/gemma3-270m.yaml").beta
+    scale = OmegaConf.load(CONF / "scale/embedded.yaml").method.beta
+    assert own != scale
+    assert beta("model=gemma3-270m") == own and beta("model=smollm2-135m") == scale
+    assert beta("model=gemma3-270m", "method.beta=1e-3") == 1e-3
+    assert _compose(["experiment=beyond_study", "model=gemma3-270m"]).method.beta == "auto"
+    assert beta("model=gemma3-270m", "scale=paper") == beta("model=smollm2-135m", "scale=paper")

@@ -75,7 +75,9 @@ def beta_caption(cs) -> str:
     for c in cs:
         if c.config.method.preprocess:
             betas.setdefault(c.choices["model"], set()).add(c.config.method.beta_label)
-    return "MagR/Astro beta: " + ", ".join(f"{m} {'/'.join(sorted(b))}" for m, b in betas.items()) + "." if betas else ""
+    if not betas:
+        return ""
+    return "MagR/Astro beta: " + ", ".join(f"{m} {'/'.join(sorted(b))}" for m, b in betas.items()) + "."
 
 
 def main(argv=None) -> None:

@@ -380,16 +380,17 @@ def test_status_lists_inapplicable_points_as_na(tmp_path, capsys):
     assert out[-1] == f"table1 (embedded): 0/7 points recorded in {tmp_path} (3 not applicable to their model)"
 
 
-def test_a_models_own_beta_overrides_the_scales(hydra_conf):
+def test_a_models_own_beta_overrides_the_scales():
     """beta is a shrink in weight units, so a model whose weights are on another scale carries its own tuned beta
     at a scale (conf/model_beta/<scale>/<model>.yaml). It replaces the scale's beta for that model only; the command
     line and an experiment that sets beta (beta=auto, a Table 3 grid point) still win, and a scale without a file
     for the model keeps its own beta."""
-    beta = lambda *ov: _compose(["experiment=table1", *ov]).method.beta  # noqa: E731
     own = OmegaConf.load(CONF / "model_beta/embedded/gemma3-270m.yaml").beta
     scale = OmegaConf.load(CONF / "scale/embedded.yaml").method.beta
     assert own != scale
-    assert beta("model=gemma3-270m") == own and beta("model=smollm2-135m") == scale
-    assert beta("model=gemma3-270m", "method.beta=1e-3") == 1e-3
-    assert _compose(["experiment=beyond_study", "model=gemma3-270m"]).method.beta == "auto"
-    assert beta("model=gemma3-270m", "scale=paper") == beta("model=smollm2-135m", "scale=paper")
+    with Composer():   # its own Hydra: a grid listing (experiments.grid.main) closes the module's shared one
+        beta = lambda *ov: _compose(["experiment=table1", *ov]).method.beta  # noqa: E731
+        assert beta("model=gemma3-270m") == own and beta("model=smollm2-135m") == scale
+        assert beta("model=gemma3-270m", "method.beta=1e-3") == 1e-3
+        assert _compose(["experiment=beyond_study", "model=gemma3-270m"]).method.beta == "auto"
+        assert beta("model=gemma3-270m", "scale=paper") == beta("model=smollm2-135m", "scale=paper")

@@ -84,10 +84,11 @@ def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
     cs = cells("table1", a.scale, ResultStore(a.store), tuple(a.overrides))
     df = build(cs, a.scale)
-    caption = ("Perplexity (lower is better). " + data_caption(cs, a.scale) + " " + beta_caption(cs) +
-               " 'not run': a method this codebase does not run (reported only); 'missing': no record yet;"
-               " 'n/a': the method does not apply to that model (e.g. a residual rotation across Gemma3's sandwich"
-               " norms). SpinQuant is the weight-only recipe: learned rotations, then GPTQ.")
+    caption = " ".join(part for part in (
+        "Perplexity (lower is better).", data_caption(cs, a.scale), beta_caption(cs),
+        "'not run': a method this codebase does not run (reported only); 'missing': no record yet;"
+        " 'n/a': the method does not apply to that model (e.g. a residual rotation across Gemma3's sandwich"
+        " norms). SpinQuant is the weight-only recipe: learned rotations, then GPTQ.") if part)
     out = a.out or a.store.parent / "tables"
     write_table(df, "table1", a.scale, caption, out)
     print(markdown(df))

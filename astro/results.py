@@ -310,6 +310,11 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not strict JSON")
 
 
+def parse_record(text: str | bytes) -> dict:
+    """A record file's JSON (strict: NaN and Infinity are refused, as records are written without them)."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
 def nonfinite_paths(obj, path: str = "") -> list[str]:
     """Where `obj` (a record or part of one) holds NaN or +-Infinity: 'metrics.ppl', 'rows[3].err'."""
     import torch
@@ -438,7 +443,7 @@ class ResultStore:
         except (OSError, EOFError, UnicodeDecodeError) as e:   # gzip: BadGzipFile is an OSError, truncation EOFError
             return None, f"unreadable: {e}"
         try:
-            rec = json.loads(text, parse_constant=_reject_constant)
+            rec = parse_record(text)
         except ValueError as e:
             return None, f"not valid JSON: {e}"
         why = record_problem(rec, path.parent.name)
@@ -575,7 +580,7 @@ def _write_packed(data: bytes, out: Path, rec: dict) -> None:
     it reads back as `rec`."""
     if data[:2] != b"\x1f\x8b":   # not gzip yet
         data = gzip.compress(data, mtime=0)
-    if json.loads(gzip.decompress(data), parse_constant=_reject_constant) != rec:
+    if parse_record(gzip.decompress(data)) != rec:
         raise OSError(f"the packed copy of {rec.get('key')} does not read back as its record")
     atomic_write_bytes(out, data)
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 from .blockwise import LoopConfig
 from .data import BOS_MODES
-from .evaluate import TaskEvalConfig
 from .fields import added_field
 from .methods import AUTO_HOLDOUT, MethodConfig
 from .models import ModelConfig
 from .quantizer import QuantGrid
 from .stats import TokenWeights
+from .tasks import TaskEvalConfig
 
 
 class ConfigError(ValueError):
@@ -65,7 +65,7 @@ class EvalConfig:
     first 256 windows of 1100 joined documents); max_windows caps the windows scored (None = all; the cap and
     the protocol are recorded in the result). bos: auto (per-window BOS only for models that need it, e.g.
     Gemma; else as the reference: the tokenizer's defaults on the joined text) | tokenizer | window | none.
-    lm_eval: zero/few-shot tasks (astro.evaluate.TaskEvalConfig; no tasks = none run).
+    lm_eval: zero/few-shot tasks (astro.tasks.TaskEvalConfig; no tasks = none run).
     offload: how perplexity runs (astro.evaluate.eval_path): never = the whole model on loop.device; always =
     block by block (one decoder block on the device at a time, the windows' hidden states on loop.offload);
     auto = block by block when the model's bytes exceed 80% of memory_budget_gb (GB = 1e9 bytes) if set, else

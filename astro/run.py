@@ -24,9 +24,10 @@ from .data import (
     sample_holdout,
     token_stream,
 )
-from .evaluate import PerplexityResult, TaskResult, check_tasks, evaluate_tasks, perplexity
+from .evaluate import PerplexityResult, perplexity
 from .methods import LinearOutcome, process_linear
 from .models import known_model_type, load_model
+from .tasks import TaskResult, check_tasks, evaluate_tasks
 from .transforms import block_transform, check_applicable, model_transform, restore_ties, tie_state
 
 log = logging.getLogger(__name__)

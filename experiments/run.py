@@ -29,6 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from astro.config import ConfigError, RunConfig, from_dict
+from astro.environment import peak_memory, reset_peak_memory
 from astro.export import ExportCollector, card_from_run, check_run_exportable, export_checkpoint
 from astro.models import local_fingerprint
 from astro.results import (
@@ -38,8 +39,6 @@ from astro.results import (
     nonfinite_paths,
     now_iso,
     null_nonfinite,
-    peak_memory,
-    reset_peak_memory,
     run_key,
 )
 from astro.run import Session, check_inputs, run

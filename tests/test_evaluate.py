@@ -7,13 +7,14 @@ import random
 import pytest
 import torch
 
-from astro import evaluate as ev
+from astro import tasks as ev
 from astro.config import EvalConfig, RunConfig, from_dict
 from astro.data import Corpus, eval_tokens, load_corpus, token_stream
-from astro.evaluate import TaskEvalConfig, TaskUnavailableError, check_tasks, evaluate_tasks, perplexity
+from astro.evaluate import perplexity
 from astro.models import ModelConfig, load_model
 from astro.proxy_tasks import build_proxy_tasks
 from astro.run import run, with_method
+from astro.tasks import TaskEvalConfig, TaskUnavailableError, check_tasks, evaluate_tasks
 
 
 @pytest.fixture(scope="module")

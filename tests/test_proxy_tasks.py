@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from astro.data import load_corpus
-from astro.evaluate import PROXY_SPECS, TaskEvalConfig, _collect, _task_manager
 from astro.proxy_tasks import N_CHOICES, PROXY_TASKS, _first_paragraph_sentences, build_proxy_tasks, split_sentences
+from astro.tasks import PROXY_SPECS, TaskEvalConfig, _collect, _task_manager
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from .paired import columns, comparison_row, write_paired
 
 # the paper's setting: its default beta (Table 3's best at W3 on LLaMA-2-7B: 3e-5 and 5e-5 tie)
 PAPER_BETA = MethodConfig().beta
+CHOICES_CAPTION = "The beta that beta=auto kept: share of each linear role's picks over the seeds. "
 
 
 def _mean(c, path: str) -> float | None:
@@ -46,6 +47,25 @@ def references(method: str, sweep, table7) -> tuple[list, object | None]:
         grid = [c for c in table7 if c.config.method.name == method]
     paper = next((c for c in grid if c.config.method.beta == PAPER_BETA), None)
     return grid, paper
+
+
+def chosen_betas(cs) -> pd.DataFrame:
+    """Which candidate beta=auto kept, per method, setting and linear role (q_proj, ..., down_proj; 'all' = every
+    linear): the share of (linear, seed) picks at each beta of the grid, over the cell's seeds. Cells whose rows
+    chose no beta (pipelines without Astro, fixed-beta runs) are left out."""
+    out = []
+    for c in cs:
+        picks = [(r["linear"].rsplit(".", 1)[-1], r["beta"]) for rec in c.records for r in rec.get("rows", [])
+                 if "beta_grid" in r]
+        if not picks:
+            continue
+        grid = sorted({b for rec in c.records for r in rec["rows"] if "beta_grid" in r for b in r["beta_grid"]})
+        for role in [*dict.fromkeys(k for k, _ in picks), "all"]:
+            betas = [b for k, b in picks if role in ("all", k)]
+            out.append({"method": LABELS[c.config.method.name], "setting": c.choices["quant"], "linear": role,
+                        "picks": len(betas), "seeds": len(c.records),
+                        **{f"beta={g:g}": f"{betas.count(g) / len(betas):.0%}" for g in grid}})
+    return pd.DataFrame(out).fillna("-")
 
 
 def build(auto, sweep, table7) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -81,9 +101,11 @@ def main(argv=None) -> None:
     out = a.out or a.store.parent / "tables"
     write_table(df, "beta_auto", a.scale, "Per-layer beta chosen on held-out calibration windows (method.beta=auto) "
                 "vs one global beta; the best global beta is picked on the same seeds (optimistic). "
-                + data_caption(auto, a.scale), out)
+                + data_caption(auto, a.scale, with_reported=False), out)
     print(markdown(df))
     write_paired(paired, "beta_auto", a.scale, out, "beta=auto against the best global beta and the paper's beta.")
+    write_table(chosen_betas(auto), "beta_auto_choices", a.scale,
+                CHOICES_CAPTION + data_caption(auto, a.scale, with_reported=False), out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pandas as pd
 from astro.results import ResultStore
 
 from . import fig3_efficiency
+from .beta_auto import CHOICES_CAPTION, chosen_betas
 from .common import LABELS, cells, data_caption, markdown, parser, save_figure, write_table
 from .paired import collapsed_above_fp, paired_table, write_paired
 
@@ -47,12 +48,14 @@ def main(argv=None) -> None:
     out = a.out or a.store.parent / "tables"
     df = build(cs)
     write_table(df, "beyond_study", a.scale, "Astro composed with scaling and rotations (not in the paper). "
-                + data_caption(cs, a.scale), out)
+                + data_caption(cs, a.scale, with_reported=False), out)
     print(markdown(df))
     # two cells above 5x FP (Table 1's FP record of the model) are not ranked, as in Table 1
     fp = cells("table1", a.scale, store, (*a.overrides, "method=fp"))
     write_paired(paired_table(cs, PAIRS, collapsed=collapsed_above_fp(cs + fp)), "beyond_study", a.scale, out,
                  "Each composed pipeline against its parts and the best of each family.")
+    write_table(chosen_betas(cs), "beyond_study_choices", a.scale,
+                CHOICES_CAPTION + data_caption(cs, a.scale, with_reported=False), out)
 
 
 if __name__ == "__main__":

@@ -412,6 +412,13 @@ def test_beta_auto(store, tmp_path):
     # Astro+RTN's references: Table 7 at its embedded beta (recorded) and at the paper's (not run here)
     assert set(paired["verdict"]) == {"single-seed (n=1): no interval", "missing: Astro+RTN beta=auto",
                                       "missing: Astro+RTN beta=auto, Astro+RTN beta=5e-05 (paper's)"}
+    # which beta each linear kept, from the record's rows
+    choices = pd.read_csv(tmp_path / "beta_auto_choices_embedded.csv", dtype=str, keep_default_na=False)
+    every = choices[choices["linear"] == "all"].set_index("method").loc["Astro+GPTQ"]
+    assert every["picks"] == str(len(auto["rows"]))
+    for b in auto["rows"][0]["beta_grid"]:
+        share = sum(r["beta"] == b for r in auto["rows"]) / len(auto["rows"])
+        assert every[f"beta={b:g}"] == f"{share:.0%}"
 
 
 def test_beta_auto_time_ratio_only_within_one_machine():
@@ -428,3 +435,24 @@ def test_beta_auto_time_ratio_only_within_one_machine():
     assert _ratio(auto, cell([100.0, 110.0], other), t) == "- (different machines)"
     assert _ratio(auto, cell([100.0], here, 2), t) == "- (different machines)"   # another thread count
     assert _ratio(auto, None, "timings.method") == "-"
+
+
+def test_chosen_betas_counts_each_roles_picks_over_the_seeds():
+    """The beta=auto choice table: per linear role, the share of (linear, seed) picks at each candidate."""
+    from types import SimpleNamespace
+
+    from analysis.beta_auto import chosen_betas
+
+    grid = [5e-4, 1e-3, 2.5e-3]
+
+    def rec(*picks):   # (role, beta) per linear
+        return {"rows": [{"linear": f"mlp.{k}", "beta": b, "beta_grid": grid} for k, b in picks]}
+    auto = Cell({"quant": "w3g64"}, SimpleNamespace(method=SimpleNamespace(name="astro_gptq")), "k",
+                [rec(("up_proj", 1e-3), ("down_proj", 2.5e-3)), rec(("up_proj", 1e-3), ("down_proj", 1e-3))])
+    fixed = Cell({"quant": "w3g64"}, SimpleNamespace(method=SimpleNamespace(name="gptq")), "g",
+                 [{"rows": [{"linear": "mlp.up_proj"}]}])
+    df = chosen_betas([auto, fixed]).set_index("linear")
+    assert list(df.index) == ["up_proj", "down_proj", "all"]   # the pipeline without a beta choice is left out
+    assert df.loc["up_proj", ["beta=0.0005", "beta=0.001", "beta=0.0025"]].tolist() == ["0%", "100%", "0%"]
+    assert df.loc["down_proj", ["beta=0.001", "beta=0.0025"]].tolist() == ["50%", "50%"]
+    assert df.loc["all", ["picks", "seeds", "beta=0.001", "beta=0.0025"]].tolist() == [4, 2, "75%", "25%"]

@@ -22,7 +22,6 @@ from .paired import columns, comparison_row, write_paired
 
 # the paper's setting: its default beta (Table 3's best at W3 on LLaMA-2-7B: 3e-5 and 5e-5 tie)
 PAPER_BETA = MethodConfig().beta
-CHOICES_CAPTION = "The beta that beta=auto kept: share of each linear role's picks over the seeds. "
 
 
 def _mean(c, path: str) -> float | None:
@@ -55,17 +54,23 @@ def chosen_betas(cs) -> pd.DataFrame:
     chose no beta (pipelines without Astro, fixed-beta runs) are left out."""
     out = []
     for c in cs:
-        picks = [(r["linear"].rsplit(".", 1)[-1], r["beta"]) for rec in c.records for r in rec.get("rows", [])
-                 if "beta_grid" in r]
-        if not picks:
+        chose = [r for rec in c.records for r in rec.get("rows", []) if "beta_grid" in r]
+        if not chose:
             continue
-        grid = sorted({b for rec in c.records for r in rec["rows"] if "beta_grid" in r for b in r["beta_grid"]})
+        picks = [(r["linear"].rsplit(".", 1)[-1], r["beta"]) for r in chose]
+        grid = sorted({b for r in chose for b in r["beta_grid"]})
         for role in [*dict.fromkeys(k for k, _ in picks), "all"]:
             betas = [b for k, b in picks if role in ("all", k)]
             out.append({"method": LABELS[c.config.method.name], "setting": c.choices["quant"], "linear": role,
                         "picks": len(betas), "seeds": len(c.records),
                         **{f"beta={g:g}": f"{betas.count(g) / len(betas):.0%}" for g in grid}})
     return pd.DataFrame(out).fillna("-")
+
+
+def write_choices(cs, name: str, scale: str, out) -> None:
+    """chosen_betas(cs) as the table `name`, captioned with its data."""
+    write_table(chosen_betas(cs), name, scale, "The beta that beta=auto kept: share of each linear role's picks over "
+                "the seeds. " + data_caption(cs, scale, with_reported=False), out)
 
 
 def build(auto, sweep, table7) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -104,8 +109,7 @@ def main(argv=None) -> None:
                 + data_caption(auto, a.scale, with_reported=False), out)
     print(markdown(df))
     write_paired(paired, "beta_auto", a.scale, out, "beta=auto against the best global beta and the paper's beta.")
-    write_table(chosen_betas(auto), "beta_auto_choices", a.scale,
-                CHOICES_CAPTION + data_caption(auto, a.scale, with_reported=False), out)
+    write_choices(auto, "beta_auto_choices", a.scale, out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pandas as pd
 from astro.results import ResultStore
 
 from . import fig3_efficiency
-from .beta_auto import CHOICES_CAPTION, chosen_betas
+from .beta_auto import write_choices
 from .common import LABELS, cells, data_caption, markdown, parser, save_figure, write_table
 from .paired import collapsed_above_fp, paired_table, write_paired
 
@@ -54,8 +54,7 @@ def main(argv=None) -> None:
     fp = cells("table1", a.scale, store, (*a.overrides, "method=fp"))
     write_paired(paired_table(cs, PAIRS, collapsed=collapsed_above_fp(cs + fp)), "beyond_study", a.scale, out,
                  "Each composed pipeline against its parts and the best of each family.")
-    write_table(chosen_betas(cs), "beyond_study_choices", a.scale,
-                CHOICES_CAPTION + data_caption(cs, a.scale, with_reported=False), out)
+    write_choices(cs, "beyond_study_choices", a.scale, out)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ PAIRS = [(a, b) for a, parts in PARTS.items() for b in dict.fromkeys(parts + FAM
 def build(cs) -> pd.DataFrame:
     return pd.DataFrame([{"method": LABELS[c.config.method.name], "model": c.choices["model"],
                           "setting": c.choices["quant"], "PPL": c.fmt("metrics.ppl"),
-                          "method time (s)": c.fmt("timings.method", 1)} for c in cs])
+                          "method time (s)": c.fmt_time("timings.method")} for c in cs])
 
 
 def composed_figure(cs, fig3_cells, scale: str):

@@ -133,6 +133,13 @@ class Cell:
         s = f"{m:.{digits}f}" if abs(m) < 1e5 else f"{m:.3g}"
         return s + (f" ± {sd:.{digits}f}" if sd is not None else "") + f" (n={n})"
 
+    def fmt_time(self, path: str, digits: int = 1) -> str:
+        """fmt of a wall time; when its runs span machines (`machine`: processor or accelerator, threads) the
+        count says how many, '(n=3, 2 machines)', since wall times only compare within one machine."""
+        text = self.fmt(path, digits)
+        k = len({machine(r) for r in self.records if lookup(r, path) is not None})
+        return text[:-1] + f", {k} machines)" if k > 1 and text.endswith(")") else text
+
 
 def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...] = ()) -> list[Cell]:
     """The experiment's grid points at `scale` (plus extra overrides), each with its records."""

@@ -27,7 +27,7 @@ STAGES = ("transform", "block_transform", "calibration", "reconstruction", "quan
 def _stage(c, s: str) -> str:
     if c.records and not c.values(f"timings.{s}"):
         return "-"   # a record from before this stage existed: the method had no such stage
-    return c.fmt(f"timings.{s}", 1)
+    return c.fmt_time(f"timings.{s}")
 
 
 def transform_note(c) -> str:

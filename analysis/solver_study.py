@@ -45,9 +45,9 @@ def build(cs) -> pd.DataFrame:
             "PPL": c.fmt("metrics.ppl"),
             "PPL - pgd200": f"{ppl - ref_ppl:+.2f}" if ppl is not None and ref_ppl is not None else "-",
             "iters/linear": _iters(c),
-            "Astro s": c.fmt("timings.reconstruction", 1),
+            "Astro s": c.fmt_time("timings.reconstruction"),
             "Astro time / pgd200": f"{t_astro / ref_t:.2f}" if t_astro is not None and ref_t else "-",
-            "method s": c.fmt("timings.method", 1),
+            "method s": c.fmt_time("timings.method"),
         })
     return pd.DataFrame(rows)
 

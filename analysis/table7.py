@@ -25,7 +25,7 @@ def build(cs, scale: str) -> pd.DataFrame:
         model = c.choices["model"]
         paper_model = model if scale == "paper" else STAND_IN_MODEL.get(model)
         rows.append({"method": LABELS[c.config.method.name], "model": model, "setting": c.choices["quant"],
-                     "PPL": c.fmt("metrics.ppl"), "method time (s)": c.fmt("timings.method", 1),
+                     "PPL": c.fmt("metrics.ppl"), "method time (s)": c.fmt_time("timings.method"),
                      "reported (llama2-7b W3 g128)":
                          fmt_reported(rep.get(paper_model or "", {}).get(c.config.method.name))})
     return pd.DataFrame(rows)

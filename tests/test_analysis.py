@@ -182,6 +182,16 @@ def test_cell_format_shows_seeds_and_spread():
     assert cell().fmt("metrics.ppl") == "missing" and cell(float("nan")).fmt("metrics.ppl") == "NaN"
 
 
+def test_time_cells_say_when_their_runs_span_machines():
+    def rec(t, cpu, threads=1):
+        return {"timings": {"method": t}, "env": {"cpu": cpu, "cpu_count": 2, "torch_threads": threads}}
+    one = Cell({}, None, "k", [rec(10.0, "EPYC"), rec(12.0, "EPYC")])
+    assert one.fmt_time("timings.method") == one.fmt("timings.method", 1) == f"11.0 ± {2 ** 0.5:.1f} (n=2)"
+    two = Cell({}, None, "k", [rec(10.0, "EPYC"), rec(12.0, "Xeon"), rec(11.0, "EPYC", threads=2)])
+    assert two.fmt_time("timings.method") == "11.0 ± 1.0 (n=3, 3 machines)"
+    assert Cell({}, None, "k", []).fmt_time("timings.method") == "missing"
+
+
 def test_log_tick_labels_thin_out_with_the_span():
     # under 0.8 decades every tick is labelled; up to 1.5 only 1/2/3/4/6 x 10^k; past 3 only powers of ten
     assert [log_tick_label(x, 0.3) for x in (30, 40, 50, 60)] == ["30", "40", "50", "60"]

@@ -122,23 +122,22 @@ class Cell:
         sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None
         return m, sd, len(v)
 
-    def fmt(self, path: str, digits: int = 2) -> str:
+    def fmt(self, path: str, digits: int = 2, note: str = "") -> str:
         """'mean ± std (n=N)' over the seeds; one seed shows 'value (n=1)' so it reads as single-seed;
-        'missing' without a record, 'NaN' when the mean is not finite."""
+        'missing' without a record, 'NaN' when the mean is not finite. note: appended inside the count."""
         m, sd, n = self.mean_std(path)
         if n == 0:
             return MISSING
         if not math.isfinite(m):
             return "NaN"
         s = f"{m:.{digits}f}" if abs(m) < 1e5 else f"{m:.3g}"
-        return s + (f" ± {sd:.{digits}f}" if sd is not None else "") + f" (n={n})"
+        return s + (f" ± {sd:.{digits}f}" if sd is not None else "") + f" (n={n}{note})"
 
     def fmt_time(self, path: str, digits: int = 1) -> str:
         """fmt of a wall time; when its runs span machines (`machine`: processor or accelerator, threads) the
         count says how many, '(n=3, 2 machines)', since wall times only compare within one machine."""
-        text = self.fmt(path, digits)
         k = len({machine(r) for r in self.records if lookup(r, path) is not None})
-        return text[:-1] + f", {k} machines)" if k > 1 and text.endswith(")") else text
+        return self.fmt(path, digits, f", {k} machines" if k > 1 else "")
 
 
 def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...] = ()) -> list[Cell]:

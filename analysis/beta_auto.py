@@ -17,7 +17,7 @@ import pandas as pd
 from astro.methods import MethodConfig
 from astro.results import ResultStore
 
-from .common import LABELS, cells, data_caption, machine, markdown, parser, write_table
+from .common import LABELS, cells, data_caption, markdown, parser, time_ratio, write_table
 from .paired import columns, comparison_row, write_paired
 
 # the paper's setting: its default beta (Table 3's best at W3 on LLaMA-2-7B: 3e-5 and 5e-5 tie)
@@ -26,16 +26,6 @@ PAPER_BETA = MethodConfig().beta
 
 def _mean(c, path: str) -> float | None:
     return c.mean_std(path)[0] if c.records else None
-
-
-def _ratio(a, b, path: str) -> str:
-    """mean(a) / mean(b) of a timing, as '2.3x'; only between runs of one machine (wall times of two
-    processors or thread counts do not compare); '-' without both."""
-    ta, tb = _mean(a, path), b and _mean(b, path)
-    if not (ta and tb):
-        return "-"
-    machines = {machine(r) for c in (a, b) for r in c.records}
-    return f"{ta / tb:.1f}x" if len(machines) == 1 else "- (different machines)"
 
 
 def references(method: str, sweep, table7) -> tuple[list, object | None]:
@@ -85,7 +75,7 @@ def build(auto, sweep, table7) -> tuple[pd.DataFrame, pd.DataFrame]:
                      "its PPL": best.fmt("metrics.ppl") if best else "missing",
                      f"paper's beta={PAPER_BETA:g} PPL": paper.fmt("metrics.ppl") if paper else "not in grid",
                      # the reconstruction runs once per candidate, and so does the rest of the pipeline (the quantizer)
-                     **{f"{stage} time auto / best global": _ratio(a, best, f"timings.{stage}")
+                     **{f"{stage} time auto / best global": time_ratio(a, best, f"timings.{stage}")
                         for stage in ("reconstruction", "method")}})
         for ref, name in ((best, "best global"), (paper, "paper's")):
             if ref is not None:

@@ -133,11 +133,14 @@ class Cell:
         s = f"{m:.{digits}f}" if abs(m) < 1e5 else f"{m:.3g}"
         return s + (f" ± {sd:.{digits}f}" if sd is not None else "") + f" (n={n}{note})"
 
-    def fmt_time(self, path: str, digits: int = 1) -> str:
-        """fmt of a wall time; when its runs span machines (`machine`: processor or accelerator, threads) the
-        count says how many, '(n=3, 2 machines)', since wall times only compare within one machine."""
-        k = len({machine(r) for r in self.records if lookup(r, path) is not None})
-        return self.fmt(path, digits, f", {k} machines" if k > 1 else "")
+    def fmt_time(self, path: str, labels: dict[str, str], digits: int = 1) -> str:
+        """fmt of a wall time. Wall times compare only within one machine (`machine`), so in a table whose runs
+        span machines (labels: `machine_labels` of the table's cells, which the caption names) each cell says
+        which its runs used: '(n=3, on M2)', or '(n=3, on M1+M2)' where that spread is the host's, not the
+        method's."""
+        used = {machine(r) for r in self.records if lookup(r, path) is not None}
+        on = [label for m, label in labels.items() if m in used]
+        return self.fmt(path, digits, f", on {'+'.join(on)}" if on else "")
 
 
 def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...] = ()) -> list[Cell]:
@@ -297,11 +300,32 @@ def machine(record: dict) -> str:
     return f"{where}, {plural(env.get('torch_threads', '?'), 'torch thread')}"
 
 
+def time_ratio(a: Cell, b: Cell | None, path: str, digits: int = 1) -> str:
+    """mean(a) / mean(b) of a timing, as '2.3x'; only between runs of one machine (wall times of two processors
+    or thread counts do not compare); '-' without both."""
+    ta = a.mean_std(path)[0]
+    tb = b.mean_std(path)[0] if b else None
+    if not (ta and tb):
+        return "-"
+    machines = {machine(r) for c in (a, b) for r in c.records}
+    return f"{ta / tb:.{digits}f}x" if len(machines) == 1 else "- (different machines)"
+
+
+def machine_labels(cs: list[Cell]) -> dict[str, str]:
+    """'M1', 'M2', ... for each distinct machine of the cells' records, in order of first appearance, when they
+    span several (time cells then say which they ran on: `Cell.fmt_time`); {} when all ran on one."""
+    names = list(dict.fromkeys(machine(r) for c in cs for r in c.records))
+    return {m: f"M{i + 1}" for i, m in enumerate(names)} if len(names) > 1 else {}
+
+
 def machines_phrase(cs: list[Cell]) -> str:
-    """The distinct machines the recorded runs used (`machine`). A record shared by several cells (FP under
-    every bit-width) counts once."""
+    """The distinct machines the recorded runs used (`machine`), each with its label where there are several.
+    A record shared by several cells (FP under every bit-width) counts once."""
+    labels = machine_labels(cs)
     by_key = {r.get("key"): machine(r) for c in cs for r in c.records}
-    return "; ".join(f"{name} ({plural(n, 'run')})" for name, n in Counter(by_key.values()).items())
+    runs = Counter(by_key.values())
+    return "; ".join(f"{labels[name] + ' = ' if labels else ''}{name} ({plural(runs[name], 'run')})"
+                     for name in labels or runs)
 
 
 def data_caption(cs: list[Cell], scale: str, with_reported: bool = True) -> str:

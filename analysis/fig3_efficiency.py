@@ -16,7 +16,17 @@ import pandas as pd
 
 from astro.results import ResultStore
 
-from .common import LABELS, cells, data_caption, markdown, parser, plain_log_ticks, plural, save_figure, write_table
+from .common import (
+    LABELS,
+    cells,
+    data_caption,
+    machine_labels,
+    markdown,
+    parser,
+    plain_log_ticks,
+    save_figure,
+    write_table,
+)
 from .paired import paired_table, write_paired
 from .table1 import PAIRS as TABLE1_PAIRS
 from .table7 import PAIRS as TABLE7_PAIRS
@@ -24,10 +34,10 @@ from .table7 import PAIRS as TABLE7_PAIRS
 STAGES = ("transform", "block_transform", "calibration", "reconstruction", "quantization", "method", "evaluation")
 
 
-def _stage(c, s: str) -> str:
+def _stage(c, s: str, labels: dict[str, str]) -> str:
     if c.records and not c.values(f"timings.{s}"):
         return "-"   # a record from before this stage existed: the method had no such stage
-    return c.fmt_time(f"timings.{s}")
+    return c.fmt_time(f"timings.{s}", labels)
 
 
 def transform_note(c) -> str:
@@ -45,14 +55,10 @@ def transform_note(c) -> str:
 
 
 def time_table(cs) -> pd.DataFrame:
-    rows = []
-    for c in cs:
-        env = (c.records[0].get("env") or {}) if c.records else {}
-        rows.append({"method": LABELS[c.config.method.name], "PPL": c.fmt("metrics.ppl"),
-                     **{f"{s} (s)": _stage(c, s) for s in STAGES}, "transform": transform_note(c),
-                     "device": env.get("gpu") or (f"{env.get('device')}, {plural(env.get('torch_threads'), 'thread')}"
-                                                  if env else "-")})
-    return pd.DataFrame(rows)
+    labels = machine_labels(cs)   # the caption names each machine; a time cell says which its runs used
+    return pd.DataFrame([{"method": LABELS[c.config.method.name], "PPL": c.fmt("metrics.ppl"),
+                          **{f"{s} (s)": _stage(c, s, labels) for s in STAGES}, "transform": transform_note(c)}
+                         for c in cs])
 
 
 def build_paired(cs) -> pd.DataFrame:

@@ -17,7 +17,18 @@ import pandas as pd
 
 from astro.results import ResultStore
 
-from .common import MISSING, cells, data_caption, markdown, parser, plain_log_ticks, save_figure, write_table
+from .common import (
+    MISSING,
+    cells,
+    data_caption,
+    machine_labels,
+    markdown,
+    parser,
+    plain_log_ticks,
+    save_figure,
+    time_ratio,
+    write_table,
+)
 
 ARMS = ("pgd40", "pgd200", "fista50", "fista200", "fista_tol")
 REFERENCE = "pgd200"
@@ -32,12 +43,11 @@ def _iters(cell) -> str:
 
 def build(cs) -> pd.DataFrame:
     by = {(c.config.quant.bits, c.config.method.beta, c.choices.get("solver")): c for c in cs}
-    rows = []
+    rows, labels = [], machine_labels(cs)
     for (bits, beta, arm), c in sorted(by.items(), key=lambda kv: (-kv[0][0], kv[0][1], ARMS.index(kv[0][2]))):
         ref = by.get((bits, beta, REFERENCE))
-        ppl, t_astro = c.mean_std("metrics.ppl")[0], c.mean_std("timings.reconstruction")[0]
+        ppl = c.mean_std("metrics.ppl")[0]
         ref_ppl = ref.mean_std("metrics.ppl")[0] if ref else None
-        ref_t = ref.mean_std("timings.reconstruction")[0] if ref else None
         m = c.config.method
         rows.append({
             "bits": f"W{bits} g{c.config.quant.group_size}", "beta": f"{beta:g}",
@@ -45,9 +55,9 @@ def build(cs) -> pd.DataFrame:
             "PPL": c.fmt("metrics.ppl"),
             "PPL - pgd200": f"{ppl - ref_ppl:+.2f}" if ppl is not None and ref_ppl is not None else "-",
             "iters/linear": _iters(c),
-            "Astro s": c.fmt_time("timings.reconstruction"),
-            "Astro time / pgd200": f"{t_astro / ref_t:.2f}" if t_astro is not None and ref_t else "-",
-            "method s": c.fmt_time("timings.method"),
+            "Astro s": c.fmt_time("timings.reconstruction", labels),
+            "Astro time / pgd200": time_ratio(c, ref, "timings.reconstruction", digits=2),
+            "method s": c.fmt_time("timings.method", labels),
         })
     return pd.DataFrame(rows)
 

@@ -22,7 +22,7 @@ from analysis import (
     table5,
     table7,
 )
-from analysis.common import Cell, log_tick_label, plain_log_ticks, reported
+from analysis.common import Cell, log_tick_label, machine_labels, machines_phrase, plain_log_ticks, reported, time_ratio
 from analysis.paired import signed
 from astro.results import ResultStore
 from experiments.grid import Composer
@@ -168,7 +168,7 @@ def test_solver_study(store, tmp_path):
     assert w3.loc[arm["pgd200"], "PPL"] == f"{ref['metrics']['ppl']:.2f} (n=1)"
     assert w3.loc[arm["fista_tol"], "PPL - pgd200"] == f"{tol['metrics']['ppl'] - ref['metrics']['ppl']:+.2f}"
     t = tol["timings"]["reconstruction"] / ref["timings"]["reconstruction"]
-    assert w3.loc[arm["fista_tol"], "Astro time / pgd200"] == f"{t:.2f}"
+    assert w3.loc[arm["fista_tol"], "Astro time / pgd200"] == f"{t:.2f}x"
     assert w3.loc[arm["fista200"], "PPL"] == "missing" and len(df) == 2 * 3 * 5  # every point, recorded or not
     assert set(df[df["bits"] == "W2 g64"]["PPL"]) == {"missing"}
     assert (tmp_path / "solver_study_embedded.png").stat().st_size > 1000
@@ -182,14 +182,25 @@ def test_cell_format_shows_seeds_and_spread():
     assert cell().fmt("metrics.ppl") == "missing" and cell(float("nan")).fmt("metrics.ppl") == "NaN"
 
 
-def test_time_cells_say_when_their_runs_span_machines():
-    def rec(t, cpu, threads=1):
-        return {"timings": {"method": t}, "env": {"cpu": cpu, "cpu_count": 2, "torch_threads": threads}}
-    one = Cell({}, None, "k", [rec(10.0, "EPYC"), rec(12.0, "EPYC")])
-    assert one.fmt_time("timings.method") == one.fmt("timings.method", 1) == f"11.0 ± {2 ** 0.5:.1f} (n=2)"
-    two = Cell({}, None, "k", [rec(10.0, "EPYC"), rec(12.0, "Xeon"), rec(11.0, "EPYC", threads=2)])
-    assert two.fmt_time("timings.method") == "11.0 ± 1.0 (n=3, 3 machines)"
-    assert Cell({}, None, "k", []).fmt_time("timings.method") == "missing"
+def test_time_cells_name_their_machines_when_a_table_spans_several():
+    def rec(key, t, cpu, threads=1):
+        return {"key": key, "timings": {"method": t}, "env": {"cpu": cpu, "cpu_count": 2, "torch_threads": threads}}
+    one = Cell({}, None, "k", [rec("a", 10.0, "EPYC"), rec("b", 12.0, "EPYC")])
+    assert machine_labels([one]) == {} and machines_phrase([one]) == "EPYC (2 cores), 1 torch thread (2 runs)"
+    assert one.fmt_time("timings.method", {}) == one.fmt("timings.method", 1) == f"11.0 ± {2 ** 0.5:.1f} (n=2)"
+    # a second cell on another host: each cell says which machine its runs used, the caption says what each is
+    other = Cell({}, None, "k2", [rec("c", 30.0, "Xeon"), rec("d", 32.0, "Xeon")])
+    labels = machine_labels([one, other])
+    assert labels == {"EPYC (2 cores), 1 torch thread": "M1", "Xeon (2 cores), 1 torch thread": "M2"}
+    assert machines_phrase([one, other]) == ("M1 = EPYC (2 cores), 1 torch thread (2 runs); "
+                                             "M2 = Xeon (2 cores), 1 torch thread (2 runs)")
+    assert one.fmt_time("timings.method", labels).endswith("(n=2, on M1)")
+    assert other.fmt_time("timings.method", labels) == "31.0 ± 1.4 (n=2, on M2)"
+    # a cell whose seeds ran on two machines (a thread count is a machine too) says both: its spread is the host's
+    mixed = Cell({}, None, "k3", [rec("e", 10.0, "EPYC"), rec("f", 12.0, "Xeon"), rec("g", 11.0, "EPYC", 2)])
+    labels = machine_labels([one, other, mixed])
+    assert mixed.fmt_time("timings.method", labels) == "11.0 ± 1.0 (n=3, on M1+M2+M3)"
+    assert Cell({}, None, "k", []).fmt_time("timings.method", labels) == "missing"
 
 
 def test_log_tick_labels_thin_out_with_the_span():
@@ -431,20 +442,19 @@ def test_beta_auto(store, tmp_path):
         assert every[f"beta={b:g}"] == f"{share:.0%}"
 
 
-def test_beta_auto_time_ratio_only_within_one_machine():
+def test_time_ratio_only_within_one_machine():
     """Wall times of two processors (or thread counts) do not compare: the ratio needs one machine."""
-    from analysis.beta_auto import _ratio
-    from analysis.common import Cell
 
     def cell(seconds, cpu, threads=1):
         return Cell({}, None, "k", [{"key": f"{cpu}{s}", "timings": {"method": s},
                                      "env": {"cpu": cpu, "cpu_count": 2, "torch_threads": threads}} for s in seconds])
     here, other, t = "AMD EPYC (family 26, model 2)", "AMD EPYC (family 25, model 1)", "timings.method"
     auto = cell([400.0, 440.0], here)
-    assert _ratio(auto, cell([100.0, 110.0], here), t) == "4.0x"
-    assert _ratio(auto, cell([100.0, 110.0], other), t) == "- (different machines)"
-    assert _ratio(auto, cell([100.0], here, 2), t) == "- (different machines)"   # another thread count
-    assert _ratio(auto, None, "timings.method") == "-"
+    assert time_ratio(auto, cell([100.0, 110.0], here), t) == "4.0x"
+    assert time_ratio(auto, cell([100.0, 110.0], other), t) == "- (different machines)"
+    assert time_ratio(auto, cell([100.0], here, 2), t) == "- (different machines)"   # another thread count
+    assert time_ratio(auto, None, "timings.method") == "-"
+    assert time_ratio(auto, cell([110.0], here), t, digits=2) == "3.82x"
 
 
 def test_chosen_betas_counts_each_roles_picks_over_the_seeds():

@@ -14,7 +14,7 @@ from astro.results import ResultStore
 
 from . import fig3_efficiency
 from .beta_auto import write_choices
-from .common import LABELS, cells, data_caption, machine_labels, markdown, parser, save_figure, write_table
+from .common import LABELS, cells, data_caption, markdown, parser, save_figure, write_table
 from .paired import collapsed_above_fp, paired_table, write_paired
 
 # each composed pipeline against each of its parts, then against the best of each family (AWQ's: AWQ+GPTQ;
@@ -26,10 +26,9 @@ PAIRS = [(a, b) for a, parts in PARTS.items() for b in dict.fromkeys(parts + FAM
 
 
 def build(cs) -> pd.DataFrame:
-    labels = machine_labels(cs)
     return pd.DataFrame([{"method": LABELS[c.config.method.name], "model": c.choices["model"],
                           "setting": c.choices["quant"], "PPL": c.fmt("metrics.ppl"),
-                          "method time (s)": c.fmt_time("timings.method", labels)} for c in cs])
+                          "method time (s)": c.fmt_time("timings.method", cs)} for c in cs])
 
 
 def composed_figure(cs, fig3_cells, scale: str):

@@ -133,13 +133,12 @@ class Cell:
         s = f"{m:.{digits}f}" if abs(m) < 1e5 else f"{m:.3g}"
         return s + (f" ± {sd:.{digits}f}" if sd is not None else "") + f" (n={n}{note})"
 
-    def fmt_time(self, path: str, labels: dict[str, str], digits: int = 1) -> str:
-        """fmt of a wall time. Wall times compare only within one machine (`machine`), so in a table whose runs
-        span machines (labels: `machine_labels` of the table's cells, which the caption names) each cell says
-        which its runs used: '(n=3, on M2)', or '(n=3, on M1+M2)' where that spread is the host's, not the
-        method's."""
+    def fmt_time(self, path: str, table: list[Cell], digits: int = 1) -> str:
+        """fmt of a wall time. Wall times compare only within one machine (`machine`), so when the table's cells
+        ran on several (`machine_labels`, which its caption names) the cell says which its runs used,
+        '(n=3, on M2)', or '(n=3, on M1+M2)', a spread that is the hosts' rather than the method's."""
         used = {machine(r) for r in self.records if lookup(r, path) is not None}
-        on = [label for m, label in labels.items() if m in used]
+        on = [label for m, label in machine_labels(table).items() if m in used]
         return self.fmt(path, digits, f", on {'+'.join(on)}" if on else "")
 
 

@@ -16,17 +16,7 @@ import pandas as pd
 
 from astro.results import ResultStore
 
-from .common import (
-    LABELS,
-    cells,
-    data_caption,
-    machine_labels,
-    markdown,
-    parser,
-    plain_log_ticks,
-    save_figure,
-    write_table,
-)
+from .common import LABELS, cells, data_caption, markdown, parser, plain_log_ticks, save_figure, write_table
 from .paired import paired_table, write_paired
 from .table1 import PAIRS as TABLE1_PAIRS
 from .table7 import PAIRS as TABLE7_PAIRS
@@ -34,10 +24,10 @@ from .table7 import PAIRS as TABLE7_PAIRS
 STAGES = ("transform", "block_transform", "calibration", "reconstruction", "quantization", "method", "evaluation")
 
 
-def _stage(c, s: str, labels: dict[str, str]) -> str:
+def _stage(c, s: str, table) -> str:
     if c.records and not c.values(f"timings.{s}"):
         return "-"   # a record from before this stage existed: the method had no such stage
-    return c.fmt_time(f"timings.{s}", labels)
+    return c.fmt_time(f"timings.{s}", table)
 
 
 def transform_note(c) -> str:
@@ -55,9 +45,8 @@ def transform_note(c) -> str:
 
 
 def time_table(cs) -> pd.DataFrame:
-    labels = machine_labels(cs)   # the caption names each machine; a time cell says which its runs used
     return pd.DataFrame([{"method": LABELS[c.config.method.name], "PPL": c.fmt("metrics.ppl"),
-                          **{f"{s} (s)": _stage(c, s, labels) for s in STAGES}, "transform": transform_note(c)}
+                          **{f"{s} (s)": _stage(c, s, cs) for s in STAGES}, "transform": transform_note(c)}
                          for c in cs])
 
 

@@ -21,7 +21,6 @@ from .common import (
     MISSING,
     cells,
     data_caption,
-    machine_labels,
     markdown,
     parser,
     plain_log_ticks,
@@ -43,7 +42,7 @@ def _iters(cell) -> str:
 
 def build(cs) -> pd.DataFrame:
     by = {(c.config.quant.bits, c.config.method.beta, c.choices.get("solver")): c for c in cs}
-    rows, labels = [], machine_labels(cs)
+    rows = []
     for (bits, beta, arm), c in sorted(by.items(), key=lambda kv: (-kv[0][0], kv[0][1], ARMS.index(kv[0][2]))):
         ref = by.get((bits, beta, REFERENCE))
         ppl = c.mean_std("metrics.ppl")[0]
@@ -55,9 +54,9 @@ def build(cs) -> pd.DataFrame:
             "PPL": c.fmt("metrics.ppl"),
             "PPL - pgd200": f"{ppl - ref_ppl:+.2f}" if ppl is not None and ref_ppl is not None else "-",
             "iters/linear": _iters(c),
-            "Astro s": c.fmt_time("timings.reconstruction", labels),
+            "Astro s": c.fmt_time("timings.reconstruction", cs),
             "Astro time / pgd200": time_ratio(c, ref, "timings.reconstruction", digits=2),
-            "method s": c.fmt_time("timings.method", labels),
+            "method s": c.fmt_time("timings.method", cs),
         })
     return pd.DataFrame(rows)
 

@@ -11,18 +11,7 @@ import pandas as pd
 
 from astro.results import ResultStore
 
-from .common import (
-    LABELS,
-    STAND_IN_MODEL,
-    cells,
-    data_caption,
-    fmt_reported,
-    machine_labels,
-    markdown,
-    parser,
-    reported,
-    write_table,
-)
+from .common import LABELS, STAND_IN_MODEL, cells, data_caption, fmt_reported, markdown, parser, reported, write_table
 from .paired import paired_table, write_paired
 
 # the comparisons Table 7 makes, each A vs B within one model and setting
@@ -31,12 +20,12 @@ PAIRS = [("astro_rtn", "magr_rtn"), ("magr_rtn", "rtn"), ("astro_rtn", "rtn")]
 
 def build(cs, scale: str) -> pd.DataFrame:
     rep = reported()["table7"]
-    rows, labels = [], machine_labels(cs)
+    rows = []
     for c in cs:
         model = c.choices["model"]
         paper_model = model if scale == "paper" else STAND_IN_MODEL.get(model)
         rows.append({"method": LABELS[c.config.method.name], "model": model, "setting": c.choices["quant"],
-                     "PPL": c.fmt("metrics.ppl"), "method time (s)": c.fmt_time("timings.method", labels),
+                     "PPL": c.fmt("metrics.ppl"), "method time (s)": c.fmt_time("timings.method", cs),
                      "reported (llama2-7b W3 g128)":
                          fmt_reported(rep.get(paper_model or "", {}).get(c.config.method.name))})
     return pd.DataFrame(rows)

@@ -187,20 +187,19 @@ def test_time_cells_name_their_machines_when_a_table_spans_several():
         return {"key": key, "timings": {"method": t}, "env": {"cpu": cpu, "cpu_count": 2, "torch_threads": threads}}
     one = Cell({}, None, "k", [rec("a", 10.0, "EPYC"), rec("b", 12.0, "EPYC")])
     assert machine_labels([one]) == {} and machines_phrase([one]) == "EPYC (2 cores), 1 torch thread (2 runs)"
-    assert one.fmt_time("timings.method", {}) == one.fmt("timings.method", 1) == f"11.0 ± {2 ** 0.5:.1f} (n=2)"
+    assert one.fmt_time("timings.method", [one]) == one.fmt("timings.method", 1) == f"11.0 ± {2 ** 0.5:.1f} (n=2)"
     # a second cell on another host: each cell says which machine its runs used, the caption says what each is
     other = Cell({}, None, "k2", [rec("c", 30.0, "Xeon"), rec("d", 32.0, "Xeon")])
-    labels = machine_labels([one, other])
-    assert labels == {"EPYC (2 cores), 1 torch thread": "M1", "Xeon (2 cores), 1 torch thread": "M2"}
+    assert machine_labels([one, other]) == {"EPYC (2 cores), 1 torch thread": "M1",
+                                            "Xeon (2 cores), 1 torch thread": "M2"}
     assert machines_phrase([one, other]) == ("M1 = EPYC (2 cores), 1 torch thread (2 runs); "
                                              "M2 = Xeon (2 cores), 1 torch thread (2 runs)")
-    assert one.fmt_time("timings.method", labels).endswith("(n=2, on M1)")
-    assert other.fmt_time("timings.method", labels) == "31.0 ± 1.4 (n=2, on M2)"
+    assert one.fmt_time("timings.method", [one, other]).endswith("(n=2, on M1)")
+    assert other.fmt_time("timings.method", [one, other]) == "31.0 ± 1.4 (n=2, on M2)"
     # a cell whose seeds ran on two machines (a thread count is a machine too) says both: its spread is the host's
     mixed = Cell({}, None, "k3", [rec("e", 10.0, "EPYC"), rec("f", 12.0, "Xeon"), rec("g", 11.0, "EPYC", 2)])
-    labels = machine_labels([one, other, mixed])
-    assert mixed.fmt_time("timings.method", labels) == "11.0 ± 1.0 (n=3, on M1+M2+M3)"
-    assert Cell({}, None, "k", []).fmt_time("timings.method", labels) == "missing"
+    assert mixed.fmt_time("timings.method", [one, other, mixed]) == "11.0 ± 1.0 (n=3, on M1+M2+M3)"
+    assert Cell({}, None, "k", []).fmt_time("timings.method", [one, other]) == "missing"
 
 
 def test_log_tick_labels_thin_out_with_the_span():

@@ -8,7 +8,8 @@ Tables (results/tables/):
 - calib_study_<scale>: PPL mean ± std (n seeds) per method x calibration size, FP and RTN (no calibration)
   beside them, and the share of RTN's gap to FP that GPTQ recovers.
 - calib_study_paired_<scale>: each method minus RTN and Astro minus MagR/GPTQ per calibration seed, 95%
-  interval. RTN does not depend on the calibration seed, so its one record pairs with every seed.
+  interval. RTN does not depend on the calibration seed, so its one record pairs with every seed. Then each
+  method at each size minus itself at the next smaller size (a seed's windows are nested across sizes).
 - calib_heldout_<scale>: per linear kind, the median over blocks of err/err_rtn on the calibration tokens
   (in-sample) and on held-out tokens (err_holdout/err_rtn_holdout), and held-out/in-sample error ratios for
   the method and for RTN (RTN fits nothing: its ratio is the sampling baseline).
@@ -19,6 +20,7 @@ Figure: calib_study_<scale>: PPL vs calibration tokens per method (± std), FP a
 
 from __future__ import annotations
 
+import itertools
 import logging
 import statistics
 
@@ -92,10 +94,29 @@ def paired_table(cs, base) -> pd.DataFrame:
                 cb = at.get((st, mb, size))
                 vb = seed_values(cb) if cb else {}
             p = paired_difference(va, vb)
-            rows.append({"setting": st, "tokens": size, "comparison": f"{LABELS[ma]} - {LABELS[mb]}",
-                         "seeds": seed_list(p.seeds), "paired diff": _diff(p), "95% CI": interval(p),
-                         "verdict": p.verdict(LABELS[ma], LABELS[mb])})
-    return pd.DataFrame(rows)
+            rows.append(_row(st, size, f"{LABELS[ma]} - {LABELS[mb]}", p, LABELS[ma], LABELS[mb]))
+    return pd.DataFrame(rows + size_rows(at))
+
+
+def size_rows(at: dict) -> list[dict]:
+    """Each method at each number of calibration windows against the next smaller number of the same length,
+    paired per seed: a seed's smaller set is the first windows of its larger one
+    (`astro.data.sample_calibration`), so the two differ only in the added windows."""
+    groups: dict[tuple, list] = {}
+    for (st, m, _), c in at.items():
+        groups.setdefault((st, m, c.config.calib.seq_len), []).append(c)
+    rows = []
+    for (st, m, _), group in groups.items():
+        for small, large in itertools.pairwise(sorted(group, key=lambda c: c.config.calib.n_samples)):
+            p = paired_difference(seed_values(large), seed_values(small))
+            rows.append(_row(st, f"{tokens(large)} vs {tokens(small)}", f"{LABELS[m]}: larger - smaller", p,
+                             f"{LABELS[m]} at {tokens(large)}", f"{LABELS[m]} at {tokens(small)}"))
+    return rows
+
+
+def _row(st: str, size: str, comparison: str, p, a: str, b: str) -> dict:
+    return {"setting": st, "tokens": size, "comparison": comparison, "seeds": seed_list(p.seeds),
+            "paired diff": _diff(p), "95% CI": interval(p), "verdict": p.verdict(a, b)}
 
 
 def _median_ratio(rec, num: str, den: str, linear: str) -> float | None:

@@ -71,6 +71,28 @@ def test_calib_study_tables(store, tmp_path):
     assert (tmp_path / "calib_study_embedded.png").stat().st_size > 1000
 
 
+def test_each_size_is_paired_per_seed_with_the_next_smaller_one():
+    def cell(n, seq_len, ppl):
+        calib = SimpleNamespace(n_samples=n, seq_len=seq_len)
+        cfg = SimpleNamespace(method=SimpleNamespace(name="gptq"), calib=calib, model=SimpleNamespace(source="m"),
+                              quant=SimpleNamespace(bits=3, group_size=64))
+        return Cell({}, cfg, f"k{n}x{seq_len}", [{"canonical": {"calib": {}}, "config": {"calib": {"seed": s}},
+                                                 "metrics": {"ppl": v}} for s, v in enumerate(ppl)])
+    # 32 windows lower by 4 +- 1 on every seed, 128 level with 32; 128 x 2048 is not nested in 128 x 512: no row
+    at = {("m W3 g64", "gptq", f"{n} x {sl}"): cell(n, sl, ppl) for n, sl, ppl in
+          ((8, 512, [40.0, 41.0, 42.0]), (32, 512, [35.0, 37.0, 38.0]), (128, 512, [35.5, 36.5, 38.0]),
+           (128, 2048, [30.0, 31.0, 32.0]))}
+    rows = pd.DataFrame(calib_study.size_rows(at)).set_index("tokens")
+    assert list(rows.index) == ["32 x 512 vs 8 x 512", "128 x 512 vs 32 x 512"]
+    d = [-5.0, -4.0, -4.0]
+    half = T95_DF2 * statistics.stdev(d) / math.sqrt(3)
+    first = rows.loc["32 x 512 vs 8 x 512"]
+    assert first["paired diff"] == f"{statistics.fmean(d):+.2f}" and first["seeds"] == "0,1,2"
+    assert first["95% CI"] == f"[{statistics.fmean(d) - half:+.2f}, {statistics.fmean(d) + half:+.2f}]"
+    assert first["verdict"] == "resolved: GPTQ at 32 x 512 lower"
+    assert rows.loc["128 x 512 vs 32 x 512", "verdict"] == "unresolved (CI contains 0)"
+
+
 def _cell(quant, method, *ppl):
     cfg = SimpleNamespace(method=SimpleNamespace(name=method))
     return Cell({"quant": quant, "method": method}, cfg, "k", [{"metrics": {"ppl": v}} for v in ppl])

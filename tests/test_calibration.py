@@ -26,6 +26,15 @@ from astro.results import canonical_config, run_key
 from astro.stats import HessianAccumulator, TokenWeights, h_error
 
 
+def test_a_seeds_smaller_calibration_set_is_the_start_of_its_larger_one():
+    """The calibration-size study pairs sizes per seed: 8 windows of a seed are the first 8 of its 32."""
+    stream = torch.arange(50_000)
+    for bos in (None, 1):
+        large = sample_calibration(stream, 32, 256, seed=5, bos_id=bos)
+        assert torch.equal(sample_calibration(stream, 8, 256, seed=5, bos_id=bos), large[:8])
+        assert not torch.equal(sample_calibration(stream, 8, 256, seed=6, bos_id=bos), large[:8])
+
+
 def test_holdout_windows_are_disjoint_and_leave_calibration_unchanged():
     stream = torch.arange(20_000)   # every token value is its position: overlap = a shared value
     calib = sample_calibration(stream, 16, 256, seed=3)

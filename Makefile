@@ -161,7 +161,7 @@ calib-sink: setup  ## GPTQ with the first position of each calibration sequence 
 	$(call sweep,calib_sink)
 	$(call analyze,calib_study) --sink
 
-w2-groups: setup  ## W2 at g64 / g32 / g16 (RTN, GPTQ, MagR, Astro, AWQ): where W2 stops collapsing
+w2-groups: setup  ## W2 at g64 / g32 / g16 (RTN, GPTQ, MagR, Astro, AWQ, AWQ+GPTQ): where W2 stops collapsing
 	$(call sweep,w2_groups)
 	$(call analyze,w2_groups)
 

@@ -69,7 +69,7 @@ CLAIMS = {
     "calib_study": {"paper": ({"llama2-7b"}, {(3, 128), (4, 128)}, {"gptq", "magr_gptq", "astro_gptq", "awq"}),
                     "embedded": ({"smollm2-135m"}, {(3, 64)}, {"gptq", "magr_gptq", "astro_gptq", "awq"})},
     "calib_sink": {"paper": ({"llama2-7b"}, {(3, 128)}, {"gptq"}), "embedded": ({"smollm2-135m"}, {(3, 64)}, {"gptq"})},
-    "w2_groups": {s: (m, {(2, 64), (2, 32), (2, 16)}, {"rtn", "gptq", "magr_gptq", "astro_gptq", "awq"})
+    "w2_groups": {s: (m, {(2, 64), (2, 32), (2, 16)}, {"rtn", "gptq", "magr_gptq", "astro_gptq", "awq", "awq_gptq"})
                   for s, m in (("paper", {"llama2-7b"}), ("embedded", {"smollm2-135m"}))},
 }
 # (solver, iters, tol) of each conf/solver arm

@@ -1,5 +1,5 @@
-"""Solvers of Astro's per-layer problem (eq. 12): 'pgd' (the paper's) and 'fista' (accelerated, adaptive
-restart), and the relative-decrease stopping rule."""
+"""Solvers of Astro's per-layer problem (eq. 12): 'pgd' (the paper's), 'fista' (accelerated, adaptive restart)
+and 'fista_rows' (FISTA per row, the embedded scale's), and the relative-decrease stopping rule."""
 
 import dataclasses
 
@@ -14,6 +14,7 @@ from astro.regularize import RegularizeConfig, prox_linf, reconstruct, stopping_
 from astro.stats import LayerStats
 
 SOLVERS = ["pgd", "fista"]
+ALL_SOLVERS = [*SOLVERS, "fista_rows"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -97,7 +98,7 @@ def test_stopping_rule_stops_at_first_small_decrease_and_never_exceeds_iters(sol
     assert (res.seconds[1:] >= res.seconds[:-1]).all()
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("solver", ALL_SOLVERS)
 def test_beta_zero_returns_w_unchanged(solver):
     W, st = _problem(3)
     res = reconstruct(W, st, RegularizeConfig(beta=0.0, iters=50, group_size=32, solver=solver, tol=1e-6))
@@ -106,13 +107,13 @@ def test_beta_zero_returns_w_unchanged(solver):
     cfg = RegularizeConfig(beta=0.0, iters=30, group_size=32, solver=solver)
     trace = regularize._Trace(cfg.iters, None, 0.0)
     Hn = st.H / torch.linalg.eigvalsh(st.H)[-1]
-    loop = regularize._pgd if solver == "pgd" else regularize._fista
-    Wp, _, used = loop(W, Hn, torch.zeros(W.shape[0], 4), torch.ones(4), cfg, 32, trace)
+    loop = {"pgd": regularize._pgd, "fista": regularize._fista, "fista_rows": regularize._fista_rows}[solver]
+    Wp, _, used, *_ = loop(W, Hn, torch.zeros(W.shape[0], 4), torch.ones(4), cfg, 32, trace)
     assert used == cfg.iters and trace.n == cfg.iters + 1
     assert torch.equal(Wp, W) and (trace.objective[:trace.n] == 0).all()
 
 
-@pytest.mark.parametrize("solver,iters,tol", [("pgd", 3000, None), ("fista", 3000, 1e-9)])
+@pytest.mark.parametrize("solver,iters,tol", [("pgd", 3000, None), ("fista", 3000, 1e-9), ("fista_rows", 3000, 1e-9)])
 @pytest.mark.parametrize("beta", [1e-4, 1e-2])
 def test_final_iterate_is_a_prox_gradient_fixed_point(solver, iters, tol, beta):
     """W* minimises eq. 12 iff W* = prox_{tau R}(W* - grad f(W*)) (step 1 on the normalised objective)."""
@@ -153,14 +154,15 @@ def test_config_validation():
     assert MethodConfig().solver == "pgd" and MethodConfig().tol is None  # the paper's solver by default
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("solver", ALL_SOLVERS)
 def test_per_layer_row_records_the_solver(solver):
     W, st = _problem(5, n_out=16, n_in=64)
     method = MethodConfig("astro_rtn", beta=1e-3, iters=400, solver=solver, tol=1e-4)
     row = process_linear(W, st, QuantGrid(3, 32), method).row
-    assert row["solver"] == solver and 0 < row["iters_used"] < 400
+    assert row["solver"] == solver and 0 < row["iters_used"] < 400 and 0 < row["iters_mean"] <= row["iters_used"]
+    assert (row["iters_mean"] < row["iters_used"]) == (solver == "fista_rows")   # its rows stop one by one
     assert row["obj_last"] < row["obj_first"] and row["t_regularize"] > 0
-    assert row["restarts"] == 0 or solver == "fista"
+    assert row["restarts"] == 0 or solver.startswith("fista")
 
 
 def test_fista_through_the_block_loop(tiny_cfg):
@@ -171,7 +173,7 @@ def test_fista_through_the_block_loop(tiny_cfg):
     assert all(0 < r["iters_used"] <= cfg.method.iters and r["obj_last"] < r["obj_first"] for r in rows)
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("solver", ALL_SOLVERS)
 def test_untraced_run_has_the_traced_iterates_and_ends(solver):
     """Without a trace the objective is evaluated at the first and last iterate only; the iterates, the
     iteration count and those two values are exactly the traced run's."""
@@ -181,3 +183,38 @@ def test_untraced_run_has_the_traced_iterates_and_ends(solver):
     assert torch.equal(plain.W, traced.W) and plain.iters_used == traced.iters_used == 60
     assert plain.restarts == traced.restarts and traced.objective.numel() == 61
     assert torch.equal(plain.objective, traced.objective[[0, -1]]) and plain.seconds.numel() == 2
+
+
+def test_fista_rows_stops_each_row_by_its_own_rule():
+    """With a tol each row stops where the relative-decrease rule first holds on its own objective: the row
+    solved alone (a one-row layer, whose objective is the row's) stops at the same iteration with the same
+    weights, and the trace of the row run without a tol puts the rule there. Rows that stop leave the working
+    set: the rows' iterations differ and their mean is below the longest."""
+    W, st = _problem(6, n_out=24)
+    cfg = RegularizeConfig(beta=1e-3, iters=300, group_size=32, solver="fista_rows", tol=1e-3)
+    res = reconstruct(W, st, cfg)
+    assert res.row_iters.shape == (24,) and res.iters_used == int(res.row_iters.max())
+    assert res.iters_mean < res.iters_used and len(set(res.row_iters.tolist())) > 3
+    for r in (0, 7, 23):
+        alone = reconstruct(W[r:r + 1], st, cfg)
+        assert alone.iters_used == int(res.row_iters[r])
+        assert torch.allclose(alone.W, res.W[r:r + 1], atol=1e-6)
+        trace = reconstruct(W[r:r + 1], st, dataclasses.replace(cfg, tol=None), trace=True).objective
+        assert stopping_iteration(trace, cfg.tol) == int(res.row_iters[r])
+    # the layer's objective is the sum of the rows' at their stopping iterates
+    rows = sum(float(reconstruct(W[r:r + 1], st, cfg).objective[-1]) for r in range(24))
+    assert float(res.objective[-1]) == pytest.approx(rows, rel=1e-6)
+
+
+def test_several_betas_in_one_fista_rows_solve():
+    """row_beta: each row solved at its own beta in one 'fista_rows' call is that row of the call at its beta
+    alone (rows are separate problems), and only 'fista_rows' takes it."""
+    W, st = _problem(7, n_out=12)
+    betas = (1e-4, 1e-3, 1e-2)
+    cfg = RegularizeConfig(iters=40, group_size=32, solver="fista_rows")
+    both = reconstruct(W.repeat(3, 1), st, cfg, row_beta=torch.tensor(betas).repeat_interleave(12))
+    for part, beta in zip(both.W.split(12), betas, strict=True):
+        assert torch.allclose(part, reconstruct(W, st, dataclasses.replace(cfg, beta=beta)).W, atol=1e-6)
+    assert not torch.allclose(*both.W.split(12)[:2], atol=1e-4)   # the betas did differ
+    with pytest.raises(ValueError, match="row_beta"):
+        reconstruct(W, st, dataclasses.replace(cfg, solver="pgd"), row_beta=torch.full((12,), 1e-3))

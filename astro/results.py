@@ -50,7 +50,7 @@ from pathlib import Path
 from .config import RunConfig, to_dict
 from .environment import environment
 from .fields import added_fields
-from .methods import AUTO, same_computation
+from .methods import AUTO, AUTO_FIELDS, same_computation
 from .models import local_fingerprint
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,9 @@ def canonical_config(cfg: RunConfig) -> dict:
     m = d["method"]
     if "alpha" in m and m["alpha"] is None:  # the pipeline's default made explicit: astro+null == astro+activation
         m["alpha"] = cfg.method.alpha_mode
-    if "beta_grid" in m and cfg.method.beta != AUTO:   # the candidates of beta=auto: a fixed beta never reads them
-        del m["beta_grid"]
+    if cfg.method.beta != AUTO:   # the candidates of beta=auto and how they are tried: a fixed beta never reads them
+        for f in AUTO_FIELDS:
+            m.pop(f, None)
     newer = {c: v for c, v in cfg.method.pipeline.numerics.items() if v > 1}
     if newer:   # numerics changed since records were first written (astro.methods.COMPONENTS)
         d["numerics"] = newer

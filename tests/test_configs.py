@@ -206,9 +206,10 @@ def test_table3_and_sweep_beta_share_records(hydra_conf):
     assert len(keys) == len(sampled) > 3  # distinct grid points are distinct records
 
 
-def test_solver_arm_pgd40_shares_sweep_beta_records(hydra_conf):
-    """The embedded default budget is one arm of the solver study: its points are sweep_beta's records,
-    and every arm is a distinct record."""
+def test_solver_arm_of_the_embedded_default_shares_its_records(hydra_conf):
+    """The embedded default solver is the arm fista_rows40: an embedded run with it is the run without an arm
+    (sweep_beta's records); every arm of the solver study, pgd40 (the earlier default) included, is a distinct
+    record."""
     beta = [j for j in _grid("sweep_beta", "embedded") if "method.beta=5e-05" in j and "method.alpha=activation" in j]
     study = [j for j in _grid("solver_study", "embedded") if "method.beta=5e-05" in j and "quant=w3g64" in j]
 
@@ -216,8 +217,8 @@ def test_solver_arm_pgd40_shares_sweep_beta_records(hydra_conf):
         return run_key(_run_config([f"experiment={exp}", "scale=embedded", *j]))
 
     keys = {j[-1]: key("solver_study", j) for j in study}
-    assert keys["solver=pgd40"] == key("sweep_beta", beta[0])
-    assert len(set(keys.values())) == len(SOLVER_ARMS)
+    assert key("sweep_beta", (*beta[0], "solver=fista_rows40")) == key("sweep_beta", beta[0])
+    assert len(set(keys.values())) == len(SOLVER_ARMS) and key("sweep_beta", beta[0]) not in keys.values()
 
 
 def test_schema_is_the_dataclasses(hydra_conf):

@@ -28,13 +28,14 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from astro.methods import PIPELINES
+from astro.numerics import regime_hash, regime_id
 from astro.results import (
     ResultStore,
     asks_for_diagnostics,
@@ -105,6 +106,8 @@ class Cell:
     config: object
     key: str
     records: list
+    regime: str | None = None                             # the regime_hash its records share (cells())
+    excluded: list = field(default_factory=list)          # records of other regimes left out (cells())
 
     @property
     def status(self) -> str:
@@ -142,15 +145,72 @@ class Cell:
         return self.fmt(path, digits, f", on {'+'.join(on)}" if on else "")
 
 
-def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...] = ()) -> list[Cell]:
-    """The experiment's grid points at `scale` (plus extra overrides), each with its records."""
-    by_seedless: dict[str, list] = {}
-    answering: dict[str, list] = {}   # every record, by the computation it made (its seed aside)
-    for rec in store.records():
-        by_seedless.setdefault(seedless_key(rec["canonical"]), []).append(rec)
-        answering.setdefault(seedless_key(computation_form(rec["canonical"])), []).append(rec)
+def record_regime(record: dict) -> dict | None:
+    """The machine part of the numeric regime a record was computed in (astro.numerics), what two methods of one
+    paired comparison must share: its `regime` without the thread count (which only a thread-dependent pipeline's
+    key holds: SpinQuant at 2 threads pairs with GPTQ, which computes the same bits at any count). For a record
+    made before regimes were recorded, what its env says of one (device, torch, threads: LAPACK then ran on every
+    thread, so the thread count moved every GPTQ and Astro number), marked unrecorded."""
+    if "regime" in record:
+        return {k: v for k, v in record["regime"].items() if k != "threads"}
+    env = record.get("env") or {}
+    return {"recorded": False, "device": env.get("device"), "torch": (env.get("versions") or {}).get("torch"),
+            "threads": env.get("torch_threads")}
+
+
+def regime_name(regime: dict | None) -> str:
+    """regime_id, and for an unrecorded one what its record's env says."""
+    if regime and regime.get("recorded") is False:
+        return (f"unrecorded (device {regime.get('device')}, torch {regime.get('torch')}, "
+                f"{plural(regime.get('threads', '?'), 'thread')})")
+    return regime_id(regime)
+
+
+_REGIME: str | None = None   # the analysis command's --regime (parser): cells() reads only that regime
+
+
+def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...] = (),
+          regime: str | None = None) -> list[Cell]:
+    """The experiment's grid points at `scale` (plus extra overrides), each with its records. The records of a
+    setting (one model and quantization grid: what a paired comparison holds fixed) come from one numeric
+    regime (record_regime, named by astro.numerics.regime_hash): `regime`, else the analysis command's
+    --regime, else the regime that holds most of that setting's records. So no paired comparison mixes regimes;
+    the records of other regimes a cell would have shown are left out, listed in Cell.excluded and named in the
+    log (regime_caption counts them)."""
+    records = list(store.records())
     with Composer() as c:
         points = c.points(experiment, scale, extra)
+    setting = [json.dumps([str(p.config.model), str(p.config.quant)]) for p in points]
+    out: list[Cell] = []
+    left: dict[str, dict] = {}
+    for s in dict.fromkeys(setting):
+        group = [p for p, sp in zip(points, setting, strict=True) if sp == s]
+        found = _cells(group, records, one_per_seed=False)   # every regime's records, to count them
+        seen = {r["key"]: r for c in found for r in c.records}
+        counts = Counter(regime_hash(record_regime(r)) for r in seen.values())
+        chosen = regime or _REGIME or (min(counts, key=lambda h: (-counts[h], h)) if counts else None)
+        if chosen is None:
+            out += found
+            continue
+        kept = _cells(group, [r for r in records if regime_hash(record_regime(r)) == chosen])
+        for c, f in zip(kept, found, strict=True):
+            c.regime = chosen
+            c.excluded = [r for r in f.records if regime_hash(record_regime(r)) != chosen]
+            left.update({r["key"]: r for r in c.excluded})
+        out += kept
+    if left:
+        log.warning("%s: left out %d record(s) of other numeric regimes than their setting's: %s", experiment,
+                    len(left), ", ".join(f"{k} ({regime_name(record_regime(r))})" for k, r in sorted(left.items())))
+    return out
+
+
+def _cells(points, records: list[dict], one_per_seed: bool = True) -> list[Cell]:
+    """The grid's cells with their records among `records` (cells()); one_per_seed: the newest of a seed's."""
+    by_seedless: dict[str, list] = {}
+    answering: dict[str, list] = {}   # every record, by the computation it made (its seed aside)
+    for rec in records:
+        by_seedless.setdefault(seedless_key(rec["canonical"]), []).append(rec)
+        answering.setdefault(seedless_key(computation_form(rec["canonical"])), []).append(rec)
     out, seen = [], set()
     for p in points:  # points that differ only in calib.seed are one cell (mean +- std over seeds)
         canonical = stored_form(canonical_config(p.config))
@@ -159,12 +219,22 @@ def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...
         if ident not in seen:
             seen.add(ident)
             recs = by_seedless.get(sk, [])
+            recs = _one_per_seed(recs) if one_per_seed else recs
             if not asks_for_diagnostics(canonical):
                 recs = recs + _answering_seeds(answering.get(seedless_key(computation_form(canonical)), []), recs)
             out.append(Cell(p.choices, p.config, p.key, recs))
             if not recs:
                 _explain_missing(canonical, by_seedless, p.choices)
     return out
+
+
+def _one_per_seed(records: list[dict]) -> list[dict]:
+    """The newest record of each calibration seed (records of one configuration differ in their key only by the
+    part of their regime the analysis groups together: a thread-dependent pipeline's thread count)."""
+    by_seed: dict = {}
+    for r in records:
+        by_seed.setdefault((r["canonical"].get("calib") or {}).get("seed"), []).append(r)
+    return [newest(rs) for rs in by_seed.values()]
 
 
 def _answering_seeds(candidates: list, own: list) -> list:
@@ -338,12 +408,88 @@ def data_caption(cs: list[Cell], scale: str, with_reported: bool = True) -> str:
             f"{'paper-scale models' if scale == 'paper' else 'embedded stand-ins for the paper models'}.")
     machines = machines_phrase(cs)
     text += f" Ran on: {machines}." if machines else ""
+    text += regime_caption(cs)
     return text + (" Reported: the paper's numbers (LLaMA-2, WikiText-2, seq 2048); '-': the paper gives none there."
                    if with_reported else "")
 
 
+def regime_caption(cs: list[Cell]) -> str:
+    """' Numeric regime: <name>.' (several: each setting reads one, named), and how many records of other regimes
+    were left out, for captions."""
+    recs = {r["key"]: r for c in cs for r in c.records}
+    if not recs:
+        return ""
+    names = sorted({regime_name(record_regime(r)) for r in recs.values()})
+    left = {r["key"] for c in cs for r in c.excluded} - set(recs)
+    text = (f" Numeric regime: {names[0]}." if len(names) == 1 else
+            f" Numeric regimes (each setting reads one; no paired comparison mixes two): {'; '.join(names)}.")
+    return text + (f" {plural(len(left), 'record')} of other regimes left out." if left else "")
+
+
+class _Parser(argparse.ArgumentParser):
+    """parse_args also takes --regime as the regime every cells() call of the command reads."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        global _REGIME
+        _REGIME = getattr(ns, "regime", None)
+        return ns, rest
+
+
+ARCHIVE = HERE.parent / "archive"
+
+
+def manifest() -> dict:
+    """archive/manifest.yaml: which snapshots hold which protocol's records."""
+    return yaml.safe_load((ARCHIVE / "manifest.yaml").read_text())
+
+
+def snapshots(protocol: str | None = None) -> list[Path]:
+    """The snapshot folders of `protocol` (default: the manifest's current one)."""
+    m = manifest()
+    name = protocol or m["current"]
+    if name not in m["protocols"]:
+        raise SystemExit(f"--protocol: unknown protocol {name!r}; the manifest has {sorted(m['protocols'])}")
+    return [ARCHIVE / s for s in m["protocols"][name]["snapshots"]]
+
+
+@dataclass(frozen=True)
+class StoreUnion:
+    """Several results stores read as one (the analysis reads only records()): a record key found in more than
+    one is read from the first that has it (the local store before the archive)."""
+
+    stores: tuple[ResultStore, ...]
+
+    @property
+    def root(self) -> Path:
+        return self.stores[0].root
+
+    def records(self):
+        seen = set()
+        for st in self.stores:
+            for r in st.records():
+                if r["key"] not in seen:
+                    seen.add(r["key"])
+                    yield r
+
+
+def store_of(a: argparse.Namespace):
+    """The store an analysis command reads: --store, and with --archive also the snapshots of --protocol (the
+    manifest's current protocol by default)."""
+    if not getattr(a, "archive", False):
+        return ResultStore(a.store)
+    return StoreUnion((ResultStore(a.store), *(ResultStore(p) for p in snapshots(a.protocol))))
+
+
 def parser(description: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=description)
+    ap = _Parser(description=description)
+    ap.add_argument("--archive", action="store_true",
+                    help="also read the archive's snapshots of the protocol (archive/manifest.yaml), beside --store")
+    ap.add_argument("--protocol", default=None, help="with --archive: the protocol whose snapshots are read "
+                                                     "(default: the manifest's current one)")
+    ap.add_argument("--regime", default=None,
+                    help="read the records of this numeric regime (its 8-digit hash, as `make status` prints it); "
+                         "default: the regime holding most of each grid's records")
     ap.add_argument("--scale", default="embedded", choices=SCALES)
     ap.add_argument("--store", default="results/store", type=Path)
     ap.add_argument("--out", default=None, type=Path, help="default: results/tables or results/figures")

@@ -11,10 +11,10 @@ import logging
 
 import numpy as np
 
-from astro.results import ResultStore, canonical_config
+from astro.results import canonical_config
 from experiments.grid import Composer
 
-from .common import find_probe, parser, save_figure
+from .common import find_probe, parser, save_figure, store_of
 
 
 def figure(arr, rec: dict, title: str, top: int = 3):
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     with Composer() as c:
         cfg = next(p for p in c.points("fig1_outliers", a.scale, tuple(a.overrides))
                    if p.config.method.preprocess).config
-    store = ResultStore(a.store)
+    store = store_of(a)
     rec = find_probe(store, "fig1", canonical_config(cfg), "fig1-outliers", block=a.block, linear=a.linear)
     arr = np.load(store.run_dir(rec["key"]) / rec["probe"]["arrays"])
     p = rec["probe"]

@@ -33,14 +33,14 @@ def environment(device: str) -> dict:
     env = {"git_commit": _git("rev-parse", "HEAD"),
            "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
            "python": platform.python_version(), "versions": versions, "hostname": socket.gethostname(),
-           "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+           "platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """The processor, with family and model where /proc/cpuinfo has them: two hosts sold under one model
     name ('AMD EPYC') can differ several-fold in speed, and only these numbers tell their times apart."""
     try:

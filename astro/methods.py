@@ -40,17 +40,22 @@ class Component(NamedTuple):
     older numerics are never reused and a table cannot mix them. reads: the RunConfig fields (dotted paths)
     that can change its numbers; with Pipeline.reads they are the whole of a run's key. data: whether it
     reads calibration data (a pipeline of data-free components, RTN or QuaRot+RTN, runs no calibration
-    forward, and its key holds no calibration field: one record serves every calibration seed)."""
+    forward, and its key holds no calibration field: one record serves every calibration seed).
+    thread_invariant: whether its results are the same bits at any CPU thread count (astro.numerics: its
+    factorizations run serially and nothing else of it sums across threads; experiments/regime_probe.py
+    checks the stages); a pipeline with a component that is not keys the thread count in its regime."""
 
     version: int
     reads: tuple[str, ...]
     data: bool = True
+    thread_invariant: bool = True
 
 
 #   awq 2: no clipping search for q/k (AWQ_CLIP_SKIP).  spinquant 2: the Cayley step cap (astro.rotation).
 COMPONENTS: dict[str, Component] = {
     "quarot": Component(1, ("method.rotation.seed",), data=False),   # random Hadamard rotations
-    "spinquant": Component(2, ("method.rotation", "quant")),     # learns R1/R2 under fake quantization
+    # learns R1/R2 under fake quantization: its backward passes and loss reduce across threads
+    "spinquant": Component(2, ("method.rotation", "quant"), thread_invariant=False),
     "awq": Component(2, ("method.awq", "quant")),
     "regularize": Component(1, ("method.beta", "method.beta_grid", "method.iters", "method.alpha",
                                 "method.linf_group_size", "method.solver", "method.tol",
@@ -92,6 +97,11 @@ class Pipeline(NamedTuple):
     def numerics(self) -> dict[str, int]:
         """{component: version} of what this pipeline runs (recorded with every run)."""
         return {c: COMPONENTS[c].version for c in self.components}
+
+    @property
+    def thread_invariant(self) -> bool:
+        """Whether every component computes the same bits at any CPU thread count (Component)."""
+        return all(COMPONENTS[c].thread_invariant for c in self.components)
 
     @property
     def calibrates(self) -> bool:

@@ -48,10 +48,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import RunConfig, to_dict
+from .data import CORPUS_VERSIONS
 from .environment import environment
 from .fields import added_fields
 from .methods import AUTO, same_computation
 from .models import local_fingerprint
+from .numerics import regime as process_regime
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,9 @@ def canonical_config(cfg: RunConfig) -> dict:
     newer = {c: v for c, v in cfg.method.pipeline.numerics.items() if v > 1}
     if newer:   # numerics changed since records were first written (astro.methods.COMPONENTS)
         d["numerics"] = newer
+    splits = {c: CORPUS_VERSIONS[c] for c in corpora_read(cfg) if CORPUS_VERSIONS.get(c, 1) > 1}
+    if splits:   # a corpus whose splits changed since records were first written (astro.data.CORPUS_VERSIONS)
+        d["corpora"] = splits
     if "calib" in d:
         if not cfg.calib.token_weights.active:   # every token weighs 1: the plain token mean, however written
             for k in ("first_tokens", "first_weight"):
@@ -112,6 +117,12 @@ def canonical_config(cfg: RunConfig) -> dict:
     return d
 
 
+def corpora_read(cfg: RunConfig) -> list[str]:
+    """The corpora a run reads: its calibration corpus (when its pipeline calibrates) and every evaluation set's."""
+    names = [cfg.calib.corpus] if cfg.method.needs_calibration else []
+    return sorted({*names, cfg.eval.corpus, *(s.corpus for s in cfg.eval.sets.values())})
+
+
 def calibrates_with_bos(cfg: RunConfig) -> bool:
     """Whether calibration windows start with a BOS (astro.data.calibration_bos), when the model type is
     known before loading. Records of such models made before calibration followed that rule lack the
@@ -121,10 +132,25 @@ def calibrates_with_bos(cfg: RunConfig) -> bool:
     return resolve_bos(cfg.eval.bos, known_model_type(cfg.model)) == "window"
 
 
-def run_key(cfg: RunConfig) -> str:
-    """16 hex digits of the sha256 of the canonical config (sorted-key JSON)."""
-    blob = json.dumps(canonical_config(cfg), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def numeric_regime(cfg: RunConfig) -> dict:
+    """The numeric regime this process computes cfg's run in (astro.numerics.regime): the device, the torch
+    build and its libraries, the CPU instruction set, and the thread count where the pipeline has a component
+    that is not thread-invariant."""
+    return process_regime(cfg.loop.device, cfg.method.pipeline.thread_invariant)
+
+
+def key_of(canonical: dict, regime: dict | None) -> str:
+    """16 hex digits of the sha256 of the canonical config with its numeric regime (sorted-key JSON). A record
+    made before regimes were recorded (regime None) was keyed by its canonical config alone."""
+    blob = canonical if regime is None else {**canonical, "regime": regime}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def run_key(cfg: RunConfig, regime: dict | None = None) -> str:
+    """The key of cfg's run in `regime` (default: this process's, numeric_regime): one configuration computed
+    in one regime is one record; the same configuration in another regime (another thread count for a
+    thread-dependent pipeline, another GPU, another torch) is another record, never reused for this one."""
+    return key_of(stored_form(canonical_config(cfg)), numeric_regime(cfg) if regime is None else regime)
 
 
 def stored_form(canonical: dict) -> dict:
@@ -161,9 +187,10 @@ def newest(records: Iterable[dict]) -> dict | None:
     return max(records, key=lambda r: r.get("started", ""), default=None)
 
 
-def computation_ident(canonical: dict) -> str:
-    """A stored canonical config's computation_form as one string (the lookup key of ResultStore.by_computation)."""
-    return json.dumps(computation_form(canonical), sort_keys=True)
+def computation_ident(canonical: dict, regime: dict | None = None) -> str:
+    """A stored canonical config's computation_form, with the regime it was computed in, as one string (the
+    lookup key of ResultStore.by_computation: another computation's record answers only within one regime)."""
+    return json.dumps([computation_form(canonical), regime], sort_keys=True)
 
 
 _UMASK = os.umask(0)
@@ -193,15 +220,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def build_record(cfg: RunConfig, key: str, *, experiment: str, scale: str | None, started: str, metrics: dict,
-                 timings: dict, probe_kind: str | None = None, **fields) -> dict:
+                 timings: dict, probe_kind: str | None = None, regime: dict | None = None, **fields) -> dict:
     """The one constructor of a results-store record, for runs (experiments.run) and probes (the Fig. 1/2
     probes: probe_kind='fig1' | 'fig2', their measurements in fields['probe']). It fills what every record carries
-    (REQUIRED_FIELDS, the config, the pipeline's numerics versions, the environment); `fields` adds the
-    caller's own (a run's rows and loop timings, a probe's measurements)."""
+    (REQUIRED_FIELDS, the config, the pipeline's numerics versions, the numeric regime its key holds, the
+    environment); `fields` adds the caller's own (a run's rows and loop timings, a probe's measurements).
+    regime: the one the key was made with (default: this process's, numeric_regime)."""
     record = {"schema": 1, "key": key, "status": "complete", "experiment": experiment, "scale": scale,
               "started": started, "finished": now_iso(), "config": to_dict(cfg),
               "canonical": {"probe": probe_kind, **canonical_config(cfg)} if probe_kind else canonical_config(cfg),
-              "numerics": cfg.method.pipeline.numerics, "metrics": metrics, "timings": timings,
+              "numerics": cfg.method.pipeline.numerics,
+              "regime": numeric_regime(cfg) if regime is None else regime, "metrics": metrics, "timings": timings,
               "env": environment(cfg.loop.device)}
     if probe_kind:
         record["kind"] = f"probe:{probe_kind}"
@@ -407,10 +436,10 @@ class ResultStore:
         return rec
 
     def by_computation(self) -> dict[str, list[dict]]:
-        """The valid records by the computation they made (computation_ident)."""
+        """The valid records by the computation they made and its regime (computation_ident)."""
         out: dict[str, list[dict]] = {}
         for r in self.records():
-            out.setdefault(computation_ident(r["canonical"]), []).append(r)
+            out.setdefault(computation_ident(r["canonical"], r.get("regime")), []).append(r)
         return out
 
     def answering(self, cfg: RunConfig, index: dict[str, list[dict]] | None = None) -> str | None:
@@ -421,7 +450,8 @@ class ResultStore:
         want = stored_form(canonical_config(cfg))
         if asks_for_diagnostics(want):
             return None
-        found = (self.by_computation() if index is None else index).get(computation_ident(want), [])
+        index = self.by_computation() if index is None else index
+        found = index.get(computation_ident(want, numeric_regime(cfg)), [])
         rec = newest(found)
         return rec["key"] if rec else None
 

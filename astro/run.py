@@ -49,6 +49,7 @@ class RunResult:
     loop: LoopResult | None
     timings: dict
     tasks: TaskResult | None = None
+    sets: dict[str, PerplexityResult] = dataclasses.field(default_factory=dict)   # eval.sets' roles
 
     @property
     def rows(self) -> list[dict]:
@@ -63,14 +64,15 @@ class RunResult:
         return [f"{r['block']}.{r['linear']}:{r['fallback']}" for r in self.rows if r.get("fallback")]
 
     def metrics(self) -> dict:
-        p = self.ppl
-        return {"ppl": p.ppl if p else None, "nll": p.nll if p else None,
-                "eval_windows": p.n_windows if p else None,
-                "eval_windows_available": p.n_windows_available if p else None,
-                "eval_seq_len": p.seq_len if p else None, "eval_tokens": p.n_tokens_scored if p else None,
-                "eval_protocol": p.protocol if p else None, "eval_path": p.path if p else None,
-                **(self.tasks.metrics() if self.tasks else {}),
-                "n_fallbacks": len(self.fallbacks())}
+        """The primary test set's PPL and its details at the top level (ppl, nll, ..., nll_per_window), each
+        further role's under sets.<role>, the zero/few-shot scores, the fallbacks' count."""
+        primary = self.ppl.metrics() if self.ppl else dict.fromkeys(
+            ("ppl", "nll", "eval_windows", "eval_windows_available", "eval_seq_len", "eval_tokens", "eval_protocol",
+             "eval_path", "nll_per_window"))
+        out = {**primary, **(self.tasks.metrics() if self.tasks else {}), "n_fallbacks": len(self.fallbacks())}
+        if self.sets:
+            out["sets"] = {role: p.metrics() for role, p in self.sets.items()}
+        return out
 
     def summary(self) -> dict:
         return {"method": self.config["method"]["name"], **self.metrics(),
@@ -81,6 +83,8 @@ def check_inputs(cfg: RunConfig) -> None:
     """Everything that can fail cheaply fails here, before any model or corpus is loaded."""
     check_corpus(cfg.calib.corpus)
     check_corpus(cfg.eval.corpus)
+    for es in cfg.eval.sets.values():
+        check_corpus(es.corpus)
     check_widths(cfg, cfg.model.layer_widths or ())
     check_method_model(cfg)
     if cfg.eval.lm_eval.tasks:
@@ -134,6 +138,7 @@ class Session:
     layer_widths: frozenset[int]           # in_features of the model's linears (checked against every config)
     ties: dict | None = None               # astro.transforms.tie_state at load time
     holdout_ids: torch.Tensor | None = None   # calib.holdout windows the method never sees (None: none)
+    eval_sets: dict[str, EvalTokens] = dataclasses.field(default_factory=dict)   # eval.sets' texts, by role
     keep_original: bool = True             # take the pristine copy at the first reset, so later ones restore
     _original: dict | None = dataclasses.field(default=None, repr=False)
     _handed_out: bool = dataclasses.field(default=False, repr=False)   # reset() has handed the model to a run
@@ -155,7 +160,10 @@ class Session:
         calib = sample_calibration(stream, c.n_samples, c.seq_len, c.seed, bos)
         held = sample_holdout(stream, c.n_samples, c.seq_len, c.seed, c.holdout, bos) if c.holdout else None
         evals = eval_tokens(tok, eval_corpus, cfg.eval.seq_len, cfg.eval.bos, cfg.eval.corpus, model_type)
-        return cls(model, tok, calib, evals, widths, tie_state(model, arch), held, keep_original=keep_original)
+        sets = {role: eval_tokens(tok, load_corpus(es.corpus), cfg.eval.seq_len, cfg.eval.bos, es.corpus, model_type,
+                                  es.split) for role, es in cfg.eval.sets.items()}
+        return cls(model, tok, calib, evals, widths, tie_state(model, arch), held, keep_original=keep_original,
+                   eval_sets=sets)
 
     @property
     def original(self) -> dict:
@@ -231,9 +239,15 @@ def run(cfg: RunConfig, session: Session | None = None, progress: bool = True,
     t = time.perf_counter()
     loop = quantize_model(session.model, session.calib_ids, cfg, progress, on_linear, session.holdout_ids)
     t_quant = time.perf_counter() - t
-    ppl = perplexity(session.model, session.eval_stream, cfg.eval.seq_len, cfg.eval.max_windows,
-                     cfg.eval.batch_size, cfg.loop.device, progress, offload=cfg.eval.offload,
-                     memory_budget_gb=cfg.eval.memory_budget_gb, activations=cfg.loop.offload)
+    def score(tokens, max_windows):
+        return perplexity(session.model, tokens, cfg.eval.seq_len, max_windows, cfg.eval.batch_size, cfg.loop.device,
+                          progress, offload=cfg.eval.offload, memory_budget_gb=cfg.eval.memory_budget_gb,
+                          activations=cfg.loop.offload)
+    ppl = score(session.eval_stream, cfg.eval.max_windows)
+    missing = set(cfg.eval.sets) - set(session.eval_sets)
+    if missing:
+        raise ValueError(f"this session was opened without the evaluation set(s) {sorted(missing)}")
+    sets = {role: score(session.eval_sets[role], es.max_windows) for role, es in cfg.eval.sets.items()}
     tasks = (evaluate_tasks(session.model, session.tokenizer, cfg.eval.lm_eval, cfg.loop.device)
              if cfg.eval.lm_eval.tasks else None)
     rows = loop.rows if loop else []
@@ -245,11 +259,12 @@ def run(cfg: RunConfig, session: Session | None = None, progress: bool = True,
                "block_transform": loop.timings["block_transform"] if loop else 0.0, "calibration": calibration,
                "reconstruction": sum(r["t_regularize"] for r in rows),
                "quantization": sum(r["t_quantize"] for r in rows), "diagnostics": diagnostics,
-               "pipeline": t_quant, "method": t_quant - diagnostics, "evaluation": ppl.seconds,
+               "pipeline": t_quant, "method": t_quant - diagnostics,
+               "evaluation": ppl.seconds + sum(p.seconds for p in sets.values()),
                "tasks": tasks.seconds["total"] if tasks else 0.0}
     timings["total"] = time.perf_counter() - t0
     log.info("%s: ppl %.3f, quantization pipeline %.1fs", cfg.method.name, ppl.ppl, t_quant)
-    return RunResult(to_dict(cfg), ppl, loop, timings, tasks)
+    return RunResult(to_dict(cfg), ppl, loop, timings, tasks, sets)
 
 
 def with_method(cfg: RunConfig, name: str) -> RunConfig:

@@ -19,7 +19,6 @@ as n/a); a single run raises the error.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from astro.results import (
     nonfinite_paths,
     now_iso,
     null_nonfinite,
+    numeric_regime,
     run_key,
 )
 from astro.run import Session, check_inputs, run
@@ -47,7 +47,7 @@ from astro.transforms import NotApplicableError
 
 log = logging.getLogger("astro.runner")
 
-NON_RUN_KEYS = ("store", "tracking", "experiment", "export")
+NON_RUN_KEYS = ("store", "tracking", "experiment", "export", "tune")
 _session_cache: dict[str, Session] = {}
 
 
@@ -91,7 +91,8 @@ def _session(cfg: RunConfig) -> Session:
     weights (astro.run.Session keep_original=False: what lets one 70B run fit in CPU memory)."""
     if _hydra_mode() == "RUN":
         return Session.open(cfg, keep_original=False)
-    ident = repr((cfg.model, local_fingerprint(cfg.model), cfg.calib, cfg.eval.corpus, cfg.eval.seq_len, cfg.eval.bos))
+    ident = repr((cfg.model, local_fingerprint(cfg.model), cfg.calib, cfg.eval.corpus, cfg.eval.seq_len, cfg.eval.bos,
+                  sorted((role, s.corpus, s.split) for role, s in cfg.eval.sets.items())))
     if ident not in _session_cache:
         _session_cache.clear()
         _session_cache[ident] = Session.open(cfg)
@@ -149,7 +150,8 @@ def run_job(raw: dict) -> dict:
     """One job: validate, skip if recorded (and exported, when asked), claim the point (skip it when another
     process holds it), run, record, track, export. Returns a short summary."""
     cfg, extras = split_config(raw)
-    key = run_key(cfg)
+    regime = numeric_regime(cfg)   # part of the key: a record of another regime is not this run's
+    key = run_key(cfg, regime)
     want_export = extras.get("export", False)
     skip_existing = extras["store"].get("skip_existing", True)
     try:
@@ -168,7 +170,7 @@ def run_job(raw: dict) -> dict:
             if _recorded(store, key, cfg, skip_existing, want_export):   # finished while we looked
                 return {"key": key, "skipped": True}
             store.quarantine(key)   # an invalid record (truncated, wrong shape): moved aside, the run redone
-            return _run_locked(cfg, key, extras, store, want_export)
+            return _run_locked(cfg, key, regime, extras, store, want_export)
         finally:
             lock.release()
     except NotApplicableError as e:
@@ -178,7 +180,8 @@ def run_job(raw: dict) -> dict:
         return {"key": key, "skipped": True, "not_applicable": str(e)}
 
 
-def _run_locked(cfg: RunConfig, key: str, extras: dict, store: ResultStore, want_export: bool) -> dict:
+def _run_locked(cfg: RunConfig, key: str, regime: dict, extras: dict, store: ResultStore,
+                want_export: bool) -> dict:
     exp = (extras.get("experiment") or {}).get("name", "single")
     log.info("run start %s [%s] (experiment %s)", describe(cfg), key, exp)
     started = now_iso()
@@ -193,16 +196,17 @@ def _run_locked(cfg: RunConfig, key: str, extras: dict, store: ResultStore, want
     # raises NotApplicableError before any work when the loaded model does not suit the method
     res = run(cfg, session, on_linear=collector)
     metrics = res.metrics()
-    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    bad = nonfinite_paths(metrics)   # every text's PPL, its per-window NLLs, the task scores
     if bad:
         raise NonFiniteResultError(
-            f"{describe(cfg)} [{key}]: {', '.join(f'{k}={v}' for k, v in bad.items())} is not finite "
+            f"{describe(cfg)} [{key}]: metrics.{', metrics.'.join(bad[:5])} not finite "
             f"(a diverged run, or non-finite weights or activations); no record written")
     res.timings["setup"] += t_open  # loading the model and corpora (0 when an earlier job of this process did)
     res.timings["total"] += t_open
     ctx = context()
     record = build_record(cfg, key, experiment=exp, scale=ctx.get("choices", {}).get("scale"), started=started,
-                          metrics=metrics, timings=res.timings, name=f"{exp}:{describe(cfg)}", context=ctx,
+                          metrics=metrics, timings=res.timings, regime=regime, name=f"{exp}:{describe(cfg)}",
+                          context=ctx,
                           loop_timings=res.loop.timings if res.loop else {}, transform=res.transform,
                           fallbacks=res.fallbacks(), rows=res.rows,
                           tasks=res.tasks.to_dict() if res.tasks else None, memory=peak_memory(cfg.loop.device),

@@ -440,6 +440,7 @@ def test_bad_baseline_values_name_their_key(override, key):
 # -- runner and analysis ----------------------------------------------------------------------------------
 
 TINY = ("model=tiny-random-llama", "calib.n_samples=4", "calib.seq_len=64", "eval.seq_len=64", "eval.max_windows=2",
+        "eval.sets.validation.max_windows=2", "eval.sets.test_ood.max_windows=2",
         "method.rotation.steps=2", "tracking.wandb.mode=disabled")
 RUN_METHODS = ("awq", "quarot_rtn", "spinquant_gptq")
 

@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from astro.results import ResultStore, canonical_config, run_key
+from astro.results import ResultStore, canonical_config, key_of, run_key, stored_form
 from experiments import run as runner
 from experiments.grid import Composer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny-random-llama", "calib.n_samples=4", "calib.seq_len=64", "eval.seq_len=64",
-        "eval.max_windows=2", "tracking.wandb.mode=disabled"]
+        "eval.max_windows=2", "eval.sets.validation.max_windows=2", "eval.sets.test_ood.max_windows=2",
+        "tracking.wandb.mode=disabled"]
 
 
 def _raw(store: Path, *overrides: str) -> dict:
@@ -241,8 +242,11 @@ def test_archived_keys_unchanged():
         changed = any(v != made_by.get(c, 1) for c, v in cfg.method.pipeline.numerics.items())
         changed |= calibrates_with_bos(cfg) and "bos" not in r["canonical"].get("calib", {"bos": None})
         changed |= "calib" in r["canonical"] and not cfg.method.needs_calibration   # RTN: data-free since
+        canonical = canonical_config(cfg)
+        if "corpora" not in r["canonical"]:   # made before wiki_offline's roles (version 2): every record here
+            assert canonical.pop("corpora") == {"wiki_offline": 2}   # ... so its key is never reused now
         superseded += changed
-        assert (run_key(cfg) == r["key"]) != changed, r["key"]
+        assert (key_of(stored_form(canonical), r.get("regime")) == r["key"]) != changed, r["key"]
     assert 0 < superseded < len(recs) // 4
 
 
@@ -365,7 +369,6 @@ def test_a_method_added_at_run_time_runs_keys_and_tabulates(tmp_path, monkeypatc
     from hydra.core.config_store import ConfigStore
 
     from analysis import table1
-    from analysis.common import cells
     from astro import methods
     toy = methods.Pipeline("Toy (Astro, clip, RTN)", "astro", "rtn", clip=True)
     monkeypatch.setitem(methods.PIPELINES, "toy", toy)
@@ -383,8 +386,7 @@ def test_a_method_added_at_run_time_runs_keys_and_tabulates(tmp_path, monkeypatc
         assert key() == out["key"] == key("method.gptq.act_order=true", "method.rotation.seed=3")
         assert len({key(), key("method.awq.grid=7"), key("method.beta=1e-3"), key("quant=w4g64")}) == 4
         # an analysis table finds the record and labels it
-        cs = cells("table1", "embedded", ResultStore(store), (*TINY, *toy_run, "calib.seed=0"))
-        df = table1.build(cs, "embedded")
+        df = table1.build(table1.gather("embedded", ResultStore(store), (*TINY, *toy_run, "calib.seed=0")), "embedded")
         assert df.iloc[0]["method"] == toy.label
         assert df.iloc[0]["tiny-random-llama w3g64"] == f"{rec['metrics']['ppl']:.2f} (n=1)"
     finally:
@@ -445,9 +447,10 @@ def test_magr_is_astro_with_uniform_alpha_and_shares_its_record(tmp_path, capsys
     store = ResultStore(tmp_path / "a")
     astro_here = _raw(store.root, "method=astro_gptq", "method.alpha=uniform", *run)
     assert _run(astro_here) == {"key": _key(astro_here), "skipped": True}
-    grid.main(["table3", "--store", str(store.root), *TINY, *run, "method.alpha=uniform", "model=tiny-random-llama"])
+    point = ("method=astro_gptq", "tune.beta_factor=1", "method.alpha=uniform")   # one point of Table 3's grid
+    grid.main(["table3", "--store", str(store.root), *TINY, *run, *point, "model=tiny-random-llama"])
     assert f"answered by {ra['key']}" in capsys.readouterr().out
-    (cell,) = cells("table3", "embedded", store, (*TINY, *run, "method.alpha=uniform"))
+    (cell,) = cells("table3", "embedded", store, (*TINY, *run, *point))
     assert [r["key"] for r in cell.records] == [ra["key"]]
     # activation alpha_k is another computation: not answered
     activation = _raw(store.root, "method=astro_gptq", "method.alpha=activation", *run)

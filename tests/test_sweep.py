@@ -20,7 +20,8 @@ from experiments.grid import Composer
 ROOT = Path(__file__).resolve().parents[1]
 # small enough for seconds per job on the tiny random model
 TINY = ["model=tiny-random-llama", "calib.n_samples=4", "calib.seq_len=64", "eval.seq_len=64",
-        "eval.max_windows=2", "tracking.wandb.mode=disabled"]
+        "eval.max_windows=2", "eval.sets.validation.max_windows=2",
+        "eval.sets.test_ood.max_windows=2", "tracking.wandb.mode=disabled"]
 
 
 def _env():

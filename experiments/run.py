@@ -162,6 +162,7 @@ def _sigterm_exits():
         return
 
     def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # exit once: a second SIGTERM must not cut the cleanup short
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, terminate)

@@ -17,7 +17,7 @@ sweep = $(RUN) -m experiment=$(1) scale=$(SCALE) $(ARGS)
 # $(call analyze,<module>): the analysis script, reading only the results store (same ARGS: same grid)
 analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 
-.PHONY: help setup setup-gemma bench-solver bench-shapes bench-loop export quickstart test test-all lint bench clean-cache run sweep experiments status \
+.PHONY: help setup setup-gemma bench-solver bench-shapes bench-loop export quickstart test test-all test-slurm lint bench clean-cache run sweep experiments status \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
 	reproduce-table7 run-table1 run-table3 run-table7 claims figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
 	calib-study calib-sink w2-groups beyond-study beta-auto beta-strength rehearsal
@@ -46,6 +46,9 @@ test: setup  ## lint, then the test suite without the slow end-to-end checks (CP
 test-all: setup  ## lint, then every test, the slow end-to-end checks included (CPU, about 10 minutes)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests $(ARGS)
+
+test-slurm: setup  ## the SLURM tests on a throwaway one-node cluster (installs Debian's slurm + munge when missing; root)
+	bash tests/slurm/cluster.sh $(PY) -m pytest -q -p no:xdist -m slurm tests $(ARGS)
 
 lint: setup  ## ruff check (the pinned version; config in pyproject.toml)
 	$(PY) -m ruff check . $(ARGS)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .slurm import slurm_job
+
 
 def _git(*args: str) -> str | None:
     try:
@@ -20,7 +22,8 @@ def _git(*args: str) -> str | None:
 
 
 def environment(device: str) -> dict:
-    """Where and with what a run was computed: code version, library versions, hardware, threads."""
+    """Where and with what a run was computed: code version, library versions, hardware, threads; under SLURM
+    the job (`slurm`: astro.slurm.slurm_job, absent outside SLURM)."""
     import importlib.metadata as md
 
     import torch
@@ -37,6 +40,9 @@ def environment(device: str) -> dict:
            "torch_threads": torch.get_num_threads(), "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    job = slurm_job()
+    if job is not None:
+        env["slurm"] = job
     return env
 
 

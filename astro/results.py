@@ -11,9 +11,10 @@ an invalid record (truncated, hand-edited, the wrong shape) counts as missing; a
 (`record.json.corrupt-<UTC time>`) and redoes the run. Analysis reads only valid records.
 
 A sweep claims a point before running it with a lock file, <root>/<key>/.lock (created atomically with
-O_CREAT|O_EXCL; it holds the host, pid and start time), so two sweeps on one store never compute the
-same point: the second skips it. A lock whose process is gone (same host, dead pid), that cannot be
-read, or that is older than LOCK_STALE_AFTER_S is stale and taken over with a warning.
+O_CREAT|O_EXCL; it holds the host, pid, start time and SLURM job), so two sweeps on one store never compute the
+same point: the second skips it. A lock whose process is gone (same host, dead pid; or, made inside a SLURM
+job, that job is over: astro.slurm.job_ended), that cannot be read, or that is older than LOCK_STALE_AFTER_S
+is stale and taken over with a warning.
 
 The key hashes the *canonical* RunConfig: fields that cannot change the run's numbers are dropped
 (regularization settings when the pipeline has no Astro/MagR step, GPTQ settings when it does not use
@@ -54,6 +55,7 @@ from .fields import added_fields
 from .methods import AUTO, same_computation
 from .models import local_fingerprint
 from .numerics import regime as process_regime
+from .slurm import job_ended, job_spec, slurm_job
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +337,9 @@ def _pid_alive(pid: int) -> bool:
 def describe_lock(holder: dict | None) -> str:
     if not holder:
         return "unreadable lock"
-    return f"pid {holder.get('pid')} on {holder.get('hostname')} since {holder.get('started')}"
+    job = holder.get("slurm")
+    in_job = f" (SLURM job {job_spec(job)})" if isinstance(job, dict) and job.get("job_id") else ""
+    return f"pid {holder.get('pid')} on {holder.get('hostname')}{in_job} since {holder.get('started')}"
 
 
 def lock_stale_reason(path: Path, holder: dict | None) -> str | None:
@@ -354,6 +358,10 @@ def lock_stale_reason(path: Path, holder: dict | None) -> str | None:
     pid = holder.get("pid")
     if holder.get("hostname") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
         return f"its process {pid} on this host is gone"
+    job = holder.get("slurm")
+    ended = job_ended(job) if isinstance(job, dict) and job.get("job_id") else None
+    if ended:   # cancelled or killed, maybe on a node this process cannot see
+        return f"its SLURM job {job_spec(job)} is {ended}"
     return None
 
 
@@ -491,7 +499,7 @@ class ResultStore:
         path = self.lock_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         info = {"hostname": socket.gethostname(), "pid": os.getpid(), "started": now_iso(), "time": time.time(),
-                "token": uuid.uuid4().hex}
+                "token": uuid.uuid4().hex, "slurm": slurm_job()}
         text = json.dumps(info)
         holder = None
         for _ in range(5):

@@ -18,8 +18,12 @@ as n/a); a single run raises the error.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,9 +91,10 @@ def describe(cfg: RunConfig) -> str:
 def _session(cfg: RunConfig) -> Session:
     """Reuse the loaded model and token streams across jobs of one process (the basic launcher).
     The key is everything Session.open reads: model (a local one's contents too), calibration sampling,
-    evaluation tokens. A single Hydra run (no -m) serves one job: its session keeps no second copy of the
-    weights (astro.run.Session keep_original=False: what lets one 70B run fit in CPU memory)."""
-    if _hydra_mode() == "RUN":
+    evaluation tokens. A single Hydra run (no -m) and a submitit job (hydra/launcher=slurm|local_submitit:
+    one process per point) serve one job: their session keeps no second copy of the weights
+    (astro.run.Session keep_original=False: what lets one 70B run fit in CPU memory)."""
+    if _hydra_mode() == "RUN" or os.environ.get("SUBMITIT_EXECUTOR"):
         return Session.open(cfg, keep_original=False)
     ident = repr((cfg.model, local_fingerprint(cfg.model), cfg.calib, cfg.eval.corpus, cfg.eval.seq_len, cfg.eval.bos,
                   sorted((role, s.corpus, s.split) for role, s in cfg.eval.sets.items())))
@@ -146,14 +151,42 @@ def _recorded(store: ResultStore, key: str, cfg: RunConfig, skip_existing: bool,
     return False
 
 
+@contextlib.contextmanager
+def _sigterm_exits():
+    """Within it, SIGTERM (scancel, `kill`) raises SystemExit(143): the finally blocks run, so a claimed point's
+    lock is released and the job ends as terminated. Python's default action kills at once, and submitit only
+    logs SIGTERM (the job runs on until SLURM's SIGKILL, KillWait later): either way the lock stayed, and one
+    left by another host is trusted for LOCK_STALE_AFTER_S unless its SLURM job is known to be over. Signal
+    handlers belong to the main thread: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # exit once: a second SIGTERM must not cut the cleanup short
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_job(raw: dict) -> dict:
     """One job: validate, skip if recorded (and exported, when asked), claim the point (skip it when another
-    process holds it), run, record, track, export. Returns a short summary."""
+    process holds it), run, record, track, export. Returns a short summary. SIGTERM ends it (_sigterm_exits)."""
     cfg, extras = split_config(raw)
     regime = numeric_regime(cfg)   # part of the key: a record of another regime is not this run's
     key = run_key(cfg, regime)
     want_export = extras.get("export", False)
     skip_existing = extras["store"].get("skip_existing", True)
+    with _sigterm_exits():
+        return _claim_and_run(cfg, key, regime, extras, want_export, skip_existing)
+
+
+def _claim_and_run(cfg: RunConfig, key: str, regime: dict, extras: dict, want_export: bool,
+                   skip_existing: bool) -> dict:
     try:
         check_inputs(cfg)
         if want_export:

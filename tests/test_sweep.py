@@ -76,7 +76,10 @@ def test_two_point_multirun_records_skips_and_resumes(tmp_path):
     assert store.path(kept).stat().st_mtime_ns == mtimes[kept]
 
 
-def test_killed_run_leaves_no_record(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_run_leaves_no_record(tmp_path, sig):
+    """Killed mid-run: no record. SIGKILL leaves the point's lock (a later run takes it over as stale);
+    SIGTERM (scancel, `kill`) exits as terminated (143) through the finally blocks, releasing it."""
     cmd = [sys.executable, "-m", "experiments.run", *TINY, "method=gptq", "calib.n_samples=512", "calib.seq_len=256",
            f"store.root={tmp_path / 'store'}", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -88,12 +91,15 @@ def test_killed_run_leaves_no_record(tmp_path):
             if "run start" in line:
                 break
         time.sleep(3.0)
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, sig)
     finally:
+        seen.extend(proc.stdout)
         proc.wait(timeout=60)
     assert any("run start" in s for s in seen), "".join(seen)[-2000:]
-    assert proc.returncode == -signal.SIGKILL  # it was still working when killed
+    killed = -signal.SIGKILL if sig == signal.SIGKILL else 128 + signal.SIGTERM
+    assert proc.returncode == killed, "".join(seen)[-2000:]   # it was still working when killed
     assert not list((tmp_path / "store").glob("**/record.json")) and _keys(tmp_path) == set()
+    assert len(list((tmp_path / "store").glob("*/.lock"))) == (1 if sig == signal.SIGKILL else 0)
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
@@ -135,6 +141,19 @@ def test_session_reuse_follows_what_session_open_reads(tiny_cfg):
     assert b is not a and b.eval_stream.ids[0] == b.tokenizer.bos_token_id
     c = runner._session(dataclasses.replace(tiny_cfg, eval=dataclasses.replace(tiny_cfg.eval, seq_len=32)))
     assert c is not b and c.eval_stream.seq_len == 32
+    runner._session_cache.clear()
+
+
+def test_submitit_job_session_keeps_no_copy(tiny_cfg, monkeypatch):
+    """A submitit job (hydra/launcher=slurm|local_submitit) is a process of its own for one point: its session
+    takes no second copy of the weights (~140 GB more CPU RAM for a 70B job) and is not cached."""
+    from experiments import run as runner
+    runner._session_cache.clear()
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    session = runner._session(tiny_cfg)
+    assert not session.keep_original and not runner._session_cache
+    monkeypatch.delenv("SUBMITIT_EXECUTOR")
+    assert runner._session(tiny_cfg).keep_original and runner._session_cache
     runner._session_cache.clear()
 
 

@@ -62,6 +62,27 @@ class LoopConfig:
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"loop.batch_size must be >= 1, got {self.batch_size}")
+        for key in ("device", "offload"):
+            parse_device(f"loop.{key}", getattr(self, key))
+
+
+def parse_device(key: str, value) -> torch.device:
+    """`value` as a torch device ('cpu', 'cuda', 'cuda:1', 'mps'), or a ValueError naming `key` and the value.
+    Whether such a device exists here is checked before loading (astro.preflight.check_device), not here: a
+    config for a GPU cluster is composed and keyed on machines without one."""
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type == "meta":
+        raise ValueError(f"{key} must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {value!r}")
+    return dev
+
+
+def device_kind(value: str) -> str:
+    """The kind of processor a device string names ('cuda:1' -> 'cuda'): what a run's numbers can depend on
+    (the device index is an address; the processor itself is in the record's env)."""
+    return torch.device(value).type
 
 
 @dataclass

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .blockwise import device_kind
 from .config import RunConfig, to_dict
 from .environment import environment
 from .fields import added_fields
@@ -89,6 +90,12 @@ def canonical_config(cfg: RunConfig) -> dict:
         m["alpha"] = cfg.method.alpha_mode
     if "beta_grid" in m and cfg.method.beta != AUTO:   # the candidates of beta=auto: a fixed beta never reads them
         del m["beta_grid"]
+    if m.get("linf_group_size") is not None and m["linf_group_size"] == cfg.quant.group_size:
+        m["linf_group_size"] = None   # None means the quantization group size (MethodConfig.regularize_config)
+    for k in ("device", "offload"):   # which kind of processor computes, not its index: cuda == cuda:0 == cuda:1
+        if k in d.get("loop", {}):
+            d["loop"][k] = device_kind(d["loop"][k])
+    d["model"].pop("layer_widths", None)   # a pre-load check (astro.preflight), never read by the computation
     newer = {c: v for c, v in cfg.method.pipeline.numerics.items() if v > 1}
     if newer:   # numerics changed since records were first written (astro.methods.COMPONENTS)
         d["numerics"] = newer

@@ -2,7 +2,8 @@
 reported numbers, and writers for Markdown / LaTeX / CSV tables and PNG / PDF figures.
 
 Numbers come only from run records (astro/results.py) and analysis/reported.yaml. A grid point without
-a record stays in the table as an explicit "missing" cell. Several records that differ only in the
+a record stays in the table as an explicit "missing" cell, or "diverged" when its runs' records say they
+diverged (a non-finite perplexity: recorded, never a number here). Several records that differ only in the
 calibration seed are one cell: mean +- std over seeds.
 
 Which records a cell shows: those whose *stored* canonical config (the record's own account of what
@@ -28,7 +29,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +37,7 @@ import yaml
 
 from astro.methods import PIPELINES
 from astro.results import (
+    DIVERGED,
     ResultStore,
     asks_for_diagnostics,
     atomic_write_text,
@@ -99,16 +101,18 @@ def lookup(record: dict, path: str):
 
 @dataclass
 class Cell:
-    """One grid point: its overrides and the records (one per seed) found for it."""
+    """One grid point: its overrides and the records (one per seed) found for it; diverged: the records of its
+    runs that diverged (astro.results: status 'diverged', never a result), for the seeds without a result."""
 
     choices: dict
     config: object
     key: str
     records: list
+    diverged: list = field(default_factory=list)
 
     @property
     def status(self) -> str:
-        return "recorded" if self.records else MISSING
+        return "recorded" if self.records else DIVERGED if self.diverged else MISSING
 
     def values(self, path: str) -> list[float]:
         """The value at `path` ('metrics.ppl') of every record that has one."""
@@ -124,10 +128,13 @@ class Cell:
 
     def fmt(self, path: str, digits: int = 2, note: str = "") -> str:
         """'mean ± std (n=N)' over the seeds; one seed shows 'value (n=1)' so it reads as single-seed;
-        'missing' without a record, 'NaN' when the mean is not finite. note: appended inside the count."""
+        'missing' without a record, 'diverged' when its only runs diverged (and ', K diverged' inside the count
+        beside results), 'NaN' when the mean is not finite. note: appended inside the count."""
         m, sd, n = self.mean_std(path)
         if n == 0:
-            return MISSING
+            return DIVERGED if self.diverged and not self.records else MISSING
+        if self.diverged:
+            note = f", {len(self.diverged)} diverged{note}"
         if not math.isfinite(m):
             return "NaN"
         s = f"{m:.{digits}f}" if abs(m) < 1e5 else f"{m:.3g}"
@@ -146,9 +153,12 @@ def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...
     """The experiment's grid points at `scale` (plus extra overrides), each with its records."""
     by_seedless: dict[str, list] = {}
     answering: dict[str, list] = {}   # every record, by the computation it made (its seed aside)
+    diverged: dict[str, list] = {}    # the records of runs that diverged
     for rec in store.records():
         by_seedless.setdefault(seedless_key(rec["canonical"]), []).append(rec)
         answering.setdefault(seedless_key(computation_form(rec["canonical"])), []).append(rec)
+    for rec in store.records(DIVERGED):
+        diverged.setdefault(seedless_key(rec["canonical"]), []).append(rec)
     with Composer() as c:
         points = c.points(experiment, scale, extra)
     out, seen = [], set()
@@ -161,20 +171,26 @@ def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...
             recs = by_seedless.get(sk, [])
             if not asks_for_diagnostics(canonical):
                 recs = recs + _answering_seeds(answering.get(seedless_key(computation_form(canonical)), []), recs)
-            out.append(Cell(p.choices, p.config, p.key, recs))
-            if not recs:
+            seeds = {_seed(r) for r in recs}
+            failed = [r for r in diverged.get(sk, []) if _seed(r) not in seeds]
+            out.append(Cell(p.choices, p.config, p.key, recs, failed))
+            if not recs and not failed:
                 _explain_missing(canonical, by_seedless, p.choices)
     return out
+
+
+def _seed(record: dict):
+    """A record's calibration seed (None for a pipeline that reads no calibration data)."""
+    return (record["canonical"].get("calib") or {}).get("seed")
 
 
 def _answering_seeds(candidates: list, own: list) -> list:
     """For each calibration seed the cell's own records lack, the newest record of that seed among
     `candidates` (records of the same computation: astro.results.computation_form)."""
-    seed = lambda r: (r["canonical"].get("calib") or {}).get("seed")   # noqa: E731
-    have, by_seed = {seed(r) for r in own}, {}
+    have, by_seed = {_seed(r) for r in own}, {}
     for r in candidates:
-        if seed(r) not in have:
-            by_seed.setdefault(seed(r), []).append(r)
+        if _seed(r) not in have:
+            by_seed.setdefault(_seed(r), []).append(r)
     return [newest(rs) for rs in by_seed.values()]
 
 

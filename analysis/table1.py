@@ -87,6 +87,7 @@ def main(argv=None) -> None:
     caption = " ".join(part for part in (
         "Perplexity (lower is better).", data_caption(cs, a.scale), beta_caption(cs),
         "'not run': a method this codebase does not run (reported only); 'missing': no record yet;"
+        " 'diverged': its run's perplexity was not finite (recorded as such, store.retry_diverged=true reruns it);"
         " 'n/a': the method does not apply to that model (e.g. a residual rotation across Gemma3's sandwich"
         " norms). SpinQuant is the weight-only recipe: learned rotations, then GPTQ.") if part)
     out = a.out or a.store.parent / "tables"

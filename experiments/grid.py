@@ -125,7 +125,7 @@ def main(argv=None) -> None:
         root = a.store or c.raw([f"experiment={a.experiment}", f"scale={a.scale}",
                                  *(o for o in a.overrides if o.startswith("store.root="))])["store"]["root"]
     store = ResultStore(Path(root))
-    done, na, index = 0, 0, store.by_computation()
+    done, na, diverged, index = 0, 0, 0, store.by_computation()
     for p in pts:   # an invalid record (truncated, wrong shape) is missing: the next sweep redoes it
         if not_applicable(p.config) is not None:   # the sweep skips it; tables show n/a
             na += 1
@@ -134,11 +134,17 @@ def main(argv=None) -> None:
         rec, why = store.load(store.path(p.key))
         other = store.answering(p.config, index) if rec is None else None
         done += rec is not None or other is not None
+        failed = store.diverged(p.key) if rec is None and other is None else None
+        diverged += failed is not None
         note = f"  (invalid record: {why})" if why else ""
         note += f"  (answered by {other}: the same computation)" if other else ""
-        print(f"{'missing' if rec is None and other is None else 'done   '} {p.key}  {' '.join(p.overrides)}{note}")
+        note += f"  (its run diverged: {failed['diverged'].get('cause')}; store.retry_diverged=true reruns it)" \
+            if failed else ""
+        state = "done   " if rec is not None or other is not None else "diverged" if failed else "missing"
+        print(f"{state} {p.key}  {' '.join(p.overrides)}{note}")
     print(f"{a.experiment} ({a.scale}): {done}/{len(pts) - na} points recorded in {store.root}"
-          + (f" ({na} not applicable to their model)" if na else ""))
+          + (f" ({na} not applicable to their model)" if na else "")
+          + (f" ({diverged} diverged: recorded as such, not results)" if diverged else ""))
 
 
 if __name__ == "__main__":

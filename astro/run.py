@@ -29,7 +29,14 @@ from .methods import LinearOutcome, process_linear
 from .models import known_model_type, load_model, local_model_path
 from .preflight import check_calibration_memory, check_device, check_lengths, model_shape, shape_from_config
 from .tasks import TaskResult, check_tasks, evaluate_tasks
-from .transforms import block_transform, check_applicable, model_transform, restore_ties, tie_state
+from .transforms import (
+    NotApplicableError,
+    block_transform,
+    check_applicable,
+    model_transform,
+    restore_ties,
+    tie_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +95,7 @@ def check_inputs(cfg: RunConfig) -> None:
               ("eval.corpus", cfg.eval.corpus, lambda: check_corpus(cfg.eval.corpus)),
               ("loop.device", cfg.loop.device, lambda: check_device("loop.device", cfg.loop.device)),
               ("loop.offload", cfg.loop.offload, lambda: check_device("loop.offload", cfg.loop.offload)),
+              ("method.name", cfg.method.name, lambda: check_method_model(cfg)),   # NotApplicableError passes
               ("model.source", cfg.model.source, cfg.model.check_available),
               ("quant.group_size", cfg.quant.group_size, lambda: check_widths(cfg, pre_load_widths(cfg, shape))),
               ("eval.lm_eval.tasks", cfg.eval.lm_eval.tasks,
@@ -97,10 +105,11 @@ def check_inputs(cfg: RunConfig) -> None:
     for key, value, check in checks:
         try:
             check()
+        except NotApplicableError:
+            raise
         except (ValueError, OSError, RuntimeError) as e:
             msg = " ".join(str(e).split())   # one line
             raise ConfigError(msg if key is None or key in msg else f"{key}={value!r}: {msg}") from None
-    check_method_model(cfg)
 
 
 def pre_load_widths(cfg: RunConfig, shape=None) -> tuple[int, ...]:

@@ -431,12 +431,12 @@ class ResultStore:
     def quarantine(self, key: str) -> Path | None:
         """Move an invalid record file of `key` aside (record.json[.gz].corrupt-<UTC time>, same directory) with
         a warning naming it; returns where it went (None when the record is valid or absent)."""
-        why = self.problem(key)
+        path, why = self.path(key), self.problem(key)
         if why is None:
             return None
         dest = self._move_aside(key, "corrupt")
         if dest is not None:
-            log.warning("invalid record %s (%s): moved aside to %s, the run is redone", self.path(key), why, dest.name)
+            log.warning("invalid record %s (%s): moved aside to %s, the run is redone", path, why, dest.name)
         return dest
 
     def retire_diverged(self, key: str) -> Path | None:

@@ -283,6 +283,9 @@ def main(hcfg: DictConfig) -> dict:
     except ConfigError as e:   # a bad key or value: one line naming it, no traceback, exit code 2
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteResultError as e:   # a diverged run, recorded as such: its cause and record in one line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

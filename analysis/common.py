@@ -154,11 +154,12 @@ def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...
     by_seedless: dict[str, list] = {}
     answering: dict[str, list] = {}   # every record, by the computation it made (its seed aside)
     diverged: dict[str, list] = {}    # the records of runs that diverged
-    for rec in store.records():
+    for rec in store.records(status=None):   # one pass: results, and the records of diverged runs
+        if rec["status"] == DIVERGED:
+            diverged.setdefault(seedless_key(rec["canonical"]), []).append(rec)
+            continue
         by_seedless.setdefault(seedless_key(rec["canonical"]), []).append(rec)
         answering.setdefault(seedless_key(computation_form(rec["canonical"])), []).append(rec)
-    for rec in store.records(DIVERGED):
-        diverged.setdefault(seedless_key(rec["canonical"]), []).append(rec)
     with Composer() as c:
         points = c.points(experiment, scale, extra)
     out, seen = [], set()

@@ -183,11 +183,13 @@ def check_device(key: str, value: str) -> None:
 
 
 def check_lengths(cfg, shape: ModelShape | None) -> None:
-    """calib.seq_len and eval.seq_len within the model's context (max_position_embeddings): beyond it the
-    positions are ones the model never saw, and a perplexity there measures that."""
+    """calib.seq_len (for a method that calibrates) and eval.seq_len within the model's context
+    (max_position_embeddings): beyond it the positions are ones the model never saw, and a perplexity there
+    measures that."""
     if shape is None or not shape.max_positions:
         return
-    for key, n in (("calib.seq_len", cfg.calib.seq_len), ("eval.seq_len", cfg.eval.seq_len)):
+    lengths = (("calib.seq_len", cfg.calib.seq_len),) if cfg.method.needs_calibration else ()
+    for key, n in (*lengths, ("eval.seq_len", cfg.eval.seq_len)):
         if n > shape.max_positions:
             raise ValueError(f"{key}={n} is longer than the model's context of {shape.max_positions} tokens "
                              f"({shape.source}): lower {key}")

@@ -416,14 +416,14 @@ class ResultStore:
         rec = newest(found)
         return rec["key"] if rec else None
 
-    def records(self, status: str = COMPLETE) -> Iterator[dict]:
+    def records(self, status: str | None = COMPLETE) -> Iterator[dict]:
         """Every valid record under root (invalid files are skipped with a warning naming them); status
-        'diverged': the records of diverged runs instead."""
+        'diverged': the records of diverged runs instead; None: every well-formed record, whatever its status."""
         files = {p.parent: p for p in self.root.glob(f"*/{RECORD_GZ}")}
         files.update({p.parent: p for p in self.root.glob(f"*/{RECORD}")})   # the plain file wins (path())
         for _, p in sorted(files.items()):
             rec, why = self.parse(p)
-            if rec is not None and rec["status"] == status:
+            if rec is not None and status in (None, rec["status"]):
                 yield rec
             elif why is not None:
                 log.warning("skipping invalid record %s: %s", p, why)
@@ -484,7 +484,7 @@ def archive_records(store: ResultStore, dest: Path, since: str = "") -> list[str
     file), with the files a run keeps beside its record (a probe's arrays). A key `dest` already holds is left
     as it is. Returns the keys copied."""
     archive, copied = ResultStore(dest), []
-    for rec in [*store.records(), *store.records(DIVERGED)]:   # a divergence is a finding too
+    for rec in store.records(status=None):   # a diverged run's record too: a divergence is a finding
         key = rec["key"]
         if rec.get("finished", "") < since or archive.parse(archive.path(key))[0] is not None:
             continue

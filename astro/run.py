@@ -97,10 +97,10 @@ def check_inputs(cfg: RunConfig) -> None:
               ("loop.offload", cfg.loop.offload, lambda: check_device("loop.offload", cfg.loop.offload)),
               ("method.name", cfg.method.name, lambda: check_method_model(cfg)),   # NotApplicableError passes
               ("model.source", cfg.model.source, cfg.model.check_available),
-              ("quant.group_size", cfg.quant.group_size, lambda: check_widths(cfg, pre_load_widths(cfg, shape))),
               ("eval.lm_eval.tasks", cfg.eval.lm_eval.tasks,
                lambda: check_tasks(cfg.eval.lm_eval) if cfg.eval.lm_eval.tasks else None),
-              (None, None, lambda: check_lengths(cfg, shape)),          # these name their keys themselves
+              (None, None, lambda: check_widths(cfg, pre_load_widths(cfg, shape))),   # these name their keys
+              (None, None, lambda: check_lengths(cfg, shape)),
               (None, None, lambda: check_calibration_memory(cfg, shape)))
     for key, value, check in checks:
         try:

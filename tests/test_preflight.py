@@ -56,13 +56,19 @@ def _unavailable_cuda() -> str:
     ("quant.group_size=256", ("quant.group_size=256", "in_features=64")),   # the tiny model is 64 wide
     ("eval.seq_len=4096", ("eval.seq_len=4096", "2048")),                   # its context is 2048
     ("calib.seq_len=100000", ("calib.seq_len=100000", "2048")),
+    ("method=astro_gptq quant.group_size=32 method.linf_group_size=256", ("method.linf_group_size=256", "=64")),
 ])
 def test_bad_input_is_a_config_error_before_loading(tmp_path, no_loading, override, needles):
     with pytest.raises(ConfigError) as e:
-        runner.run_job(_raw(tmp_path, "method=gptq", override))
+        runner.run_job(_raw(tmp_path, "method=gptq", *override.split()))
     msg = str(e.value)
     assert "\n" not in msg and all(n in msg for n in needles), msg
     assert not (tmp_path / "store").exists()
+
+
+def test_a_data_free_method_reads_no_calibration_length(tmp_path):
+    """RTN calibrates nothing: a calibration length beyond the context is no reason to refuse it."""
+    check_inputs(runner.split_config(_raw(tmp_path, "method=rtn", "calib.seq_len=100000"))[0])
 
 
 def test_cli_pre_load_error_is_one_line_exit_2(tmp_path):

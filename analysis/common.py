@@ -7,7 +7,8 @@ diverged (a non-finite perplexity: recorded, never a number here). Several recor
 calibration seed are one cell: mean +- std over seeds.
 
 Which records a cell shows: those whose *stored* canonical config (the record's own account of what
-determined its numbers) equals the canonical config of today's grid point, the seed aside. The canonical
+determined its numbers), in today's spelling (astro.results.current_form: e.g. without model.layer_widths,
+which later left the key), equals the canonical config of today's grid point, the seed aside. The canonical
 config holds only the fields the method's pipeline declares it reads (astro.methods.Pipeline.reads), and a
 field added later enters it only away from its old-behaviour default (astro.fields.added_field). So a new
 field, or a changed default of a field the method does not read, leaves every record in its cell; a change
@@ -43,6 +44,7 @@ from astro.results import (
     atomic_write_text,
     canonical_config,
     computation_form,
+    current_form,
     newest,
     stored_form,
 )
@@ -155,10 +157,11 @@ def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...
     answering: dict[str, list] = {}   # every record, by the computation it made (its seed aside)
     diverged: dict[str, list] = {}    # the records of runs that diverged
     for rec in store.records(status=None):   # one pass: results, and the records of diverged runs
+        form = current_form(rec["canonical"])   # as today's canonical_config writes it (records keyed before)
         if rec["status"] == DIVERGED:
-            diverged.setdefault(seedless_key(rec["canonical"]), []).append(rec)
+            diverged.setdefault(seedless_key(form), []).append(rec)
             continue
-        by_seedless.setdefault(seedless_key(rec["canonical"]), []).append(rec)
+        by_seedless.setdefault(seedless_key(form), []).append(rec)
         answering.setdefault(seedless_key(computation_form(rec["canonical"])), []).append(rec)
     with Composer() as c:
         points = c.points(experiment, scale, extra)
@@ -212,7 +215,7 @@ def _explain_missing(canonical: dict, by_seedless: dict[str, list], choices: dic
     def same_run_family(c: dict) -> bool:
         return all(c.get(s) == canonical.get(s) for s in ("model", "quant")) and \
             c.get("method", {}).get("name") == canonical["method"]["name"]
-    near = [recs[0]["canonical"] for recs in by_seedless.values() if same_run_family(recs[0]["canonical"])]
+    near = [c for recs in by_seedless.values() if same_run_family(c := current_form(recs[0]["canonical"]))]
     if near:
         fields = Counter(f for c in near for f in differing_fields(canonical, c) if f != "calib.seed")
         log.info("missing %s: the store has %d configuration(s) of this method, model and setting, differing in %s",

@@ -92,12 +92,7 @@ def canonical_config(cfg: RunConfig) -> dict:
         m["alpha"] = cfg.method.alpha_mode
     if "beta_grid" in m and cfg.method.beta != AUTO:   # the candidates of beta=auto: a fixed beta never reads them
         del m["beta_grid"]
-    if m.get("linf_group_size") is not None and m["linf_group_size"] == cfg.quant.group_size:
-        m["linf_group_size"] = None   # None means the quantization group size (MethodConfig.regularize_config)
-    for k in ("device", "offload"):   # which kind of processor computes, not its index: cuda == cuda:0 == cuda:1
-        if k in d.get("loop", {}):
-            d["loop"][k] = device_kind(d["loop"][k])
-    d["model"].pop("layer_widths", None)   # a pre-load check (astro.preflight), never read by the computation
+    _one_spelling(d)
     newer = {c: v for c, v in cfg.method.pipeline.numerics.items() if v > 1}
     if newer:   # numerics changed since records were first written (astro.methods.COMPONENTS)
         d["numerics"] = newer
@@ -112,13 +107,45 @@ def canonical_config(cfg: RunConfig) -> dict:
     fingerprint = local_fingerprint(cfg.model)
     if fingerprint is not None:   # a local model: its contents, not only its path (other models: no field)
         d["model"]["fingerprint"] = fingerprint
-    for path, value in added_fields(RunConfig).items():   # at their defaults, as before they existed
+    _drop_added_defaults(d)
+    return d
+
+
+def _one_spelling(d: dict) -> None:
+    """Write, in canonical dict `d` (built or stored), the spellings of one computation one way."""
+    m, quant = d.get("method") or {}, d.get("quant") or {}
+    if m.get("linf_group_size") is not None and m["linf_group_size"] == quant.get("group_size"):
+        m["linf_group_size"] = None   # None means the quantization group size (MethodConfig.regularize_config)
+    loop = d.get("loop") or {}
+    for k in ("device", "offload"):   # which kind of processor computes, not its index: cuda == cuda:0 == cuda:1
+        if isinstance(loop.get(k), str):
+            loop[k] = device_kind(loop[k])
+    (d.get("model") or {}).pop("layer_widths", None)   # a pre-load check (astro.preflight), read by no computation
+
+
+def _drop_added_defaults(d: dict) -> None:
+    """Leave out of canonical dict `d` every added_field at its default, as before it existed."""
+    for path, value in added_fields(RunConfig).items():
         node = d
         for p in path[:-1]:
             node = node.get(p, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict) and path[-1] in node and node[path[-1]] == value:
+        if isinstance(node, dict) and path[-1] in node and stored_form(node[path[-1]]) == stored_form(value):
             del node[path[-1]]
-    return d
+
+
+def current_form(canonical: dict) -> dict:
+    """A stored canonical config (a record's) in the form canonical_config writes today: the spellings of one
+    computation that later rules write one way (_one_spelling; method.beta_grid ascending) are rewritten, so a
+    record keyed before those rules still matches its computation (analysis.common.cells,
+    ResultStore.answering); its key stays its own. A beta_grid with repeats stays as it is: beta=auto
+    warm-started the repeat from itself, another computation than the grid without it."""
+    out = copy.deepcopy(canonical)
+    _one_spelling(out)
+    m = out.get("method") or {}
+    if isinstance(m.get("beta_grid"), list) and len(set(m["beta_grid"])) == len(m["beta_grid"]):
+        m["beta_grid"] = sorted(m["beta_grid"])
+    _drop_added_defaults(out)
+    return out
 
 
 def calibrates_with_bos(cfg: RunConfig) -> bool:
@@ -142,8 +169,8 @@ def canonical_key(canonical: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def stored_form(canonical: dict) -> dict:
-    """A canonical config as a record stores it (JSON: tuples become lists)."""
+def stored_form(canonical):
+    """A canonical config (or a value of one) as a record stores it (JSON: tuples become lists)."""
     return json.loads(json.dumps(canonical))
 
 
@@ -160,8 +187,9 @@ def computation_form(canonical: dict) -> dict:
     """`canonical` (as stored) reduced to the computation whose numbers it records: without the fields that
     only add diagnostics (asks_for_diagnostics), and with method.name the first pipeline of the same
     computation (astro.methods.same_computation: magr_gptq is astro_gptq with uniform alpha_k, and the run
-    key always spells alpha_k's mode out). Runs of equal forms have the same weights and metrics."""
-    out = copy.deepcopy(canonical)
+    key always spells alpha_k's mode out), in today's spelling (current_form). Runs of equal forms have the
+    same weights and metrics."""
+    out = current_form(canonical)
     if asks_for_diagnostics(out):
         del out["calib"]["holdout"]
     method = out.get("method") or {}

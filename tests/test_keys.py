@@ -97,3 +97,34 @@ def test_layer_widths_are_a_check_not_part_of_the_key():
     assert len(keys) == 1
     assert "layer_widths" not in canonical_config(RunConfig(model=ModelConfig("smollm2-135m", layer_widths=(576,))))[
         "model"]
+
+
+def test_a_record_keyed_before_these_rules_still_answers_for_its_computation(tmp_path):
+    """A record whose stored canonical config spells the computation the old way (model.layer_widths in it,
+    cuda:0, linf_group_size at the group size, the grid in another order) keeps its own key, and still
+    matches today's point in the tables and answers for it in sweeps; a grid with a repeat was another
+    computation (beta=auto warm-started the repeat from itself) and does not."""
+    import json
+
+    from analysis.common import cells
+    from astro.results import ResultStore, canonical_key, current_form, stored_form
+    from experiments.grid import Composer
+    tiny = ("model=tiny-random-llama", "quant=w3g64", "method=astro_gptq", "method.beta=auto", "calib.seed=0",
+            "loop.device=cuda")
+    with Composer() as c:
+        (point,) = c.points("table1", "embedded", tiny)
+    today = stored_form(canonical_config(point.config))
+    old = json.loads(json.dumps(today))
+    old["model"]["layer_widths"] = [64, 128]
+    old["loop"]["device"] = "cuda:0"
+    grid = list(point.config.method.beta_grid)
+    old["method"].update(linf_group_size=64, beta_grid=list(reversed(grid)))
+    assert current_form(old) == today and canonical_key(old) != point.key
+    store = ResultStore(tmp_path)
+    store.write({"schema": 1, "key": canonical_key(old), "status": "complete", "config": {}, "canonical": old,
+                 "metrics": {"ppl": 7.0}, "timings": {}})
+    (cell,) = cells("table1", "embedded", store, tiny)
+    assert [r["key"] for r in cell.records] == [canonical_key(old)]
+    assert store.answering(point.config) == canonical_key(old)
+    repeated = {**old, "method": {**old["method"], "beta_grid": [*grid, grid[0]]}}
+    assert current_form(repeated) != today

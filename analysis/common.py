@@ -2,11 +2,13 @@
 reported numbers, and writers for Markdown / LaTeX / CSV tables and PNG / PDF figures.
 
 Numbers come only from run records (astro/results.py) and analysis/reported.yaml. A grid point without
-a record stays in the table as an explicit "missing" cell. Several records that differ only in the
+a record stays in the table as an explicit "missing" cell, or "diverged" when its runs' records say they
+diverged (a non-finite perplexity: recorded, never a number here). Several records that differ only in the
 calibration seed are one cell: mean +- std over seeds.
 
 Which records a cell shows: those whose *stored* canonical config (the record's own account of what
-determined its numbers) equals the canonical config of today's grid point, the seed aside. The canonical
+determined its numbers), in today's spelling (astro.results.current_form: e.g. without model.layer_widths,
+which later left the key), equals the canonical config of today's grid point, the seed aside. The canonical
 config holds only the fields the method's pipeline declares it reads (astro.methods.Pipeline.reads), and a
 field added later enters it only away from its old-behaviour default (astro.fields.added_field). So a new
 field, or a changed default of a field the method does not read, leaves every record in its cell; a change
@@ -37,11 +39,14 @@ import yaml
 from astro.methods import PIPELINES
 from astro.numerics import regime_hash, regime_id
 from astro.results import (
+    COMPLETE,
+    DIVERGED,
     ResultStore,
     asks_for_diagnostics,
     atomic_write_text,
     canonical_config,
     computation_form,
+    current_form,
     newest,
     stored_form,
 )
@@ -100,18 +105,20 @@ def lookup(record: dict, path: str):
 
 @dataclass
 class Cell:
-    """One grid point: its overrides and the records (one per seed) found for it."""
+    """One grid point: its overrides and the records (one per seed) found for it; diverged: the records of its
+    runs that diverged (astro.results: status 'diverged', never a result), for the seeds without a result."""
 
     choices: dict
     config: object
     key: str
     records: list
+    diverged: list = field(default_factory=list)
     regime: str | None = None                             # the regime_hash its records share (cells())
     excluded: list = field(default_factory=list)          # records of other regimes left out (cells())
 
     @property
     def status(self) -> str:
-        return "recorded" if self.records else MISSING
+        return "recorded" if self.records else DIVERGED if self.diverged else MISSING
 
     def values(self, path: str) -> list[float]:
         """The value at `path` ('metrics.ppl') of every record that has one."""
@@ -127,10 +134,13 @@ class Cell:
 
     def fmt(self, path: str, digits: int = 2, note: str = "") -> str:
         """'mean ± std (n=N)' over the seeds; one seed shows 'value (n=1)' so it reads as single-seed;
-        'missing' without a record, 'NaN' when the mean is not finite. note: appended inside the count."""
+        'missing' without a record, 'diverged' when its only runs diverged (and ', K diverged' inside the count
+        beside results), 'NaN' when the mean is not finite. note: appended inside the count."""
         m, sd, n = self.mean_std(path)
         if n == 0:
-            return MISSING
+            return DIVERGED if self.diverged and not self.records else MISSING
+        if self.diverged:
+            note = f", {len(self.diverged)} diverged{note}"
         if not math.isfinite(m):
             return "NaN"
         s = f"{m:.{digits}f}" if abs(m) < 1e5 else f"{m:.3g}"
@@ -176,8 +186,9 @@ def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...
     regime (record_regime, named by astro.numerics.regime_hash): `regime`, else the analysis command's
     --regime, else the regime that holds most of that setting's records. So no paired comparison mixes regimes;
     the records of other regimes a cell would have shown are left out, listed in Cell.excluded and named in the
-    log (regime_caption counts them)."""
-    records = list(store.records())
+    log (regime_caption counts them). A diverged run's record (astro.results) shows in its cell's `diverged`
+    for a seed without a result."""
+    records = list(store.records(status=None))   # one pass: results, and the records of diverged runs
     with Composer() as c:
         points = c.points(experiment, scale, extra)
     setting = [json.dumps([str(p.config.model), str(p.config.quant)]) for p in points]
@@ -208,8 +219,13 @@ def _cells(points, records: list[dict], one_per_seed: bool = True) -> list[Cell]
     """The grid's cells with their records among `records` (cells()); one_per_seed: the newest of a seed's."""
     by_seedless: dict[str, list] = {}
     answering: dict[str, list] = {}   # every record, by the computation it made (its seed aside)
+    diverged: dict[str, list] = {}    # the records of runs that diverged
     for rec in records:
-        by_seedless.setdefault(seedless_key(rec["canonical"]), []).append(rec)
+        form = current_form(rec["canonical"])   # as today's canonical_config writes it (records keyed before)
+        if rec["status"] == DIVERGED:
+            diverged.setdefault(seedless_key(form), []).append(rec)
+            continue
+        by_seedless.setdefault(seedless_key(form), []).append(rec)
         answering.setdefault(seedless_key(computation_form(rec["canonical"])), []).append(rec)
     out, seen = [], set()
     for p in points:  # points that differ only in calib.seed are one cell (mean +- std over seeds)
@@ -222,8 +238,10 @@ def _cells(points, records: list[dict], one_per_seed: bool = True) -> list[Cell]
             recs = _one_per_seed(recs) if one_per_seed else recs
             if not asks_for_diagnostics(canonical):
                 recs = recs + _answering_seeds(answering.get(seedless_key(computation_form(canonical)), []), recs)
-            out.append(Cell(p.choices, p.config, p.key, recs))
-            if not recs:
+            seeds = {_seed(r) for r in recs}
+            failed = [r for r in diverged.get(sk, []) if _seed(r) not in seeds]
+            out.append(Cell(p.choices, p.config, p.key, recs, failed))
+            if not recs and not failed:
                 _explain_missing(canonical, by_seedless, p.choices)
     return out
 
@@ -233,18 +251,22 @@ def _one_per_seed(records: list[dict]) -> list[dict]:
     part of their regime the analysis groups together: a thread-dependent pipeline's thread count)."""
     by_seed: dict = {}
     for r in records:
-        by_seed.setdefault((r["canonical"].get("calib") or {}).get("seed"), []).append(r)
+        by_seed.setdefault(_seed(r), []).append(r)
     return [newest(rs) for rs in by_seed.values()]
+
+
+def _seed(record: dict):
+    """A record's calibration seed (None for a pipeline that reads no calibration data)."""
+    return (record["canonical"].get("calib") or {}).get("seed")
 
 
 def _answering_seeds(candidates: list, own: list) -> list:
     """For each calibration seed the cell's own records lack, the newest record of that seed among
     `candidates` (records of the same computation: astro.results.computation_form)."""
-    seed = lambda r: (r["canonical"].get("calib") or {}).get("seed")   # noqa: E731
-    have, by_seed = {seed(r) for r in own}, {}
+    have, by_seed = {_seed(r) for r in own}, {}
     for r in candidates:
-        if seed(r) not in have:
-            by_seed.setdefault(seed(r), []).append(r)
+        if _seed(r) not in have:
+            by_seed.setdefault(_seed(r), []).append(r)
     return [newest(rs) for rs in by_seed.values()]
 
 
@@ -265,7 +287,7 @@ def _explain_missing(canonical: dict, by_seedless: dict[str, list], choices: dic
     def same_run_family(c: dict) -> bool:
         return all(c.get(s) == canonical.get(s) for s in ("model", "quant")) and \
             c.get("method", {}).get("name") == canonical["method"]["name"]
-    near = [recs[0]["canonical"] for recs in by_seedless.values() if same_run_family(recs[0]["canonical"])]
+    near = [c for recs in by_seedless.values() if same_run_family(c := current_form(recs[0]["canonical"]))]
     if near:
         fields = Counter(f for c in near for f in differing_fields(canonical, c) if f != "calib.seed")
         log.info("missing %s: the store has %d configuration(s) of this method, model and setting, differing in %s",
@@ -464,10 +486,10 @@ class StoreUnion:
     def root(self) -> Path:
         return self.stores[0].root
 
-    def records(self):
+    def records(self, status: str | None = COMPLETE):
         seen = set()
         for st in self.stores:
-            for r in st.records():
+            for r in st.records(status):
                 if r["key"] not in seen:
                     seen.add(r["key"])
                     yield r

@@ -136,6 +136,7 @@ def captions(g: Grid, scale: str, what: str) -> str:
     return " ".join(part for part in (
         what, selection.CAPTION, roles_caption(g.all_cells), data_caption(g.all_cells, scale),
         "'not run': a method this codebase does not run (reported only); 'missing': no record yet;"
+        " 'diverged': its run's perplexity was not finite (recorded as such, store.retry_diverged=true reruns it);"
         " 'n/a': the method does not apply to that model (a residual rotation across Gemma3's sandwich norms)."
         " SpinQuant is the weight-only recipe: learned rotations, then GPTQ.") if part)
 

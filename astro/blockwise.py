@@ -9,7 +9,10 @@ propagate the calibration inputs through the processed block -> next block.
 Only the current block lives on the compute device; calibration activations stay on `offload`.
 Attention runs only for the groups that need it: once o_proj is processed, the residual stream after
 attention is rebuilt from the inputs o_proj read, the mlp's groups read it through the mlp alone, and the
-block's output is rebuilt from the inputs down_proj read (LoopConfig.reuse_writer_inputs; bit-identical).
+block's output is rebuilt from the inputs down_proj read (LoopConfig.reuse_writer_inputs; bit-identical). Once per
+run, block 0's real output on its first chunk is computed and compared with the rebuilt one
+(check_rebuilt_stream): an architecture whose block computes something else fails loudly instead of quietly
+feeding later blocks wrong statistics.
 
 Two extension points keep every method inside this one loop (astro/transforms.py implements them):
 - a model-level transform runs once before `run_blocks` (astro.run.quantize_model; e.g. the QuaRot /
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +66,27 @@ class LoopConfig:
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"loop.batch_size must be >= 1, got {self.batch_size}")
+        for key in ("device", "offload"):
+            parse_device(f"loop.{key}", getattr(self, key))
+
+
+def parse_device(key: str, value) -> torch.device:
+    """`value` as a torch device ('cpu', 'cuda', 'cuda:1', 'mps'), or a ValueError naming `key` and the value.
+    Whether such a device exists here is checked before loading (astro.preflight.check_device), not here: a
+    config for a GPU cluster is composed and keyed on machines without one."""
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type == "meta":
+        raise ValueError(f"{key} must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {value!r}")
+    return dev
+
+
+def device_kind(value: str) -> str:
+    """The kind of processor a device string names ('cuda:1' -> 'cuda'): what a run's numbers can depend on
+    (the device index is an address; the processor itself is in the record's env)."""
+    return torch.device(value).type
 
 
 @dataclass
@@ -327,6 +352,35 @@ class _Streams:
             self.hidden = _join(block, arch, k, self.hidden, self.kept.pop(arch.writers[k]), device, offload)
 
 
+class StreamRebuildError(RuntimeError):
+    """The residual stream rebuilt from the writers' inputs is not the block's output (reuse_writer_inputs)."""
+
+
+# Largest difference, relative to the block output's largest magnitude, between the rebuilt stream and the
+# block's output: the same operations on the same tensors, equal bit for bit on CPU (tests/test_blockwise.py);
+# the tolerance only absorbs a kernel that rounds differently. A block computing anything else (parallel
+# attention and MLP, residual multipliers, an operation after o_proj) differs by far more.
+REBUILD_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
+REBUILD_TOLERANCE_HALF = 1e-2
+
+
+def check_rebuilt_stream(forward, first_input: torch.Tensor, rebuilt: torch.Tensor, model_type: str) -> None:
+    """One forward of the processed block on its first chunk of inputs against the stream rebuilt for that chunk
+    (LoopConfig.reuse_writer_inputs); raise StreamRebuildError naming the architecture when they differ. Run
+    once, on block 0: the layout is the same in every block."""
+    real = _first(forward(first_input)).to(rebuilt.device, rebuilt.dtype)
+    scale = float(real.abs().max()) or 1.0
+    diff = float((rebuilt - real).abs().max()) / scale if real.shape == rebuilt.shape else math.inf
+    tol = REBUILD_TOLERANCE.get(real.dtype, REBUILD_TOLERANCE_HALF)
+    if not diff <= tol:
+        raise StreamRebuildError(
+            f"model type {model_type!r}: the residual stream rebuilt from o_proj's and down_proj's inputs differs "
+            f"from block 0's output (largest difference {diff:.3g} of its largest value, tolerance {tol:g}); this "
+            "architecture's block is not h + attention, then + mlp, as astro.architectures describes it (parallel "
+            "attention and MLP, residual multipliers or operations after o_proj?): fix its Architecture entry, "
+            "or run with loop.reuse_writer_inputs=false")
+
+
 def _join_both(streams: _Streams, block, arch: Architecture, k: int, cfg: LoopConfig, stage: _Stages, name: str):
     """Move calibration and held-out chunks past sublayer k, timed as `name` and `holdout`."""
     with stage(name):
@@ -380,6 +434,7 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor,
             with stage("block_transform"):
                 extra = block_transform(BlockContext(b, block, forward, hidden, arch, cfg.device)) or {}
         streams = _Streams(forward, hidden, held)
+        first_input = hidden[0] if b == 0 and mlp_from is not None else None   # for check_rebuilt_stream
         hidden = held = None   # the streams own them now: the block's inputs are freed once attention is joined
         for g, group in enumerate(groups):
             linears = {name: block.get_submodule(name) for name in group}
@@ -397,6 +452,10 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor,
         if mlp_from is not None:
             _join_both(streams, block, arch, 1, cfg, stage, "propagate")
             hidden, held = streams.hidden, streams.held
+            if first_input is not None:
+                with stage("propagate"):
+                    check_rebuilt_stream(forward, first_input, hidden[0],
+                                         getattr(getattr(model, "config", None), "model_type", "?"))
         else:
             with stage("propagate"):
                 hidden = _propagate(forward, streams.hidden, cfg.offload)

@@ -201,8 +201,9 @@ class MethodConfig:
             raise ValueError(f"method.beta must be a number >= 0 or {AUTO!r}, got {self.beta!r}")
         if not self.beta_grid:
             raise ValueError("method.beta_grid must hold at least one beta, got ()")
-        # a tuple, however given (Hydra gives lists), so the default compares equal and stays out of the key
-        object.__setattr__(self, "beta_grid", tuple(float(b) for b in self.beta_grid))
+        # a tuple, however given (Hydra gives lists), so the default compares equal and stays out of the key;
+        # ascending and without repeats: the candidates are a set (a repeated one would be warm-started from itself)
+        object.__setattr__(self, "beta_grid", tuple(sorted({float(b) for b in self.beta_grid})))
         try:   # validates beta/iters/alpha/group size/solver/tol early, named as the user writes them
             for beta in self.betas:
                 self.regularize_config(128, beta)

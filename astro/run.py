@@ -13,7 +13,7 @@ import torch
 
 from .architectures import ARCHITECTURES, architecture_of
 from .blockwise import LoopResult, run_blocks
-from .config import RunConfig, to_dict
+from .config import ConfigError, RunConfig, to_dict
 from .data import (
     EvalTokens,
     calibration_bos,
@@ -26,9 +26,17 @@ from .data import (
 )
 from .evaluate import PerplexityResult, perplexity
 from .methods import LinearOutcome, process_linear
-from .models import known_model_type, load_model
+from .models import known_model_type, load_model, local_model_path
+from .preflight import check_calibration_memory, check_device, check_lengths, model_shape, shape_from_config
 from .tasks import TaskResult, check_tasks, evaluate_tasks
-from .transforms import block_transform, check_applicable, model_transform, restore_ties, tie_state
+from .transforms import (
+    NotApplicableError,
+    block_transform,
+    check_applicable,
+    model_transform,
+    restore_ties,
+    tie_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +88,40 @@ class RunResult:
 
 
 def check_inputs(cfg: RunConfig) -> None:
-    """Everything that can fail cheaply fails here, before any model or corpus is loaded."""
-    check_corpus(cfg.calib.corpus)
-    check_corpus(cfg.eval.corpus)
-    for es in cfg.eval.sets.values():
-        check_corpus(es.corpus)
-    check_widths(cfg, cfg.model.layer_widths or ())
-    check_method_model(cfg)
-    if cfg.eval.lm_eval.tasks:
-        check_tasks(cfg.eval.lm_eval)
-    cfg.model.check_available()
+    """Everything that can fail cheaply fails here, before any model or corpus is loaded: as a ConfigError naming
+    the key and value (one line, exit code 2), except a method that does not suit the model's architecture
+    (NotApplicableError: a sweep skips that point). The model's shape comes from the model itself
+    (astro.preflight.model_shape), so a local model is checked against its own widths and context."""
+    shape = model_shape(cfg.model)
+    checks = (("calib.corpus", cfg.calib.corpus, lambda: check_corpus(cfg.calib.corpus)),
+              ("eval.corpus", cfg.eval.corpus, lambda: check_corpus(cfg.eval.corpus)),
+              *((f"eval.sets.{role}.corpus", es.corpus, lambda es=es: check_corpus(es.corpus))
+                for role, es in cfg.eval.sets.items()),
+              ("loop.device", cfg.loop.device, lambda: check_device("loop.device", cfg.loop.device)),
+              ("loop.offload", cfg.loop.offload, lambda: check_device("loop.offload", cfg.loop.offload)),
+              ("method.name", cfg.method.name, lambda: check_method_model(cfg)),   # NotApplicableError passes
+              ("model.source", cfg.model.source, cfg.model.check_available),
+              ("eval.lm_eval.tasks", cfg.eval.lm_eval.tasks,
+               lambda: check_tasks(cfg.eval.lm_eval) if cfg.eval.lm_eval.tasks else None),
+              (None, None, lambda: check_widths(cfg, pre_load_widths(cfg, shape))),   # these name their keys
+              (None, None, lambda: check_lengths(cfg, shape)),
+              (None, None, lambda: check_calibration_memory(cfg, shape)))
+    for key, value, check in checks:
+        try:
+            check()
+        except NotApplicableError:
+            raise
+        except (ValueError, OSError, RuntimeError) as e:
+            msg = " ".join(str(e).split())   # one line
+            raise ConfigError(msg if key is None or key in msg else f"{key}={value!r}: {msg}") from None
+
+
+def pre_load_widths(cfg: RunConfig, shape=None) -> tuple[int, ...]:
+    """The in_features of the model's linears before loading: the model's own (astro.preflight.model_shape),
+    else model.layer_widths for a model that does not tell them without loading (a hub id not in the cache)."""
+    if shape is not None:
+        return shape.layer_widths
+    return () if local_model_path(cfg.model) else cfg.model.layer_widths or ()
 
 
 def check_method_model(cfg: RunConfig) -> None:
@@ -152,6 +184,10 @@ class Session:
         # the real widths, before any calibration work
         widths = frozenset(model.get_submodule(f"{arch.blocks}.0.{lin}").in_features for lin in arch.linears)
         check_widths(cfg, widths)
+        try:   # a model whose context was not known before loading (a hub id)
+            check_lengths(cfg, shape_from_config(model.config.to_dict(), f"{cfg.model.source}'s config"))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         check_applicable(cfg.method, arch, getattr(model.config, "model_type", None))
         model_type = getattr(model.config, "model_type", None)
         stream = token_stream(tok, calib_corpus.train, calib_corpus.train_join)

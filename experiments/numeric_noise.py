@@ -22,7 +22,7 @@ import torch
 
 import astro.blockwise
 from astro.config import to_dict
-from astro.results import canonical_config, key_of, numeric_regime, stored_form
+from astro.results import canonical_config, canonical_key, numeric_regime, stored_form
 from astro.run import run
 from astro.stats import HessianAccumulator, LayerStats
 from experiments.grid import Composer
@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     lines = path.read_text().splitlines() if path.exists() else []
     done = {(r["key"], r["perturb_seed"]) for r in map(json.loads, lines)}
     regime = numeric_regime(cfg)
-    key = key_of(stored_form(canonical_config(cfg)), regime)
+    key = canonical_key(stored_form(canonical_config(cfg)), regime)
     for seed in a.perturb:
         if (key, seed) in done:
             log.info("skip %s perturbation %d: recorded", key, seed)

@@ -17,7 +17,7 @@ from astro.gptq import GPTQConfig, gptq_factor
 from astro.methods import PIPELINES
 from astro.numerics import regime, regime_hash, serial
 from astro.regularize import lambda_max
-from astro.results import ResultStore, canonical_config, key_of, numeric_regime, run_key, stored_form
+from astro.results import ResultStore, canonical_config, canonical_key, numeric_regime, run_key, stored_form
 from astro.rotation import _cayley, random_orthogonal
 from experiments import run as runner
 from experiments.grid import Composer
@@ -92,7 +92,7 @@ def test_the_regime_keys_the_thread_count_only_for_thread_dependent_pipelines():
     assert "threads" not in numeric_regime(gptq) and numeric_regime(spin)["threads"] == torch.get_num_threads()
     other = {**numeric_regime(spin), "threads": numeric_regime(spin)["threads"] + 1}
     assert run_key(spin, other) != run_key(spin)
-    assert run_key(gptq) == key_of(stored_form(canonical_config(gptq)), regime("cpu", True))
+    assert run_key(gptq) == canonical_key(stored_form(canonical_config(gptq)), regime("cpu", True))
     assert run_key(gptq, {**numeric_regime(gptq), "cpu_capability": "AVX2"}) != run_key(gptq)
 
 

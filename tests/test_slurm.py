@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from test_sweep import ROOT, TINY, _env
 
-from astro.results import ResultStore, lock_stale_reason
+from astro.locks import lock_stale_reason
+from astro.results import ResultStore
 from astro.slurm import ENDED_STATES, job_spec, slurm_job
 from experiments.grid import Composer
 

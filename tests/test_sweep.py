@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from astro.results import ResultStore
+from astro.results import ResultStore, canonical_key
 from experiments.grid import Composer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,20 +104,22 @@ def test_killed_run_leaves_no_record(tmp_path, sig):
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     store = ResultStore(tmp_path)
-    fields = {"schema": 1, "status": "complete", "config": {}, "canonical": {}, "metrics": {}, "timings": {}}
-    rec = {**fields, "key": "k1", "rows": [{"x": object()}]}  # not serializable: fails mid-write
+    key = canonical_key({})   # a record's key is that of its canonical config
+    fields = {"schema": 1, "status": "complete", "config": {}, "canonical": {}, "metrics": {"ppl": 3.5},
+              "timings": {}, "key": key}
+    rec = {**fields, "rows": [{"x": object()}]}  # not serializable: fails mid-write
     with pytest.raises(TypeError):
         store.write(rec)
-    assert not store.exists("k1") and list(tmp_path.rglob("*")) in ([], [tmp_path / "k1"])
+    assert not store.exists(key) and list(tmp_path.rglob("*")) in ([], [tmp_path / key])
     with pytest.raises(ValueError, match="complete"):
         store.write({"key": "k2", "status": "running"})
     with pytest.raises(ValueError, match=r"metrics\.ppl"):   # strict JSON: a non-finite value is refused
-        store.write({**fields, "key": "k3", "metrics": {"ppl": float("nan")}})
-    store.write({**fields, "key": "k3", "metrics": {"ppl": 3.5}})
-    assert json.loads(store.path("k3").read_text())["key"] == "k3"
+        store.write({**fields, "metrics": {"ppl": float("nan")}})
+    store.write(fields)
+    assert json.loads(store.path(key).read_text())["key"] == key
     umask = os.umask(0)
     os.umask(umask)
-    assert store.path("k3").stat().st_mode & 0o777 == 0o666 & ~umask  # like any written file, not mkstemp's 0600
+    assert store.path(key).stat().st_mode & 0o777 == 0o666 & ~umask  # like any written file, not mkstemp's 0600
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 
 .PHONY: help setup setup-gemma bench-solver bench-shapes bench-loop export quickstart test test-all test-slurm lint bench clean-cache run sweep experiments status \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
-	reproduce-table7 run-table1 run-table3 run-table7 claims figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
+	reproduce-table7 run-table1 run-table3 run-table7 study claims figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
 	calib-study calib-sink w2-groups beyond-study beta-auto beta-strength rehearsal
 
 help:  ## list the targets (experiment targets take SCALE=embedded|paper, default embedded, and ARGS='overrides')
@@ -93,6 +93,9 @@ run-table1: setup $(if $(filter embedded,$(SCALE)),setup-gemma)  ## Table 1's sw
 	$(call sweep,table1)
 	$(call sweep,table3)
 	$(call analyze,table1) --archive
+
+study: setup setup-gemma  ## the embedded-v2 evidence setting by setting (conf/study/embedded_v2.yaml; resumable: run two side by side, one per core)
+	$(PY) -m experiments.study conf/study/embedded_v2.yaml $(ARGS)
 
 claims: setup  ## every claim per setting and test corpus (Tables 1, 7, beyond study) from the archive + results/store
 	$(call analyze,claims) --archive

@@ -29,7 +29,7 @@ from torch import nn
 
 from .architectures import NORM_LAYOUTS, Architecture, get_module
 from .awq import search_scales
-from .blockwise import BlockContext, BlockTransform, each_linear_input
+from .blockwise import BlockContext, BlockOutcome, BlockTransform, each_linear_input
 from .quantizer import QuantGrid
 from .rotation import (
     fake_quant_ste,
@@ -285,7 +285,7 @@ def awq_block_transform(model: nn.Module, method, grid: QuantGrid) -> BlockTrans
     GQA), or awq_skipped with the reason."""
     _, _, hd = attention_shape(model)
 
-    def transform(ctx: BlockContext) -> dict[str, dict]:
+    def transform(ctx: BlockContext) -> BlockOutcome:
         arch, block, device = ctx.arch, ctx.block, ctx.device
         groups = _awq_groups(arch)
         firsts = {linears[0]: block.get_submodule(linears[0]) for _, _, linears in groups}   # one per scale group
@@ -338,7 +338,7 @@ def awq_block_transform(model: nn.Module, method, grid: QuantGrid) -> BlockTrans
                 fields["awq_tied_heads"] = tied
             for n in linears:
                 rows[n] = dict(fields)
-        return rows
+        return BlockOutcome(rows)
     return transform
 
 

@@ -28,8 +28,8 @@ from .common import (
 )
 from .paired import collapsed_above_fp, paired_table, write_paired
 
-# the paper's baselines: reported-only rows unless the grid runs them (awq; spinquant_gptq reproduces the
-# paper's SpinQuant row); OmniQuant is not implemented here
+# the paper's baselines: reported-only rows unless the grid runs them (awq, omniquant; spinquant_gptq reproduces
+# the paper's SpinQuant row)
 REPORTED_ONLY = ("awq", "omniquant", "spinquant")
 # the comparisons the paper draws from Table 1, each A vs B within one model and setting
 PAIRS = [("astro_gptq", "magr_gptq"), ("magr_gptq", "gptq"), ("gptq", "rtn"), ("astro_gptq", "spinquant_gptq")]

@@ -17,7 +17,7 @@ sweep = $(RUN) -m experiment=$(1) scale=$(SCALE) $(ARGS)
 # $(call analyze,<module>): the analysis script, reading only the results store (same ARGS: same grid)
 analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 
-.PHONY: help setup setup-gemma bench-solver bench-shapes bench-loop export quickstart test test-all test-slurm lint bench clean-cache run sweep experiments status \
+.PHONY: help setup setup-gemma bench-solver bench-shapes bench-loop bench-lwc export quickstart test test-all test-slurm lint bench clean-cache run sweep experiments status \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
 	reproduce-table7 run-table1 run-table3 run-table7 study claims figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
 	calib-study calib-sink w2-groups beyond-study beta-auto beta-strength rehearsal
@@ -64,6 +64,9 @@ bench-solver: setup  ## pgd vs fista on Astro's per-layer objective (SmolLM2 H +
 
 bench-shapes: setup  ## per-block method time + peak memory at LLaMA-2-7B/70B shapes (synthetic W, H) -> results/bench_shapes.*
 	$(PY) -m benchmarks.shapes $(ARGS)
+
+bench-lwc: setup  ## OmniQuant's block-output MSE over training per LWC schedule, on SmolLM2 blocks -> results/bench_lwc.*
+	$(PY) -m benchmarks.lwc_schedule $(ARGS)
 
 bench-loop: setup  ## block loop forwards: residual stream rebuilt from the writers' inputs vs the block re-run -> results/bench_loop.*
 	$(PY) -m benchmarks.loop_forwards $(ARGS)

@@ -58,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 MISSING = "missing"
 # Rows the paper reports for methods we do not run (analysis/reported.yaml); every pipeline's label is its own
 # (astro.methods.Pipeline.label), so a pipeline registered later is labelled too.
-PAPER_ONLY_LABELS = {"omniquant": "OmniQuant", "spinquant": "SpinQuant"}
+PAPER_ONLY_LABELS = {"spinquant": "SpinQuant"}
 
 
 class _Labels(Mapping):

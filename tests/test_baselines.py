@@ -489,7 +489,10 @@ def test_table1_and_fig3_show_the_baselines(store, tmp_path):
             and df.loc["QuaRot+RTN", col] == f"{ppl['quarot_rtn']:.2f} (n=1)")
     assert df.loc["SpinQuant", col] == f"{ppl['spinquant_gptq']:.2f} (n=1)"
     assert list(df.index).count("SpinQuant") == 1 and list(df.index).count("OmniQuant") == 1
-    assert df.loc["OmniQuant", col] == f"{ppl['omniquant']:.2f} (n=1)"
+    # OmniQuant's learning rate is tuned on validation text: one point of its grid makes no row, and the cell says
+    # which candidates are missing rather than reporting the untuned point
+    assert df.loc["OmniQuant", col].startswith("selection incomplete") and "lr_factor=0.5, 2" in df.loc["OmniQuant", col]
+    assert f"{ppl['omniquant']:.2f}" not in df.loc["OmniQuant", col]
     assert df.loc["OmniQuant", "reported llama2-13b w3g128"] == "5.28"   # the paper's OmniQuant row
     assert df.loc["QuaRot+RTN", "gemma3-270m w3g64"] == "n/a" and df.loc["AWQ", "gemma3-270m w3g64"] == "missing"
     assert df.loc["SpinQuant", "reported llama2-13b w3g128"] == "5.29"   # the paper's SpinQuant row, via the stand-in

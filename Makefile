@@ -17,9 +17,9 @@ sweep = $(RUN) -m experiment=$(1) scale=$(SCALE) $(ARGS)
 # $(call analyze,<module>): the analysis script, reading only the results store (same ARGS: same grid)
 analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 
-.PHONY: help setup setup-gemma bench-solver bench-shapes bench-loop export quickstart test test-all lint bench clean-cache run sweep experiments status \
+.PHONY: help setup setup-gemma bench-solver bench-shapes bench-loop bench-lwc export quickstart test test-all test-slurm lint bench clean-cache run sweep experiments status \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
-	reproduce-table7 figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
+	reproduce-table7 run-table1 run-table3 run-table7 study claims figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
 	calib-study calib-sink w2-groups beyond-study beta-auto beta-strength rehearsal
 
 help:  ## list the targets (experiment targets take SCALE=embedded|paper, default embedded, and ARGS='overrides')
@@ -47,6 +47,9 @@ test-all: setup  ## lint, then every test, the slow end-to-end checks included (
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests $(ARGS)
 
+test-slurm: setup  ## the SLURM tests on a throwaway one-node cluster (installs Debian's slurm + munge when missing; root)
+	bash tests/slurm/cluster.sh $(PY) -m pytest -q -p no:xdist -m slurm tests $(ARGS)
+
 lint: setup  ## ruff check (the pinned version; config in pyproject.toml)
 	$(PY) -m ruff check . $(ARGS)
 
@@ -61,6 +64,9 @@ bench-solver: setup  ## pgd vs fista on Astro's per-layer objective (SmolLM2 H +
 
 bench-shapes: setup  ## per-block method time + peak memory at LLaMA-2-7B/70B shapes (synthetic W, H) -> results/bench_shapes.*
 	$(PY) -m benchmarks.shapes $(ARGS)
+
+bench-lwc: setup  ## OmniQuant's block-output MSE over training per LWC schedule, on SmolLM2 blocks -> results/bench_lwc.*
+	$(PY) -m benchmarks.lwc_schedule $(ARGS)
 
 bench-loop: setup  ## block loop forwards: residual stream rebuilt from the writers' inputs vs the block re-run -> results/bench_loop.*
 	$(PY) -m benchmarks.loop_forwards $(ARGS)
@@ -83,17 +89,30 @@ status:  ## which points of an experiment's grid are recorded: make status EXP=t
 experiments:  ## list the experiment configs with the artifact each reproduces
 	@grep -h '^  artifact:' conf/experiment/*.yaml | sed -E 's/^  artifact: "?//; s/"$$//'
 
-reproduce-table1: setup $(if $(filter embedded,$(SCALE)),setup-gemma)  ## Table 1: PPL, methods x models x (W2 g64, W3 g128, W4 g128)
+reproduce-table1: setup  ## Table 1 (test PPL, chosen betas, claims) from the archive's records + results/store; runs nothing
+	$(call analyze,table1) --archive
+
+run-table1: setup $(if $(filter embedded,$(SCALE)),setup-gemma)  ## Table 1's sweeps (table1 + Table 3's tuning), the points missing in this machine's regime, then the table
 	$(call sweep,table1)
-	$(call analyze,table1)
+	$(call sweep,table3)
+	$(call analyze,table1) --archive
+
+study: setup setup-gemma  ## the embedded-v2 evidence setting by setting (conf/study/embedded_v2.yaml; resumable: run two side by side, one per core)
+	$(PY) -m experiments.study conf/study/embedded_v2.yaml $(ARGS)
+
+claims: setup  ## every claim per setting and test corpus (Tables 1, 7, beyond study) from the archive + results/store
+	$(call analyze,claims) --archive
 
 reproduce-table2: setup $(if $(filter embedded,$(SCALE)),setup-gemma)  ## Table 2: zero/few-shot accuracy at W3 (FP, MagR, Astro)
 	$(call sweep,table2)
 	$(call analyze,table2)
 
-reproduce-table3: setup  ## Table 3: beta sweep x alpha mode (activation vs uniform), Astro+GPTQ W3
+reproduce-table3: setup  ## Table 3: the beta sweeps per setting (validation and test PPL, the chosen beta) from the archive + results/store
+	$(call analyze,table3) --archive
+
+run-table3: setup $(if $(filter embedded,$(SCALE)),setup-gemma)  ## Table 3's sweeps (MagR/Astro+GPTQ x beta grid x settings x seeds), then the table
 	$(call sweep,table3)
-	$(call analyze,table3)
+	$(call analyze,table3) --archive
 
 reproduce-table4: setup $(if $(filter embedded,$(SCALE)),setup-gemma)  ## Table 4: PPL of the reconstructed, unquantized weights vs FP
 	$(call sweep,table4)
@@ -107,9 +126,12 @@ reproduce-table6: setup $(if $(filter embedded,$(SCALE)),setup-gemma)  ## Table 
 	$(call sweep,table6)
 	$(call analyze,table2) --table table6
 
-reproduce-table7: setup  ## Table 7: Astro on RTN (RTN, MagR+RTN, Astro+RTN)
+reproduce-table7: setup  ## Table 7: Astro on RTN (each at its beta chosen on validation) from the archive + results/store
+	$(call analyze,table7) --archive
+
+run-table7: setup  ## Table 7's sweep (RTN, MagR+RTN, Astro+RTN x beta grid x seeds), then the table
 	$(call sweep,table7)
-	$(call analyze,table7)
+	$(call analyze,table7) --archive
 
 beyond-study: setup  ## beyond the paper: Astro+GPTQ composed with AWQ / QuaRot / SpinQuant (beta=auto) vs their parts and each family's best (3 seeds)
 	$(call sweep,beyond_study)
@@ -132,9 +154,8 @@ fig2-landscape: setup  ## Figure 2: loss landscape around the original and recon
 	$(PY) -m experiments.landscape --scale $(SCALE) $(ARGS)
 	$(call analyze,fig2_landscape)
 
-fig3-efficiency: setup  ## Figure 3: PPL vs total quantization time per method
-	$(call sweep,fig3_efficiency)
-	$(call analyze,fig3_efficiency)
+fig3-efficiency: setup  ## Figure 3: PPL vs total quantization time per method (Table 1's and Table 7's W3 points) from the archive + results/store
+	$(call analyze,fig3_efficiency) --archive
 
 sweep-beta: setup  ## the paper's beta grid (5e-6 ... 5e-4) x alpha activation|uniform (shares Table 3's records)
 	$(call sweep,sweep_beta)

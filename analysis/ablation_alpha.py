@@ -10,9 +10,7 @@ import logging
 
 import pandas as pd
 
-from astro.results import ResultStore
-
-from .common import cells, data_caption, markdown, parser, write_table
+from .common import cells, data_caption, markdown, parser, store_of, write_table
 
 
 def build(cs) -> pd.DataFrame:
@@ -30,7 +28,7 @@ def build(cs) -> pd.DataFrame:
 
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
-    cs = cells("ablation_alpha", a.scale, ResultStore(a.store), tuple(a.overrides))
+    cs = cells("ablation_alpha", a.scale, store_of(a), tuple(a.overrides))
     df = build(cs)
     m = cs[0].config
     caption = (f"Astro+GPTQ perplexity, {m.model.source}, beta={m.method.beta:g}, {m.method.iters} iterations; "

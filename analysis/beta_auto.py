@@ -15,9 +15,8 @@ import logging
 import pandas as pd
 
 from astro.methods import MethodConfig
-from astro.results import ResultStore
 
-from .common import LABELS, cells, data_caption, markdown, parser, time_ratio, write_table
+from .common import LABELS, cells, data_caption, markdown, parser, store_of, time_ratio, write_table
 from .paired import columns, comparison_row, write_paired
 
 # the paper's setting: its default beta (Table 3's best at W3 on LLaMA-2-7B: 3e-5 and 5e-5 tie)
@@ -87,11 +86,12 @@ def build(auto, sweep, table7) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
-    store, extra = ResultStore(a.store), tuple(a.overrides)
+    store, extra = store_of(a), tuple(a.overrides)
     auto = cells("beta_auto", a.scale, store, extra)
     # Astro+RTN's global betas: Table 7's points at each candidate of beta=auto and at the paper's beta
     betas = sorted({b for c in auto for b in c.config.method.beta_grid} | {PAPER_BETA})
-    table7 = [c for b in betas for c in cells("table7", a.scale, store, (*extra, f"method.beta={b:g}"))]
+    table7 = [c for b in betas   # one point per beta: the tuning axis pinned, method.beta set outright
+              for c in cells("table7", a.scale, store, (*extra, f"method.beta={b:g}", "tune.beta_factor=1"))]
     df, paired = build(auto, cells("sweep_beta", a.scale, store, extra), table7)
     out = a.out or a.store.parent / "tables"
     write_table(df, "beta_auto", a.scale, "Per-layer beta chosen on held-out calibration windows (method.beta=auto) "

@@ -11,10 +11,10 @@ import logging
 
 import pandas as pd
 
-from astro.results import ResultStore, canonical_config
+from astro.results import canonical_config
 from experiments.beta_strength import probe_config
 
-from .common import find_probe, markdown, parser, write_table
+from .common import find_probe, markdown, parser, store_of, write_table
 
 
 def _median_range(s: pd.Series, fmt: str) -> str:
@@ -51,7 +51,7 @@ def main(argv=None) -> None:
         ap.add_argument(flag, type=tp, nargs="+", default=None, help="the probe's (make beta-strength ARGS)")
     a = ap.parse_args(argv)
     cfg = probe_config(a.scale, a.overrides)
-    rec = find_probe(ResultStore(a.store), "beta", canonical_config(cfg), "beta-strength",
+    rec = find_probe(store_of(a), "beta", canonical_config(cfg), "beta-strength",
                      where=lambda p: probed(p["linears"], a.blocks, a.linears), betas=a.betas,
                      iters=a.iters)   # the newest probe of this configuration with those points and linears
     df = build(rec)

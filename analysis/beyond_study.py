@@ -10,11 +10,9 @@ import logging
 
 import pandas as pd
 
-from astro.results import ResultStore
-
 from . import fig3_efficiency
 from .beta_auto import write_choices
-from .common import LABELS, cells, data_caption, markdown, parser, save_figure, write_table
+from .common import LABELS, cells, data_caption, markdown, parser, save_figure, store_of, write_table
 from .paired import collapsed_above_fp, paired_table, write_paired
 
 # each composed pipeline against each of its parts, then against the best of each family (AWQ's: AWQ+GPTQ;
@@ -41,9 +39,9 @@ def composed_figure(cs, fig3_cells, scale: str):
 
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
-    store = ResultStore(a.store)
+    store = store_of(a)
     cs = cells("beyond_study", a.scale, store, tuple(a.overrides))
-    save_figure(composed_figure(cs, cells("fig3_efficiency", a.scale, store, tuple(a.overrides)), a.scale),
+    save_figure(composed_figure(cs, fig3_efficiency.gather(a.scale, store, tuple(a.overrides)), a.scale),
                 "fig3_composed", a.scale, a.out or a.store.parent / "figures")
     out = a.out or a.store.parent / "tables"
     df = build(cs)

@@ -26,9 +26,7 @@ import statistics
 
 import pandas as pd
 
-from astro.results import ResultStore
-
-from .common import LABELS, cells, data_caption, markdown, parser, save_figure, write_table
+from .common import LABELS, cells, data_caption, markdown, parser, save_figure, store_of, write_table
 from .paired import interval, paired_difference, seed_list, seed_values, signed
 
 NO_CALIBRATION = ("method=fp,rtn", "calib.n_samples=8", "calib.seed=0")   # the make target's FP/RTN runs
@@ -208,7 +206,7 @@ def main(argv=None) -> None:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--sink", action="store_true", help="also the first-position weighting table (make calib-sink)")
     a = ap.parse_args(argv)
-    store, extra = ResultStore(a.store), tuple(a.overrides)
+    store, extra = store_of(a), tuple(a.overrides)
     tables, figures = a.out or a.store.parent / "tables", a.out or a.store.parent / "figures"
     cs = cells("calib_study", a.scale, store, extra)
     base = baselines(a.scale, store, extra)

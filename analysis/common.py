@@ -2,11 +2,13 @@
 reported numbers, and writers for Markdown / LaTeX / CSV tables and PNG / PDF figures.
 
 Numbers come only from run records (astro/results.py) and analysis/reported.yaml. A grid point without
-a record stays in the table as an explicit "missing" cell. Several records that differ only in the
+a record stays in the table as an explicit "missing" cell, or "diverged" when its runs' records say they
+diverged (a non-finite perplexity: recorded, never a number here). Several records that differ only in the
 calibration seed are one cell: mean +- std over seeds.
 
 Which records a cell shows: those whose *stored* canonical config (the record's own account of what
-determined its numbers) equals the canonical config of today's grid point, the seed aside. The canonical
+determined its numbers), in today's spelling (astro.results.current_form: e.g. without model.layer_widths,
+which later left the key), equals the canonical config of today's grid point, the seed aside. The canonical
 config holds only the fields the method's pipeline declares it reads (astro.methods.Pipeline.reads), and a
 field added later enters it only away from its old-behaviour default (astro.fields.added_field). So a new
 field, or a changed default of a field the method does not read, leaves every record in its cell; a change
@@ -28,19 +30,23 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from astro.methods import PIPELINES
+from astro.numerics import regime_hash, regime_id
 from astro.results import (
+    COMPLETE,
+    DIVERGED,
     ResultStore,
     asks_for_diagnostics,
     atomic_write_text,
     canonical_config,
     computation_form,
+    current_form,
     newest,
     stored_form,
 )
@@ -52,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 MISSING = "missing"
 # Rows the paper reports for methods we do not run (analysis/reported.yaml); every pipeline's label is its own
 # (astro.methods.Pipeline.label), so a pipeline registered later is labelled too.
-PAPER_ONLY_LABELS = {"omniquant": "OmniQuant", "spinquant": "SpinQuant"}
+PAPER_ONLY_LABELS = {"spinquant": "SpinQuant"}
 
 
 class _Labels(Mapping):
@@ -99,16 +105,21 @@ def lookup(record: dict, path: str):
 
 @dataclass
 class Cell:
-    """One grid point: its overrides and the records (one per seed) found for it."""
+    """One grid point: its overrides and the records (one per seed) found for it; diverged: the records of its
+    runs that diverged (astro.results: status 'diverged', never a result), for the seeds without a result."""
 
     choices: dict
     config: object
     key: str
     records: list
+    diverged: list = field(default_factory=list)
+    seeds: list = field(default_factory=list)             # the calibration seeds its grid points ask for
+    regime: str | None = None                             # the regime_hash its records share (cells())
+    excluded: list = field(default_factory=list)          # records of other regimes left out (cells())
 
     @property
     def status(self) -> str:
-        return "recorded" if self.records else MISSING
+        return "recorded" if self.records else DIVERGED if self.diverged else MISSING
 
     def values(self, path: str) -> list[float]:
         """The value at `path` ('metrics.ppl') of every record that has one."""
@@ -124,10 +135,13 @@ class Cell:
 
     def fmt(self, path: str, digits: int = 2, note: str = "") -> str:
         """'mean ± std (n=N)' over the seeds; one seed shows 'value (n=1)' so it reads as single-seed;
-        'missing' without a record, 'NaN' when the mean is not finite. note: appended inside the count."""
+        'missing' without a record, 'diverged' when its only runs diverged (and ', K diverged' inside the count
+        beside results), 'NaN' when the mean is not finite. note: appended inside the count."""
         m, sd, n = self.mean_std(path)
         if n == 0:
-            return MISSING
+            return DIVERGED if self.diverged and not self.records else MISSING
+        if self.diverged:
+            note = f", {len(self.diverged)} diverged{note}"
         if not math.isfinite(m):
             return "NaN"
         s = f"{m:.{digits}f}" if abs(m) < 1e5 else f"{m:.3g}"
@@ -142,39 +156,120 @@ class Cell:
         return self.fmt(path, digits, f", on {'+'.join(on)}" if on else "")
 
 
-def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...] = ()) -> list[Cell]:
-    """The experiment's grid points at `scale` (plus extra overrides), each with its records."""
-    by_seedless: dict[str, list] = {}
-    answering: dict[str, list] = {}   # every record, by the computation it made (its seed aside)
-    for rec in store.records():
-        by_seedless.setdefault(seedless_key(rec["canonical"]), []).append(rec)
-        answering.setdefault(seedless_key(computation_form(rec["canonical"])), []).append(rec)
+def record_regime(record: dict) -> dict | None:
+    """The machine part of the numeric regime a record was computed in (astro.numerics), what two methods of one
+    paired comparison must share: its `regime` without the thread count (which only a thread-dependent pipeline's
+    key holds: SpinQuant at 2 threads pairs with GPTQ, which computes the same bits at any count). For a record
+    made before regimes were recorded, what its env says of one (device, torch, threads: LAPACK then ran on every
+    thread, so the thread count moved every GPTQ and Astro number), marked unrecorded."""
+    if "regime" in record:
+        return {k: v for k, v in record["regime"].items() if k != "threads"}
+    env = record.get("env") or {}
+    return {"recorded": False, "device": env.get("device"), "torch": (env.get("versions") or {}).get("torch"),
+            "threads": env.get("torch_threads")}
+
+
+def regime_name(regime: dict | None) -> str:
+    """regime_id, and for an unrecorded one what its record's env says."""
+    if regime and regime.get("recorded") is False:
+        return (f"unrecorded (device {regime.get('device')}, torch {regime.get('torch')}, "
+                f"{plural(regime.get('threads', '?'), 'thread')})")
+    return regime_id(regime)
+
+
+_REGIME: str | None = None   # the analysis command's --regime (parser): cells() reads only that regime
+
+
+def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...] = (),
+          regime: str | None = None) -> list[Cell]:
+    """The experiment's grid points at `scale` (plus extra overrides), each with its records. The records of a
+    setting (one model and quantization grid: what a paired comparison holds fixed) come from one numeric
+    regime (record_regime, named by astro.numerics.regime_hash): `regime`, else the analysis command's
+    --regime, else the regime that holds most of that setting's records. So no paired comparison mixes regimes;
+    the records of other regimes a cell would have shown are left out, listed in Cell.excluded and named in the
+    log (regime_caption counts them). A diverged run's record (astro.results) shows in its cell's `diverged`
+    for a seed without a result."""
+    records = list(store.records(status=None))   # one pass: results, and the records of diverged runs
     with Composer() as c:
         points = c.points(experiment, scale, extra)
-    out, seen = [], set()
+    setting = [json.dumps([str(p.config.model), str(p.config.quant)]) for p in points]
+    out: list[Cell] = []
+    left: dict[str, dict] = {}
+    for s in dict.fromkeys(setting):
+        group = [p for p, sp in zip(points, setting, strict=True) if sp == s]
+        found = _cells(group, records, one_per_seed=False)   # every regime's records, to count them
+        seen = {r["key"]: r for c in found for r in c.records}
+        counts = Counter(regime_hash(record_regime(r)) for r in seen.values())
+        chosen = regime or _REGIME or (min(counts, key=lambda h: (-counts[h], h)) if counts else None)
+        if chosen is None:
+            out += found
+            continue
+        kept = _cells(group, [r for r in records if regime_hash(record_regime(r)) == chosen])
+        for c, f in zip(kept, found, strict=True):
+            c.regime = chosen
+            c.excluded = [r for r in f.records if regime_hash(record_regime(r)) != chosen]
+            left.update({r["key"]: r for r in c.excluded})
+        out += kept
+    if left:
+        log.warning("%s: left out %d record(s) of other numeric regimes than their setting's: %s", experiment,
+                    len(left), ", ".join(f"{k} ({regime_name(record_regime(r))})" for k, r in sorted(left.items())))
+    return out
+
+
+def _cells(points, records: list[dict], one_per_seed: bool = True) -> list[Cell]:
+    """The grid's cells with their records among `records` (cells()); one_per_seed: the newest of a seed's."""
+    by_seedless: dict[str, list] = {}
+    answering: dict[str, list] = {}   # every record, by the computation it made (its seed aside)
+    diverged: dict[str, list] = {}    # the records of runs that diverged
+    for rec in records:
+        form = current_form(rec["canonical"])   # as today's canonical_config writes it (records keyed before)
+        if rec["status"] == DIVERGED:
+            diverged.setdefault(seedless_key(form), []).append(rec)
+            continue
+        by_seedless.setdefault(seedless_key(form), []).append(rec)
+        answering.setdefault(seedless_key(computation_form(rec["canonical"])), []).append(rec)
+    out, seen = [], {}
     for p in points:  # points that differ only in calib.seed are one cell (mean +- std over seeds)
         canonical = stored_form(canonical_config(p.config))
         sk = seedless_key(canonical)
         ident = (sk, tuple(sorted((k, v) for k, v in p.choices.items() if k != "calib.seed")))
-        if ident not in seen:
-            seen.add(ident)
+        if ident in seen:
+            seen[ident].seeds.append(p.config.calib.seed)
+        else:
             recs = by_seedless.get(sk, [])
+            recs = _one_per_seed(recs) if one_per_seed else recs
             if not asks_for_diagnostics(canonical):
                 recs = recs + _answering_seeds(answering.get(seedless_key(computation_form(canonical)), []), recs)
-            out.append(Cell(p.choices, p.config, p.key, recs))
-            if not recs:
+            seeds = {_seed(r) for r in recs}
+            failed = [r for r in diverged.get(sk, []) if _seed(r) not in seeds]
+            seen[ident] = Cell(p.choices, p.config, p.key, recs, failed, seeds=[p.config.calib.seed])
+            out.append(seen[ident])
+            if not recs and not failed:
                 _explain_missing(canonical, by_seedless, p.choices)
     return out
+
+
+def _one_per_seed(records: list[dict]) -> list[dict]:
+    """The newest record of each calibration seed (records of one configuration differ in their key only by the
+    part of their regime the analysis groups together: a thread-dependent pipeline's thread count)."""
+    by_seed: dict = {}
+    for r in records:
+        by_seed.setdefault(_seed(r), []).append(r)
+    return [newest(rs) for rs in by_seed.values()]
+
+
+def _seed(record: dict):
+    """A record's calibration seed (None for a pipeline that reads no calibration data)."""
+    return (record["canonical"].get("calib") or {}).get("seed")
 
 
 def _answering_seeds(candidates: list, own: list) -> list:
     """For each calibration seed the cell's own records lack, the newest record of that seed among
     `candidates` (records of the same computation: astro.results.computation_form)."""
-    seed = lambda r: (r["canonical"].get("calib") or {}).get("seed")   # noqa: E731
-    have, by_seed = {seed(r) for r in own}, {}
+    have, by_seed = {_seed(r) for r in own}, {}
     for r in candidates:
-        if seed(r) not in have:
-            by_seed.setdefault(seed(r), []).append(r)
+        if _seed(r) not in have:
+            by_seed.setdefault(_seed(r), []).append(r)
     return [newest(rs) for rs in by_seed.values()]
 
 
@@ -195,7 +290,7 @@ def _explain_missing(canonical: dict, by_seedless: dict[str, list], choices: dic
     def same_run_family(c: dict) -> bool:
         return all(c.get(s) == canonical.get(s) for s in ("model", "quant")) and \
             c.get("method", {}).get("name") == canonical["method"]["name"]
-    near = [recs[0]["canonical"] for recs in by_seedless.values() if same_run_family(recs[0]["canonical"])]
+    near = [c for recs in by_seedless.values() if same_run_family(c := current_form(recs[0]["canonical"]))]
     if near:
         fields = Counter(f for c in near for f in differing_fields(canonical, c) if f != "calib.seed")
         log.info("missing %s: the store has %d configuration(s) of this method, model and setting, differing in %s",
@@ -338,12 +433,88 @@ def data_caption(cs: list[Cell], scale: str, with_reported: bool = True) -> str:
             f"{'paper-scale models' if scale == 'paper' else 'embedded stand-ins for the paper models'}.")
     machines = machines_phrase(cs)
     text += f" Ran on: {machines}." if machines else ""
+    text += regime_caption(cs)
     return text + (" Reported: the paper's numbers (LLaMA-2, WikiText-2, seq 2048); '-': the paper gives none there."
                    if with_reported else "")
 
 
+def regime_caption(cs: list[Cell]) -> str:
+    """' Numeric regime: <name>.' (several: each setting reads one, named), and how many records of other regimes
+    were left out, for captions."""
+    recs = {r["key"]: r for c in cs for r in c.records}
+    if not recs:
+        return ""
+    names = sorted({regime_name(record_regime(r)) for r in recs.values()})
+    left = {r["key"] for c in cs for r in c.excluded} - set(recs)
+    text = (f" Numeric regime: {names[0]}." if len(names) == 1 else
+            f" Numeric regimes (each setting reads one; no paired comparison mixes two): {'; '.join(names)}.")
+    return text + (f" {plural(len(left), 'record')} of other regimes left out." if left else "")
+
+
+class _Parser(argparse.ArgumentParser):
+    """parse_args also takes --regime as the regime every cells() call of the command reads."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        global _REGIME
+        _REGIME = getattr(ns, "regime", None)
+        return ns, rest
+
+
+ARCHIVE = HERE.parent / "archive"
+
+
+def manifest() -> dict:
+    """archive/manifest.yaml: which snapshots hold which protocol's records."""
+    return yaml.safe_load((ARCHIVE / "manifest.yaml").read_text())
+
+
+def snapshots(protocol: str | None = None) -> list[Path]:
+    """The snapshot folders of `protocol` (default: the manifest's current one)."""
+    m = manifest()
+    name = protocol or m["current"]
+    if name not in m["protocols"]:
+        raise SystemExit(f"--protocol: unknown protocol {name!r}; the manifest has {sorted(m['protocols'])}")
+    return [ARCHIVE / s for s in m["protocols"][name]["snapshots"]]
+
+
+@dataclass(frozen=True)
+class StoreUnion:
+    """Several results stores read as one (the analysis reads only records()): a record key found in more than
+    one is read from the first that has it (the local store before the archive)."""
+
+    stores: tuple[ResultStore, ...]
+
+    @property
+    def root(self) -> Path:
+        return self.stores[0].root
+
+    def records(self, status: str | None = COMPLETE):
+        seen = set()
+        for st in self.stores:
+            for r in st.records(status):
+                if r["key"] not in seen:
+                    seen.add(r["key"])
+                    yield r
+
+
+def store_of(a: argparse.Namespace):
+    """The store an analysis command reads: --store, and with --archive also the snapshots of --protocol (the
+    manifest's current protocol by default)."""
+    if not getattr(a, "archive", False):
+        return ResultStore(a.store)
+    return StoreUnion((ResultStore(a.store), *(ResultStore(p) for p in snapshots(a.protocol))))
+
+
 def parser(description: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=description)
+    ap = _Parser(description=description)
+    ap.add_argument("--archive", action="store_true",
+                    help="also read the archive's snapshots of the protocol (archive/manifest.yaml), beside --store")
+    ap.add_argument("--protocol", default=None, help="with --archive: the protocol whose snapshots are read "
+                                                     "(default: the manifest's current one)")
+    ap.add_argument("--regime", default=None,
+                    help="read the records of this numeric regime (its 8-digit hash, as `make status` prints it); "
+                         "default: the regime holding most of each grid's records")
     ap.add_argument("--scale", default="embedded", choices=SCALES)
     ap.add_argument("--store", default="results/store", type=Path)
     ap.add_argument("--out", default=None, type=Path, help="default: results/tables or results/figures")

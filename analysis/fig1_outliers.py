@@ -8,13 +8,27 @@ Reads the probe record written by experiments/outliers.py (kind 'probe:fig1') an
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from astro.results import ResultStore, canonical_config
 from experiments.grid import Composer
 
-from .common import find_probe, parser, save_figure
+from .common import find_probe, parser, save_figure, store_of
+
+
+def probe_file(store: ResultStore, rec: dict, field: str) -> Path:
+    """The file a probe record names in probe[field], confined to the record's own directory: a bare file name
+    that resolves inside it (a record is data, and a hand-edited or foreign one must not make the analysis read
+    any other file)."""
+    name, run_dir = rec["probe"].get(field), store.run_dir(rec["key"]).resolve()
+    path = run_dir / name if isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name \
+        else None
+    if path is None or path.resolve().parent != run_dir:
+        raise ValueError(f"record {rec['key']}: probe.{field}={name!r} is not a file in the record's directory "
+                         f"{run_dir}: not read")
+    return path
 
 
 def figure(arr, rec: dict, title: str, top: int = 3):
@@ -60,9 +74,9 @@ def main(argv=None) -> None:
     with Composer() as c:
         cfg = next(p for p in c.points("fig1_outliers", a.scale, tuple(a.overrides))
                    if p.config.method.preprocess).config
-    store = ResultStore(a.store)
+    store = store_of(a)
     rec = find_probe(store, "fig1", canonical_config(cfg), "fig1-outliers", block=a.block, linear=a.linear)
-    arr = np.load(store.run_dir(rec["key"]) / rec["probe"]["arrays"])
+    arr = np.load(probe_file(store, rec, "arrays"), allow_pickle=False)
     p = rec["probe"]
     title = (f"{cfg.model.source} block {p['block']} {p['linear']} {p['shape'][0]}x{p['shape'][1]}; "
              f"Astro beta={p['beta']:g}, {p['iters']} iterations, groups of {p['group_size']}; "

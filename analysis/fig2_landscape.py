@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 
-from astro.results import ResultStore, canonical_config
+from astro.results import canonical_config
 from experiments.grid import Composer
 
-from .common import find_probe, parser, save_figure
+from .common import find_probe, parser, save_figure, store_of
 
 
 def figure(rec: dict, title: str):
@@ -51,7 +51,7 @@ def main(argv=None) -> None:
     with Composer() as c:
         cfg = next(p for p in c.points("fig2_landscape", a.scale, tuple(a.overrides))
                    if p.config.method.name == "astro").config
-    rec = find_probe(ResultStore(a.store), "fig2", canonical_config(cfg), "fig2-landscape")
+    rec = find_probe(store_of(a), "fig2", canonical_config(cfg), "fig2-landscape")
     m = cfg.method
     title = (f"{cfg.model.source}: Astro reconstruction (beta={m.beta:g}, {m.iters} iterations, groups of "
              f"{cfg.quant.group_size}), unquantized ({a.scale})")

@@ -1,7 +1,9 @@
 """Figure 3: perplexity vs total quantization time, one point per method (log time axis), and the
-quantization-time table: every method's time per stage.
+quantization-time table: every method's time per stage. The points are Table 1's cells at the paper's Fig. 3
+setting (the first model at W3; each tuned method at its value chosen on validation text) and Table 7's RTN
+pipelines.
 
-  python -m analysis.fig3_efficiency --scale embedded      (make fig3-efficiency)
+  python -m analysis.fig3_efficiency --scale embedded --archive      (make fig3-efficiency)
 Time is the record's `method` timing: the wall time of the model-level transform (QuaRot/SpinQuant
 rotations, SpinQuant's learning included) plus the block loop (calibration forwards, AWQ's block-level
 scale search, reconstruction, quantization, propagation), minus our diagnostics, on the machine in the
@@ -14,12 +16,9 @@ import logging
 
 import pandas as pd
 
-from astro.results import ResultStore
-
-from .common import LABELS, cells, data_caption, markdown, parser, plain_log_ticks, save_figure, write_table
-from .paired import paired_table, write_paired
-from .table1 import PAIRS as TABLE1_PAIRS
-from .table7 import PAIRS as TABLE7_PAIRS
+from . import table1, table7
+from .common import LABELS, cells, data_caption, markdown, parser, plain_log_ticks, save_figure, store_of, write_table
+from .selection import CAPTION as SELECTION
 
 STAGES = ("transform", "block_transform", "calibration", "reconstruction", "quantization", "method", "evaluation")
 
@@ -36,7 +35,7 @@ def transform_note(c) -> str:
         return "-"
     tr = c.records[0].get("transform") or {}
     if not tr:
-        return "awq scales" if c.config.method.block_transform == "awq" else "-"
+        return {"awq": "awq scales", "omniquant": "learned clipping (lwc)"}.get(c.config.method.block_transform, "-")
     note = f"{tr['transform']} R1={tr.get('r1')}"
     if tr["transform"] == "spinquant":
         note += (f"; {tr['steps']} steps (lr {tr['lr']:g}) on {tr['sequences']} x {tr['seq_len']} tokens, "
@@ -50,9 +49,17 @@ def time_table(cs) -> pd.DataFrame:
                          for c in cs])
 
 
-def build_paired(cs) -> pd.DataFrame:
-    """Table 1's and Table 7's comparisons, those whose two methods are both in this grid."""
-    return paired_table(cs, TABLE1_PAIRS + TABLE7_PAIRS)
+def gather(scale: str, store, extra: tuple[str, ...] = ()) -> list:
+    """Fig. 3's points: Table 1's quantized cells at its first model's W3 setting, then Table 7's at the same
+    setting that Table 1 lacks (MagR+RTN, Astro+RTN), each tuned one at its chosen value."""
+    g = table1.gather(scale, store, extra)
+    setting = next((s for s in g.settings if s.split(" ")[1].startswith("w3")), None)
+    if setting is None:
+        raise SystemExit("Fig. 3: Table 1's grid has no W3 setting")
+    by7, _ = table7.gather(cells("table7", scale, store, extra))
+    points = {m: c for (s, m), c in g.by.items() if s == setting and m != "fp"}
+    points.update({m: c for (s, m), c in by7.items() if s == setting and m not in points})
+    return [c for c in points.values() if c.config is not None]
 
 
 def figure(cs, scale: str):
@@ -85,14 +92,13 @@ def figure(cs, scale: str):
 
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
-    cs = cells("fig3_efficiency", a.scale, ResultStore(a.store), tuple(a.overrides))
+    cs = gather(a.scale, store_of(a), tuple(a.overrides))
     df = time_table(cs)
-    caption = "Quantization time per stage (seconds). " + data_caption(cs, a.scale, with_reported=False)
+    caption = ("Quantization time per stage (seconds). " + SELECTION + " "
+               + data_caption(cs, a.scale, with_reported=False))
     write_table(df, "quant_time", a.scale, caption, a.out or a.store.parent / "tables")
     save_figure(figure(cs, a.scale), "fig3_efficiency", a.scale, a.out or a.store.parent / "figures")
     print(markdown(df))
-    write_paired(build_paired(cs), "fig3_efficiency", a.scale, a.out or a.store.parent / "tables",
-                 "Figure 3's methods, Table 1's and Table 7's comparisons where both are in the grid.")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from astro.results import ResultStore
-
-from .common import cells, parser, save_figure
+from .common import cells, parser, save_figure, store_of
 
 
 def figure(rows, title: str):
@@ -45,7 +43,7 @@ def main(argv=None) -> None:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--experiment", default="table5", help="an experiment whose grid has an Astro run")
     a = ap.parse_args(argv)
-    cs = [c for c in cells(a.experiment, a.scale, ResultStore(a.store), tuple(a.overrides))
+    cs = [c for c in cells(a.experiment, a.scale, store_of(a), tuple(a.overrides))
           if c.config.method.preprocess and c.records]
     if not cs:
         raise SystemExit(f"no Astro/MagR record in {a.experiment}'s grid at {a.scale} scale yet: run its sweep first")

@@ -134,10 +134,15 @@ def interval(p: Paired, digits: int = 2) -> str:
 def seed_values(cell: Cell, metric: str = METRIC) -> dict[int | None, float]:
     """calibration seed -> the metric, one entry per record (the store's key hashes the seed, so a cell
     holds at most one record per seed); records without the metric are left out. A record of a method that
-    reads no calibration data (FP, RTN: no calib in its key) is one value for every seed: seed None."""
+    reads no calibration data (FP, RTN: no calib in its key) is one value for every seed: seed None. A seed
+    whose run diverged (Cell.diverged) is NaN: a comparison with it is unusable, not quietly unpaired."""
     found = ((r["config"]["calib"]["seed"] if "calib" in r["canonical"] else None, lookup(r, metric))
              for r in cell.records)
-    return {seed if seed is None else int(seed): float(v) for seed, v in found if v is not None}
+    out = {seed if seed is None else int(seed): float(v) for seed, v in found if v is not None}
+    for r in cell.diverged:   # a diverged run's metric is not finite: NaN, so a pair with it is unusable
+        seed = r["config"]["calib"]["seed"] if "calib" in r["canonical"] else None
+        out.setdefault(seed if seed is None else int(seed), math.nan)
+    return out
 
 
 def _seed_order(s: int | None) -> int:
@@ -205,7 +210,7 @@ def comparison_row(a: Cell, b: Cell, label_a: str, label_b: str, level: float = 
     na = [lab for c, lab in sides if not c.records and not_applicable is not None and not_applicable(c)]
     if na:
         return {**empty, "verdict": f"{NOT_APPLICABLE}: {', '.join(na)}"}
-    lacking = [lab for c, lab in sides if not c.records]
+    lacking = [lab for c, lab in sides if not c.records and not c.diverged]
     if lacking:
         return {**empty, "verdict": f"{MISSING}: {', '.join(lacking)}"}
     p = paired_difference(seed_values(a, metric), seed_values(b, metric), level)
@@ -264,7 +269,7 @@ def paired_caption(metric_name: str = "PPL", level: float = 0.95) -> str:
             "n - 1 degrees of freedom); 'resolved' when the interval excludes 0. Mean A and mean B are over the "
             "shared seeds; seeds only one side has are listed and ignored. Single-seed rows (n=1) have no "
             "interval. 'missing': a side has no record yet; 'no shared seeds': nothing to pair; 'unusable': a "
-            "non-finite value, no number given.")
+            "non-finite value (a diverged run), no number given.")
 
 
 def write_paired(df: pd.DataFrame, name: str, scale: str, out: Path, lead: str = "") -> list[Path]:

@@ -15,8 +15,6 @@ import math
 
 import pandas as pd
 
-from astro.results import ResultStore
-
 from .common import (
     MISSING,
     cells,
@@ -25,6 +23,7 @@ from .common import (
     parser,
     plain_log_ticks,
     save_figure,
+    store_of,
     time_ratio,
     write_table,
 )
@@ -101,7 +100,7 @@ def figure(cs, scale: str):
 
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
-    cs = cells("solver_study", a.scale, ResultStore(a.store), tuple(a.overrides))
+    cs = cells("solver_study", a.scale, store_of(a), tuple(a.overrides))
     df = build(cs)
     caption = ("Astro+GPTQ perplexity and Astro time per solver arm; ratios and deltas against pgd-200 at the "
                "same bits and beta; one run per cell, or mean +- std over calibration seeds where n= is shown "

@@ -11,9 +11,18 @@ import logging
 
 import pandas as pd
 
-from astro.results import ResultStore
-
-from .common import LABELS, MISSING, STAND_IN_MODEL, cells, fmt_reported, markdown, parser, reported, write_table
+from .common import (
+    LABELS,
+    MISSING,
+    STAND_IN_MODEL,
+    cells,
+    fmt_reported,
+    markdown,
+    parser,
+    reported,
+    store_of,
+    write_table,
+)
 
 # (task, metric) columns in the paper's order; MMLU's categories come from the record's categories
 PAPER_COLUMNS = [("mmlu", "acc"), ("mmlu/stem", "acc"), ("mmlu/humanities", "acc"), ("mmlu/social_sciences", "acc"),
@@ -79,7 +88,7 @@ def main(argv=None) -> None:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--table", default="table2", choices=["table2", "table6"])
     a = ap.parse_args(argv)
-    cs = cells(a.table, a.scale, ResultStore(a.store), tuple(a.overrides))
+    cs = cells(a.table, a.scale, store_of(a), tuple(a.overrides))
     df, rep = build(cs, a.scale, a.table)
     cfg = cs[0].config
     caption = (f"Accuracy in % (value ± stderr; perplexity as is), W{cfg.quant.bits} g{cfg.quant.group_size}. "

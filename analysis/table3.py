@@ -1,7 +1,8 @@
-"""Table 3: Astro+GPTQ perplexity over the beta grid, alpha_k from activations (eq. 11) vs uniform.
-Also the figure of PPL vs beta (both alpha modes, ours and reported).
+"""Table 3: MagR+GPTQ (uniform alpha_k) and Astro+GPTQ (activation alpha_k, eq. 11) over the beta grid, per
+setting: validation PPL (where each method's beta is chosen, analysis/selection.py) beside test PPL, the chosen
+point marked. Also the figure of PPL vs beta (validation and test, ours; the paper's reported W3 curve).
 
-  python -m analysis.table3 --scale embedded      (make reproduce-table3 / make sweep-beta)
+  python -m analysis.table3 --scale embedded      (make reproduce-table3)
 """
 
 from __future__ import annotations
@@ -10,105 +11,80 @@ import logging
 
 import pandas as pd
 
-from astro.results import ResultStore
-
+from . import selection
+from .claims import CORPORA
 from .common import (
+    LABELS,
     cells,
     data_caption,
-    fmt_reported,
     markdown,
     parser,
     plain_log_ticks,
     reported,
     save_figure,
+    store_of,
     write_table,
 )
-from .paired import columns, comparison_row, paired_table, short_value, write_paired
+from .paired import short_value
 
-ALPHA_LABEL = {"activation": "alpha_k from activations (Astro)", "uniform": "uniform alpha_k = 1"}
-# the paired comparison's shorter names (its rows also name beta)
-ALPHA_SHORT = {"activation": "activation alpha_k", "uniform": "uniform alpha_k"}
+KEY = "tune.beta_factor"
 
 
-def build(cs) -> pd.DataFrame:
-    rep = reported()["table3"]
-    betas = sorted({c.config.method.beta for c in cs})
+def build(cs, chosen: dict) -> pd.DataFrame:
     rows = []
-    for alpha in ("activation", "uniform"):
-        mine = {c.config.method.beta: c for c in cs if c.config.method.alpha == alpha}
-        rows.append({"alpha_k": ALPHA_LABEL[alpha],
-                     **{f"beta={b:g}": mine[b].fmt("metrics.ppl") if b in mine else "not in grid" for b in betas}})
-        rows.append({"alpha_k": f"reported: {ALPHA_LABEL[alpha]}",
-                     **{f"beta={b:g}": fmt_reported(rep[alpha].get(b)) for b in betas}})
+    for c in cs:
+        s = selection.setting_of(c, KEY)
+        ch = chosen.get((s, c.config.method.name))
+        rows.append({"setting": " ".join(s), "method": LABELS[c.config.method.name],
+                     "beta": short_value(str(c.config.method.beta)), "factor": c.choices.get(KEY, "-"),
+                     "validation PPL": c.fmt(selection.VALIDATION), "test PPL": c.fmt(CORPORA["test"][0]),
+                     "test_ood PPL": c.fmt(CORPORA["test_ood"][0]),
+                     "chosen": ("chosen" + (" (grid edge)" if ch.edge else "") if ch is not None and ch.cell is c
+                                else "")})
     return pd.DataFrame(rows)
 
 
-def build_paired(cs) -> pd.DataFrame:
-    """Activation vs uniform alpha_k at each beta, paired on calibration seeds."""
-    return paired_table(cs, [("activation", "uniform")], key="method.alpha", labels=ALPHA_SHORT)
-
-
-def build_vs_quantizer(cs, alone) -> pd.DataFrame:
-    """Every (alpha_k, beta) point against the quantizer alone (GPTQ: Table 1's cell, same model, setting and
-    seeds): where in the grid the reconstruction pays off at all."""
-    rows = []
-    for c in sorted(cs, key=lambda c: (c.config.method.alpha_mode, c.config.method.beta)):
-        m = c.config.method
-        label = f"{ALPHA_SHORT[m.alpha_mode]} beta={short_value(c.choices.get('method.beta', m.beta_label))}"
-        rows.append({"comparison": f"{label} vs GPTQ", "setting": f"{c.choices['model']} {c.choices['quant']}",
-                     **comparison_row(c, alone, label, "GPTQ")})
-    return pd.DataFrame(rows, columns=columns())
-
-
 def figure(cs, scale: str):
+    """PPL vs beta per setting at W3 (validation dashed, test solid), and the paper's reported curve."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rep = reported()["table3"]
-    fig, (ax, axr) = plt.subplots(1, 2, figsize=(10, 3.8))
+    settings = list(dict.fromkeys(selection.setting_of(c, KEY) for c in cs))
+    fig, axes = plt.subplots(1, len(settings) + 1, figsize=(4.2 * (len(settings) + 1), 3.6), squeeze=False)
+    for ax, s in zip(axes[0], settings, strict=False):
+        for method, color in (("astro_gptq", "C0"), ("magr_gptq", "C1")):
+            mine = sorted((c.config.method.beta, c) for c in cs
+                          if selection.setting_of(c, KEY) == s and c.config.method.name == method)
+            for path, style, what in ((selection.VALIDATION, "--", "validation"), (CORPORA["test"][0], "-", "test")):
+                pts = [(b, c.mean_std(path)[0]) for b, c in mine if c.mean_std(path)[0] is not None]
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), style, marker="o", color=color,
+                            label=f"{LABELS[method]}, {what}")
+        ax.set(xscale="log", xlabel="beta", ylabel="perplexity", title=f"{' '.join(s)} ({scale})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axr = axes[0][-1]
     for alpha, style in (("activation", "o-"), ("uniform", "s--")):
-        pts = sorted((c.config.method.beta, c.mean_std("metrics.ppl")[0]) for c in cs
-                     if c.config.method.alpha == alpha and c.records)
-        if pts:
-            ax.plot(*zip(*pts, strict=True), style, label=ALPHA_LABEL[alpha])
-        rp = sorted(rep[alpha].items())
-        axr.plot(*zip(*rp, strict=True), style, label=ALPHA_LABEL[alpha])
-    cfg = cs[0].config
-    ax.set(xscale="log", xlabel="beta", ylabel="perplexity",
-           title=f"measured: {cfg.model.source} W{cfg.quant.bits} g{cfg.quant.group_size} ({scale})")
+        axr.plot(*zip(*sorted(rep[alpha].items()), strict=True), style, label=f"alpha_k {alpha}")
     axr.set(xscale="log", yscale="log", xlabel="beta", ylabel="perplexity", title="reported: LLaMA-2-7B W3 g128")
     plain_log_ticks(axr.yaxis)
-    betas = [c.config.method.beta for c in cs]
-    for a in (ax, axr):
-        a.set_xlim(min(betas) / 1.5, max(betas) * 1.5)  # the whole grid, measured or not
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
+    axr.grid(alpha=0.3)
+    axr.legend(fontsize=7)
+    fig.tight_layout()
     return fig
-
-
-def cfg_choice(cs, key: str) -> str:
-    """The grid's one value of `key` (model, quant): Table 3 sweeps a single model and setting."""
-    (v,) = {c.choices[key] for c in cs}
-    return v
 
 
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
-    store = ResultStore(a.store)
-    cs = cells("table3", a.scale, store, tuple(a.overrides))
-    df = build(cs)
-    cfg = cs[0].config
-    caption = (f"Astro+GPTQ perplexity vs beta, {cfg.model.source} W{cfg.quant.bits} g{cfg.quant.group_size}, "
-               f"{cfg.method.iters} PGD iterations. " + data_caption(cs, a.scale))
+    cs = cells("table3", a.scale, store_of(a), tuple(a.overrides))
+    chosen = selection.choose(cs, KEY)
+    df = build(cs, chosen)
+    caption = (f"MagR/Astro+GPTQ over the beta grid ({cs[0].config.method.iters} proximal-gradient iterations), "
+               "validation and test PPL. " + selection.CAPTION + " " + data_caption(cs, a.scale, with_reported=False))
     write_table(df, "table3", a.scale, caption, a.out or a.store.parent / "tables")
-    save_figure(figure(cs, a.scale), "table3_beta", a.scale, (a.out or a.store.parent / "figures"))
+    save_figure(figure(cs, a.scale), "table3_beta", a.scale, a.out or a.store.parent / "figures")
     print(markdown(df))
-    (alone,) = cells("table1", a.scale, store, (*a.overrides, f"model={cfg_choice(cs, 'model')}",
-                                                f"quant={cfg_choice(cs, 'quant')}", "method=gptq"))
-    write_paired(pd.concat([build_paired(cs), build_vs_quantizer(cs, alone)], ignore_index=True), "table3",
-                 a.scale, a.out or a.store.parent / "tables",
-                 "Table 3's comparison: alpha_k from activations vs uniform at each beta; then each point vs "
-                 "GPTQ alone (Table 1's cell).")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,7 @@ import logging
 
 import pandas as pd
 
-from astro.results import ResultStore
-
-from .common import STAND_IN_MODEL, cells, data_caption, fmt_reported, markdown, parser, reported, write_table
+from .common import STAND_IN_MODEL, cells, data_caption, fmt_reported, markdown, parser, reported, store_of, write_table
 
 
 def build(cs, scale: str) -> pd.DataFrame:
@@ -36,7 +34,7 @@ def build(cs, scale: str) -> pd.DataFrame:
 
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
-    cs = cells("table4", a.scale, ResultStore(a.store), tuple(a.overrides))
+    cs = cells("table4", a.scale, store_of(a), tuple(a.overrides))
     df = build(cs, a.scale)
     m = next(c.config.method for c in cs if c.config.method.name == "astro")
     caption = (f"Perplexity before and after Astro's reconstruction (no quantization; beta={m.beta:g}, "

@@ -11,9 +11,7 @@ import logging
 
 import pandas as pd
 
-from astro.results import ResultStore
-
-from .common import MISSING, cells, fmt_reported, markdown, parser, reported, write_table
+from .common import MISSING, cells, fmt_reported, markdown, parser, reported, store_of, write_table
 
 
 def layer_row(record: dict, block: int | None, linear: str) -> dict:
@@ -49,7 +47,7 @@ def main(argv=None) -> None:
     ap.add_argument("--block", type=int, default=None)
     ap.add_argument("--linear", default="self_attn.q_proj")
     a = ap.parse_args(argv)
-    cs = cells("table5", a.scale, ResultStore(a.store), tuple(a.overrides))
+    cs = cells("table5", a.scale, store_of(a), tuple(a.overrides))
     cell = cs[0]
     if not cell.records:
         choices = " ".join(f"{k}={v}" for k, v in cell.choices.items())

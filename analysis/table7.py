@@ -1,4 +1,5 @@
-"""Table 7: Astro as preprocessing for RTN (RTN, MagR+RTN, Astro+RTN), ours beside reported.
+"""Table 7: Astro as preprocessing for RTN (RTN, MagR+RTN, Astro+RTN), ours beside reported; MagR+RTN and
+Astro+RTN each at the beta chosen on validation text (analysis/selection.py), with the claims they bear on.
 
   python -m analysis.table7 --scale embedded      (make reproduce-table7)
 """
@@ -9,41 +10,66 @@ import logging
 
 import pandas as pd
 
-from astro.results import ResultStore
+from . import claims, selection
+from .common import (
+    LABELS,
+    STAND_IN_MODEL,
+    cells,
+    data_caption,
+    fmt_reported,
+    markdown,
+    parser,
+    reported,
+    store_of,
+    write_table,
+)
+from .paired import short_value
 
-from .common import LABELS, STAND_IN_MODEL, cells, data_caption, fmt_reported, markdown, parser, reported, write_table
-from .paired import paired_table, write_paired
-
-# the comparisons Table 7 makes, each A vs B within one model and setting
-PAIRS = [("astro_rtn", "magr_rtn"), ("magr_rtn", "rtn"), ("astro_rtn", "rtn")]
+KEY = "tune.beta_factor"
+CLAIMS = [claims.Claim("astro_rtn", "magr_rtn"), claims.Claim("magr_rtn", "rtn"), claims.Claim("astro_rtn", "rtn")]
 
 
-def build(cs, scale: str) -> pd.DataFrame:
+def gather(cs) -> tuple[dict, dict]:
+    """({(setting, method): cell} with the tuned methods at their chosen beta, {(setting, method): Choice})."""
+    chosen = {k: ch for k, ch in selection.choose([c for c in cs if c.config.method.preprocess], KEY).items()}
+    by = {}
+    for c in cs:
+        s = selection.setting_of(c, KEY)
+        if not c.config.method.preprocess:
+            by.setdefault((" ".join(s), c.config.method.name), c)
+    for (s, method), ch in chosen.items():
+        by[(" ".join(s), method)] = ch.cell if ch.cell is not None else type(cs[0])({}, None, "", [])
+    return by, chosen
+
+
+def build(by: dict, chosen: dict, scale: str) -> pd.DataFrame:
     rep = reported()["table7"]
     rows = []
-    for c in cs:
-        model = c.choices["model"]
+    for (s, method), c in by.items():
+        model = s.split(" ")[0]
         paper_model = model if scale == "paper" else STAND_IN_MODEL.get(model)
-        rows.append({"method": LABELS[c.config.method.name], "model": model, "setting": c.choices["quant"],
-                     "PPL": c.fmt("metrics.ppl"), "method time (s)": c.fmt_time("timings.method", cs),
-                     "reported (llama2-7b W3 g128)":
-                         fmt_reported(rep.get(paper_model or "", {}).get(c.config.method.name))})
+        ch = chosen.get((tuple(s.split(" ")), method))
+        rows.append({"method": LABELS[method], "setting": s,
+                     "beta (chosen on validation)": "-" if ch is None else selection.describe(
+                         ch, lambda v, ch=ch: f"{short_value(str(ch.cell.config.method.beta))} ({KEY}={v})"),
+                     "test PPL": c.fmt(claims.CORPORA["test"][0]), "test_ood PPL": c.fmt(claims.CORPORA["test_ood"][0]),
+                     "method time (s)": c.fmt_time("timings.method", list(by.values())),
+                     "reported (llama2-7b W3 g128)": fmt_reported(rep.get(paper_model or "", {}).get(method))})
     return pd.DataFrame(rows)
-
-
-def build_paired(cs) -> pd.DataFrame:
-    """PAIRS per model and setting, paired on calibration seeds."""
-    return paired_table(cs, PAIRS)
 
 
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
-    cs = cells("table7", a.scale, ResultStore(a.store), tuple(a.overrides))
-    df = build(cs, a.scale)
+    cs = cells("table7", a.scale, store_of(a), tuple(a.overrides))
+    by, chosen = gather(cs)
     out = a.out or a.store.parent / "tables"
-    write_table(df, "table7", a.scale, "Astro on RTN. " + data_caption(cs, a.scale), out)
+    df = build(by, chosen, a.scale)
+    write_table(df, "table7", a.scale, "Astro on RTN. " + selection.CAPTION + " " + data_caption(cs, a.scale), out)
     print(markdown(df))
-    write_paired(build_paired(cs), "table7", a.scale, out, "Table 7's comparisons.")
+    settings = list(dict.fromkeys(s for s, _ in by))
+    cl = claims.table(CLAIMS, by, settings)
+    write_table(cl, "table7_claims", a.scale, "Table 7's claims. " + claims.CAPTION, out)
+    print(markdown(cl))
 
 
 if __name__ == "__main__":

@@ -10,9 +10,7 @@ import logging
 
 import pandas as pd
 
-from astro.results import ResultStore
-
-from .common import LABELS, cells, data_caption, markdown, parser, write_table
+from .common import LABELS, cells, data_caption, markdown, parser, store_of, write_table
 
 COLLAPSE_FACTOR = 5.0   # a W2 setting informs the comparison only where its best method is below 5x FP
 
@@ -41,7 +39,7 @@ def build(cs, fp) -> pd.DataFrame:
 
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
-    store, extra = ResultStore(a.store), tuple(a.overrides)
+    store, extra = store_of(a), tuple(a.overrides)
     cs = cells("w2_groups", a.scale, store, extra)
     fp = next(iter(cells("w2_groups", a.scale, store, (*extra, "method=fp", "quant=w2g64"))), None)
     df = build(cs, fp)

@@ -58,6 +58,28 @@ class CalibConfig:
         return TokenWeights(self.first_tokens, self.first_weight)
 
 
+@dataclass   # not frozen: Hydra makes a frozen dataclass's nodes read-only, and eval.sets' entries are merged
+class EvalSet:
+    """A further text the quantized model is scored on, beside eval.corpus's test split (the 'test' role): its
+    role is its name in eval.sets (e.g. validation, test_ood). corpus: a registered corpus; split: train |
+    validation | test | all (astro.data.SPLITS; its test split follows the corpus's test protocol);
+    max_windows: the first windows scored (None = all). Windows are eval.seq_len long, with eval.bos."""
+
+    corpus: str = "wiki_offline"
+    split: str = "test"
+    max_windows: int | None = None
+
+    def __post_init__(self):
+        from .data import SPLITS
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.max_windows is not None and self.max_windows < 1:
+            raise ValueError(f"max_windows must be >= 1 or null, got {self.max_windows}")
+
+
+PRIMARY_ROLE = "test"   # eval.corpus's test split: metrics.ppl, what the tables report
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Perplexity on the corpus's test split with the GPTQ/OmniQuant protocol of that corpus
@@ -66,6 +88,8 @@ class EvalConfig:
     the protocol are recorded in the result). bos: auto (per-window BOS only for models that need it, e.g.
     Gemma; else as the reference: the tokenizer's defaults on the joined text) | tokenizer | window | none.
     lm_eval: zero/few-shot tasks (astro.tasks.TaskEvalConfig; no tasks = none run).
+    sets: further texts scored in the same pass, by role ({role: EvalSet}; e.g. validation, where every choice
+    is made, and test_ood, a second test corpus); each role's PPL and per-window NLLs go to metrics.sets.<role>.
     offload: how perplexity runs (astro.evaluate.eval_path): never = the whole model on loop.device; always =
     block by block (one decoder block on the device at a time, the windows' hidden states on loop.offload);
     auto = block by block when the model's bytes exceed 80% of memory_budget_gb (GB = 1e9 bytes) if set, else
@@ -80,9 +104,12 @@ class EvalConfig:
     lm_eval: TaskEvalConfig = field(default_factory=TaskEvalConfig)
     offload: str = added_field("auto")   # the perplexity path: same numbers up to float rounding
     memory_budget_gb: float | None = added_field(None)
+    sets: dict[str, EvalSet] = added_field(factory=dict)  # noqa: RUF009 (a dataclasses.field, made per instance)
 
     def __post_init__(self):
         from .evaluate import OFFLOAD_MODES
+        if PRIMARY_ROLE in self.sets:
+            raise ValueError(f"eval.sets.{PRIMARY_ROLE} is eval.corpus's test split already: name the set otherwise")
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"eval.offload must be one of {OFFLOAD_MODES}, got {self.offload!r}")
         if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
@@ -111,12 +138,22 @@ class RunConfig:
         # record's config says so); pipelines that do not reconstruct never read beta, so they keep none
         if self.method.preprocess and self.method.beta == "auto" and self.calib.holdout < 1:
             object.__setattr__(self, "calib", dataclasses.replace(self.calib, holdout=AUTO_HOLDOUT))
+        oq = self.method.omniquant
+        if self.method.block_transform == "omniquant" and oq.batch_size > oq.windows(self.calib.n_samples):
+            raise ValueError(f"method.omniquant.batch_size={oq.batch_size} is larger than the "
+                             f"{oq.windows(self.calib.n_samples)} windows it trains on (calib.n_samples="
+                             f"{self.calib.n_samples}, method.omniquant.samples={oq.samples})")
 
 
 def _coerce(tp, value, key: str):
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if not isinstance(value, typing.Mapping):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {str(k): _coerce(item, v, f"{key}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:

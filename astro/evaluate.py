@@ -42,6 +42,15 @@ class PerplexityResult:
     seconds: float
     protocol: str = "stream"   # how the token stream was built (astro.data.eval_tokens), "stream" if not given
     path: str = "whole"        # 'whole' (the whole model on the device) or 'blockwise' (one block at a time)
+    window_nll: tuple[float, ...] = ()   # each scored window's mean next-token NLL, in window order
+
+    def metrics(self) -> dict:
+        """What a record keeps of it (astro.run.RunResult.metrics): ppl, nll, the windows and tokens scored, the
+        protocol and path, and the per-window NLLs (for intervals that resample the text)."""
+        return {"ppl": self.ppl, "nll": self.nll, "eval_windows": self.n_windows,
+                "eval_windows_available": self.n_windows_available, "eval_seq_len": self.seq_len,
+                "eval_tokens": self.n_tokens_scored, "eval_protocol": self.protocol, "eval_path": self.path,
+                "nll_per_window": list(self.window_nll)}
 
     @property
     def capped(self) -> bool:
@@ -183,8 +192,9 @@ def perplexity(model, stream: torch.Tensor | EvalTokens, seq_len: int, max_windo
         losses = _whole_losses(model, windows, batch_size, device, progress)
     else:
         losses = _blockwise_losses(model, windows, batch_size, device, activations, progress)
-    nll = float(torch.cat(losses).mean())
+    per_window = torch.cat(losses)
+    nll = float(per_window.mean())
     ppl = math.inf if nll > _LOG_FLOAT_MAX else math.exp(nll)   # overflow: infinite (a NaN nll stays NaN)
     return PerplexityResult(ppl, nll, n, available, seq_len, n * (seq_len - 1),
-                            time.perf_counter() - t0, protocol, path)
+                            time.perf_counter() - t0, protocol, path, tuple(per_window.tolist()))
 

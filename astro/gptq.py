@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .numerics import serial
 from .quantizer import (
     QParams,
     QuantGrid,
@@ -62,7 +63,14 @@ class GPTQConfig:
 
 
 def _inverse_cholesky(H: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, str | None]:
-    """Upper Cholesky factor of (H + damp I)^-1 and the fallback taken (None if the first damping worked)."""
+    """Upper Cholesky factor of (H + damp I)^-1 and the fallback taken (None if the first damping worked).
+    LAPACK runs on one thread (astro.numerics.serial): its bits, and so every rounding GPTQ makes, must not
+    depend on the CPU thread count."""
+    with serial(H.device):
+        return _inverse_cholesky_serial(H, cfg)
+
+
+def _inverse_cholesky_serial(H: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, str | None]:
     mean_diag = torch.mean(torch.diagonal(H))
     tries = 1 + (cfg.max_damp_tries if cfg.on_cholesky_failure == "more_damping" else 0)
     damp = cfg.damp_percent

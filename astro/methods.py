@@ -26,6 +26,7 @@ import torch
 from .awq import AWQConfig, search_clip
 from .fields import added_field
 from .gptq import GPTQConfig, GPTQFactor, gptq, gptq_factor
+from .omniquant import LearnedClip, OmniQuantConfig
 from .quantizer import QuantGrid, QuantResult, pad_to_groups
 from .regularize import RegularizeConfig, reconstruct, shared_lambda_max
 from .rotation import RotationConfig
@@ -40,18 +41,24 @@ class Component(NamedTuple):
     older numerics are never reused and a table cannot mix them. reads: the RunConfig fields (dotted paths)
     that can change its numbers; with Pipeline.reads they are the whole of a run's key. data: whether it
     reads calibration data (a pipeline of data-free components, RTN or QuaRot+RTN, runs no calibration
-    forward, and its key holds no calibration field: one record serves every calibration seed)."""
+    forward, and its key holds no calibration field: one record serves every calibration seed).
+    thread_invariant: whether its results are the same bits at any CPU thread count (astro.numerics: its
+    factorizations run serially and nothing else of it sums across threads; experiments/regime_probe.py
+    checks the stages); a pipeline with a component that is not keys the thread count in its regime."""
 
     version: int
     reads: tuple[str, ...]
     data: bool = True
+    thread_invariant: bool = True
 
 
 #   awq 2: no clipping search for q/k (AWQ_CLIP_SKIP).  spinquant 2: the Cayley step cap (astro.rotation).
 COMPONENTS: dict[str, Component] = {
     "quarot": Component(1, ("method.rotation.seed",), data=False),   # random Hadamard rotations
-    "spinquant": Component(2, ("method.rotation", "quant")),     # learns R1/R2 under fake quantization
+    # learns R1/R2 under fake quantization: its backward passes and loss reduce across threads
+    "spinquant": Component(2, ("method.rotation", "quant"), thread_invariant=False),
     "awq": Component(2, ("method.awq", "quant")),
+    "omniquant": Component(1, ("method.omniquant", "quant")),   # learns clipping ranges per block (LWC)
     "regularize": Component(1, ("method.beta", "method.beta_grid", "method.beta_screen", "method.iters",
                                 "method.alpha", "method.linf_group_size", "method.solver", "method.tol",
                                 "quant.group_size")),  # l_inf groups default to it
@@ -69,9 +76,10 @@ class Pipeline(NamedTuple):
     ('astro' = activation alpha, 'magr' = uniform alpha, None). quantizer: 'rtn' | 'gptq' | None. clip: AWQ's
     per-linear clipping search before quantization. clip_skip: the roles (a linear's path inside its block,
     e.g. 'self_attn.q_proj') whose clipping search is skipped. block_transform: 'awq' (scales folded per
-    block before its calibration) or None. model_transform: 'quarot' | 'spinquant' (residual rotations fused
-    once before the loop) or None. Adding a method = one entry in PIPELINES + its conf/method/<name>.yaml:
-    its run key, records and labels follow from the entry."""
+    block before its calibration), 'omniquant' (clipping ranges learned per block, quantized on by RTN) or
+    None. model_transform: 'quarot' | 'spinquant' (residual rotations fused once before the loop) or None.
+    Adding a method = one entry in PIPELINES + its conf/method/<name>.yaml: its run key, records and labels
+    follow from the entry."""
 
     label: str
     preprocess: str | None = None
@@ -92,6 +100,11 @@ class Pipeline(NamedTuple):
     def numerics(self) -> dict[str, int]:
         """{component: version} of what this pipeline runs (recorded with every run)."""
         return {c: COMPONENTS[c].version for c in self.components}
+
+    @property
+    def thread_invariant(self) -> bool:
+        """Whether every component computes the same bits at any CPU thread count (Component)."""
+        return all(COMPONENTS[c].thread_invariant for c in self.components)
 
     @property
     def calibrates(self) -> bool:
@@ -132,6 +145,7 @@ PIPELINES: dict[str, Pipeline] = {
     "quarot_rtn": Pipeline("QuaRot+RTN", quantizer="rtn", model_transform="quarot"),
     "quarot_gptq": Pipeline("QuaRot+GPTQ", quantizer="gptq", model_transform="quarot"),
     "spinquant_gptq": Pipeline("SpinQuant", quantizer="gptq", model_transform="spinquant"),
+    "omniquant": Pipeline("OmniQuant", quantizer="rtn", block_transform="omniquant"),   # weight-only: LWC
     # Astro composed with scaling / rotation (not in the paper): the transform first, so Astro's H and alpha_k
     # are those of the transformed layer; AWQ's clipping search runs after Astro, on the weights GPTQ will
     # quantize (clipping first would fit ranges that Astro's shrinking of group maxima then moves)
@@ -168,8 +182,9 @@ class MethodConfig:
     (the paper's) or 'fista' (accelerated); tol: stop when one iteration's change is below tol times the
     decrease so far (None = all iters), see astro.regularize. gptq: GPTQ settings. awq: AWQ's scale and
     clip grids (astro.awq.AWQConfig; awq, awq_gptq). rotation: QuaRot's seed and SpinQuant's learning
-    schedule (astro.rotation.RotationConfig; quarot_*, spinquant_gptq). Pipelines ignore the fields they do
-    not use (and so does the run key).
+    schedule (astro.rotation.RotationConfig; quarot_*, spinquant_gptq). omniquant: the learnable weight
+    clipping's schedule (astro.omniquant.OmniQuantConfig). Pipelines ignore the fields they do not use (and so
+    does the run key).
     beta: a number, or 'auto': per linear, the beta of beta_grid whose quantized weights have the lowest
     error on held-out calibration tokens (calib.holdout windows, which the reconstruction never sees;
     select_beta). beta_grid: the candidates (default: the paper's Table 3 grid). beta_screen: 0 = every candidate
@@ -188,6 +203,7 @@ class MethodConfig:
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
     awq: AWQConfig = field(default_factory=AWQConfig)
     rotation: RotationConfig = field(default_factory=RotationConfig)
+    omniquant: OmniQuantConfig = field(default_factory=OmniQuantConfig)
 
     def __post_init__(self):
         if self.name not in PIPELINES:
@@ -199,8 +215,9 @@ class MethodConfig:
         if not (0 <= self.beta_screen <= 1):
             raise ValueError(f"method.beta_screen must be a share of rows in [0, 1] (0: the full search), "
                              f"got {self.beta_screen!r}")
-        # a tuple, however given (Hydra gives lists), so the default compares equal and stays out of the key
-        object.__setattr__(self, "beta_grid", tuple(float(b) for b in self.beta_grid))
+        # a tuple, however given (Hydra gives lists), so the default compares equal and stays out of the key;
+        # ascending and without repeats: the candidates are a set (a repeated one would be warm-started from itself)
+        object.__setattr__(self, "beta_grid", tuple(sorted({float(b) for b in self.beta_grid})))
         try:   # validates beta/iters/alpha/group size/solver/tol early, named as the user writes them
             for beta in self.betas:
                 self.regularize_config(128, beta)
@@ -208,7 +225,8 @@ class MethodConfig:
             import re
             raise ValueError(re.sub(r"\bregularize\.(\w+)", lambda m: "method." + (
                 "linf_group_size" if m[1] == "group_size" else m[1]), str(e))) from None
-        for key, tp in (("gptq", GPTQConfig), ("awq", AWQConfig), ("rotation", RotationConfig)):
+        for key, tp in (("gptq", GPTQConfig), ("awq", AWQConfig), ("rotation", RotationConfig),
+                        ("omniquant", OmniQuantConfig)):
             if not isinstance(getattr(self, key), tp):
                 raise ValueError(f"method.{key} must be a {tp.__name__}, got {getattr(self, key)!r}")
 
@@ -290,9 +308,10 @@ def group_linf_mean(W: torch.Tensor, g: int) -> list[float]:
     return pad_to_groups(W, g, "zero").abs().amax(-1).mean(0).tolist()
 
 
-def _quantize(kind: str, W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig) -> QuantResult:
+def _quantize(kind: str, W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig,
+              learned: LearnedClip | None = None) -> QuantResult:
     if kind == "rtn":
-        return rtn(W, grid)
+        return rtn(W, grid, learned.ranges(W, grid) if learned is not None else None)
     return gptq(W, stats.H, grid, method.gptq, shared_gptq_factor(stats, method.gptq))
 
 
@@ -320,7 +339,8 @@ class _Candidate:
 
 
 def _candidate(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig, beta: float | None,
-               lam: float, linear: str | None, init: torch.Tensor | None) -> _Candidate:
+               lam: float, linear: str | None, init: torch.Tensor | None,
+               learned: LearnedClip | None = None) -> _Candidate:
     H = stats.H.to(W0.device)
     row: dict = {}
     t = time.perf_counter()
@@ -344,7 +364,7 @@ def _candidate(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: Met
                    clip_ratio_min=float(clip.ratio.min()),
                    clip_err_rtn_before=clip.err_before, clip_err_rtn_after=clip.err_after, clip_reverted=clip.reverted,
                    t_clip=time.perf_counter() - t)
-    qres = _quantize(method.quantizer, Wp, stats, grid, method) if method.quantizer else None
+    qres = _quantize(method.quantizer, Wp, stats, grid, method, learned) if method.quantizer else None
     return _Candidate(beta, reg, Wp, qres, row, t_reg, time.perf_counter() - t)
 
 
@@ -449,7 +469,7 @@ def _data_free(W0: torch.Tensor, grid: QuantGrid, method: MethodConfig) -> Linea
 
 
 def process_linear(W: torch.Tensor, stats: LayerStats | None, grid: QuantGrid, method: MethodConfig,
-                   linear: str | None = None) -> LinearOutcome:
+                   linear: str | None = None, learned: LearnedClip | None = None) -> LinearOutcome:
     """Run the method's pipeline on one linear W [out, in] and return the new weights and its row.
     stats None: a data-free pipeline (RTN), run without calibration statistics.
 
@@ -458,7 +478,11 @@ def process_linear(W: torch.Tensor, stats: LayerStats | None, grid: QuantGrid, m
     unknown role: every linear is treated alike (AWQ then clips q/k too). With method.beta=auto the row also
     holds beta (the chosen one), beta_grid and the selection's record (select_beta: err_select_per_beta,
     iters_per_beta, beta_warm_start, select_rows when screened), and the errors on the windows that chose beta are
-    named for that (err_select, err_rtn_select, n_tokens_select): they are not held out."""
+    named for that (err_select, err_rtn_select, n_tokens_select): they are not held out. learned: the clipping its
+    block transform learned (OmniQuant; astro.blockwise.BlockOutcome.params): RTN quantizes on those ranges."""
+    if (learned is not None) != (method.block_transform == "omniquant"):
+        raise ValueError(f"method {method.name!r}: learned clipping ranges come from OmniQuant's block transform "
+                         f"and only OmniQuant quantizes on them; got {'none' if learned is None else 'some'}")
     W0 = W.float()
     if stats is None:
         return _data_free(W0, grid, method)
@@ -475,7 +499,8 @@ def process_linear(W: torch.Tensor, stats: LayerStats | None, grid: QuantGrid, m
         cand, selection = select_beta(W0, stats, grid, method, lam, linear)
         row.update(beta=cand.beta, beta_grid=list(method.betas), **selection)
     else:
-        cand = _candidate(W0, stats, grid, method, method.betas[0] if method.preprocess else None, lam, linear, None)
+        cand = _candidate(W0, stats, grid, method, method.betas[0] if method.preprocess else None, lam, linear, None,
+                          learned)
     row.update(cand.row)
     row["t_regularize"] = row["t_lambda_max"] + cand.t_regularize
     row["t_quantize"] = cand.t_quantize

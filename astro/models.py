@@ -163,9 +163,11 @@ class ModelConfig:
     """source: an embedded name (smollm2-135m, gemma3-270m), a random-weight Llama (RANDOM_LLAMAS:
     tiny-random-llama, random-llama2-7b, ...), a local directory, a .gguf file, or a hub id. dtype:
     float32 (CPU) or bfloat16/float16 (GPU). trust_remote_code stays off unless set. seed: initialisation
-    seed of a random-weight Llama. layer_widths: the in_features of
-    the model's linears, when known (conf/model/*.yaml), so the quantization grid is checked against
-    them before anything loads; the loaded model's real widths are checked again after loading."""
+    seed of a random-weight Llama. layer_widths: the in_features of the model's linears (conf/model/*.yaml),
+    for checking the quantization grid before loading a model that does not tell its own shape without
+    loading (a hub id outside the local cache); every other model's widths are read from the model itself
+    (astro.preflight.model_shape), and the loaded model's real widths are checked again after loading. A
+    check only: not part of the run key."""
 
     source: str = "smollm2-135m"
     dtype: str = "float32"

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .numerics import serial
 from .quantizer import pad_to_groups
 from .stats import LayerStats
 
@@ -197,8 +198,10 @@ def group_alpha(stats: LayerStats, group_len: int, mode: str) -> torch.Tensor:
 
 
 def lambda_max(H: torch.Tensor, device: torch.device | str) -> float:
-    """The largest eigenvalue of H, taken in float32 on `device` (as `reconstruct` uses H)."""
-    return float(torch.linalg.eigvalsh(H.to(device, torch.float32))[-1])
+    """The largest eigenvalue of H, taken in float32 on `device` (as `reconstruct` uses H); on one CPU thread
+    (astro.numerics.serial), so the step size does not depend on the thread count."""
+    with serial(device):
+        return float(torch.linalg.eigvalsh(H.to(device, torch.float32))[-1])
 
 
 def shared_lambda_max(stats: LayerStats, device: torch.device | str) -> tuple[float, float]:

@@ -6,26 +6,31 @@ record.json.gz instead, the same JSON gzip-compressed (`archive_records`), read 
 atomically (temporary file + os.replace), after the run finished, as strict JSON (no NaN or Infinity:
 a non-finite value is refused), so a run killed mid-way leaves nothing that looks like one. A record
 counts only when it is *valid* (`record_problem`): a JSON object with the required fields, its key equal
-to its directory's name and status 'complete'. Everywhere (a sweep's skip, `make status`, the analysis)
-an invalid record (truncated, hand-edited, the wrong shape) counts as missing; a sweep moves it aside
-(`record.json.corrupt-<UTC time>`) and redoes the run. Analysis reads only valid records.
+to its directory's name and to the key of its own stored canonical config, metrics and timings made of
+numbers, strings and nulls, and status 'complete' with a finite positive metrics.ppl. Everywhere (a sweep's
+skip, `make status`, the analysis) an invalid record (truncated, a damaged gzip stream, hand-edited, the
+wrong shape) counts as missing; a sweep moves it aside (`record.json.corrupt-<UTC time>`) and redoes the
+run. Analysis reads only valid records. A run whose perplexity or another metric is not finite writes a
+record with status 'diverged' (its cause, which metrics; the non-finite values stored as null with their
+paths named): never a result, shown as 'diverged' by `make status` and the tables, and skipped by sweeps
+unless store.retry_diverged=true, which moves it aside (`record.json.diverged-<UTC time>`) and reruns.
 
-A sweep claims a point before running it with a lock file, <root>/<key>/.lock (created atomically with
-O_CREAT|O_EXCL; it holds the host, pid and start time), so two sweeps on one store never compute the
-same point: the second skips it. A lock whose process is gone (same host, dead pid), that cannot be
-read, or that is older than LOCK_STALE_AFTER_S is stale and taken over with a warning.
+A sweep claims a point before running it with a lock file, <root>/<key>/.lock (astro.locks), so two sweeps
+on one store never compute the same point: the second skips it.
 
 The key hashes the *canonical* RunConfig: fields that cannot change the run's numbers are dropped
-(regularization settings when the pipeline has no Astro/MagR step, GPTQ settings when it does not use
-GPTQ, the quantization grid for the full-precision model), so sweeps of different experiments that
-reach the same computation share one record. Tracking settings, paths and the experiment's name are
-never part of the key. A local model (a directory or a .gguf file) is keyed by its path and a fingerprint
-of its files' contents (astro.models.local_fingerprint), so other weights at the same path are another
-run; embedded names and hub ids (with their revision) are keyed by name. A field that only adds
-diagnostics (calib.holdout: held-out errors in the rows) is keyed, but a record made with it also answers
-for the same run without it, and so does a record of the same computation under another pipeline name
-(MagR+GPTQ is Astro+GPTQ with uniform alpha_k): `computation_form`, ResultStore.answering. A sweep skips
-that run, `make status` counts it done and the analysis shows that record.
+(regularization settings when the pipeline has no Astro/MagR step, GPTQ settings when it does not use GPTQ,
+the quantization grid for the full-precision model, model.layer_widths, a pre-load check), and every way of
+writing one computation is written one way (method.beta_grid ascending without repeats, method.linf_group_size
+equal to quant.group_size as its default None, a device as its kind: cuda:0 -> cuda), so sweeps of different
+experiments that reach the same computation share one record. Tracking settings, paths and the experiment's
+name are never part of the key. A local model (a directory or a .gguf file) is keyed by its path and a
+fingerprint of its files' contents (astro.models.local_fingerprint), so other weights at the same path are
+another run; embedded names and hub ids (with their revision) are keyed by name. A field that only adds
+diagnostics (calib.holdout: held-out errors in the rows) is keyed, but a record made with it also answers for
+the same run without it, and so does a record of the same computation under another pipeline name (MagR+GPTQ
+is Astro+GPTQ with uniform alpha_k): `computation_form`, ResultStore.answering. A sweep skips that run, `make
+status` counts it done and the analysis shows that record.
 """
 
 from __future__ import annotations
@@ -38,36 +43,36 @@ import logging
 import math
 import os
 import shutil
-import socket
 import tempfile
-import time
-import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .blockwise import device_kind
 from .config import RunConfig, to_dict
+from .data import CORPUS_VERSIONS
 from .environment import environment
 from .fields import added_fields
+from .locks import LOCK, RunLock, claim, describe_lock, now_iso  # noqa: F401 (describe_lock: the runner's)
 from .methods import AUTO, AUTO_FIELDS, same_computation
 from .models import local_fingerprint
+from .numerics import regime as process_regime
 
 log = logging.getLogger(__name__)
 
 RECORD = "record.json"
 RECORD_GZ = RECORD + ".gz"   # an archived record: read like RECORD, never written by a run
-LOCK = ".lock"
 SCHEMA_VERSION = 1
 # A record counts only with these fields, of these types (record_problem).
 REQUIRED_FIELDS: dict[str, type] = {"schema": int, "key": str, "status": str, "config": dict, "canonical": dict,
                                      "metrics": dict, "timings": dict}
-# A lock older than this is stale whoever holds it (a crashed job on another host): 48 hours, longer than
-# any single run of the paper's grid takes. A longer run on another host could then be started twice.
-LOCK_STALE_AFTER_S = 48 * 3600
-# A lock file that cannot be parsed is another process's just-created one for this long (it writes its
-# contents right after creating it), then stale.
-LOCK_UNREADABLE_GRACE_S = 60
+COMPLETE, DIVERGED = "complete", "diverged"
+# A record's status: 'complete' (a result), or 'diverged' (the run finished with a non-finite perplexity or
+# metric: kept as a record of that fact, with its cause, and never read as a result; retried only on request).
+STATUSES = (COMPLETE, DIVERGED)
+
 def _restrict(d: dict, paths: tuple[str, ...]) -> dict:
     """The parts of nested dict `d` at the dotted `paths` (a path to a section keeps all of it)."""
     out: dict = {}
@@ -90,9 +95,13 @@ def canonical_config(cfg: RunConfig) -> dict:
     if cfg.method.beta != AUTO:   # the candidates of beta=auto and how they are tried: a fixed beta never reads them
         for f in AUTO_FIELDS:
             m.pop(f, None)
+    _one_spelling(d)
     newer = {c: v for c, v in cfg.method.pipeline.numerics.items() if v > 1}
     if newer:   # numerics changed since records were first written (astro.methods.COMPONENTS)
         d["numerics"] = newer
+    splits = {c: CORPUS_VERSIONS[c] for c in corpora_read(cfg) if CORPUS_VERSIONS.get(c, 1) > 1}
+    if splits:   # a corpus whose splits changed since records were first written (astro.data.CORPUS_VERSIONS)
+        d["corpora"] = splits
     if "calib" in d:
         if not cfg.calib.token_weights.active:   # every token weighs 1: the plain token mean, however written
             for k in ("first_tokens", "first_weight"):
@@ -104,13 +113,51 @@ def canonical_config(cfg: RunConfig) -> dict:
     fingerprint = local_fingerprint(cfg.model)
     if fingerprint is not None:   # a local model: its contents, not only its path (other models: no field)
         d["model"]["fingerprint"] = fingerprint
-    for path, value in added_fields(RunConfig).items():   # at their defaults, as before they existed
+    _drop_added_defaults(d)
+    return d
+
+
+def _one_spelling(d: dict) -> None:
+    """Write, in canonical dict `d` (built or stored), the spellings of one computation one way."""
+    m, quant = d.get("method") or {}, d.get("quant") or {}
+    if m.get("linf_group_size") is not None and m["linf_group_size"] == quant.get("group_size"):
+        m["linf_group_size"] = None   # None means the quantization group size (MethodConfig.regularize_config)
+    loop = d.get("loop") or {}
+    for k in ("device", "offload"):   # which kind of processor computes, not its index: cuda == cuda:0 == cuda:1
+        if isinstance(loop.get(k), str):
+            loop[k] = device_kind(loop[k])
+    (d.get("model") or {}).pop("layer_widths", None)   # a pre-load check (astro.preflight), read by no computation
+
+
+def _drop_added_defaults(d: dict) -> None:
+    """Leave out of canonical dict `d` every added_field at its default, as before it existed."""
+    for path, value in added_fields(RunConfig).items():
         node = d
         for p in path[:-1]:
             node = node.get(p, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict) and path[-1] in node and node[path[-1]] == value:
+        if isinstance(node, dict) and path[-1] in node and stored_form(node[path[-1]]) == stored_form(value):
             del node[path[-1]]
-    return d
+
+
+def current_form(canonical: dict) -> dict:
+    """A stored canonical config (a record's) in the form canonical_config writes today: the spellings of one
+    computation that later rules write one way (_one_spelling; method.beta_grid ascending) are rewritten, so a
+    record keyed before those rules still matches its computation (analysis.common.cells,
+    ResultStore.answering); its key stays its own. A beta_grid with repeats stays as it is: beta=auto
+    warm-started the repeat from itself, another computation than the grid without it."""
+    out = copy.deepcopy(canonical)
+    _one_spelling(out)
+    m = out.get("method") or {}
+    if isinstance(m.get("beta_grid"), list) and len(set(m["beta_grid"])) == len(m["beta_grid"]):
+        m["beta_grid"] = sorted(m["beta_grid"])
+    _drop_added_defaults(out)
+    return out
+
+
+def corpora_read(cfg: RunConfig) -> list[str]:
+    """The corpora a run reads: its calibration corpus (when its pipeline calibrates) and every evaluation set's."""
+    names = [cfg.calib.corpus] if cfg.method.needs_calibration else []
+    return sorted({*names, cfg.eval.corpus, *(s.corpus for s in cfg.eval.sets.values())})
 
 
 def calibrates_with_bos(cfg: RunConfig) -> bool:
@@ -122,14 +169,31 @@ def calibrates_with_bos(cfg: RunConfig) -> bool:
     return resolve_bos(cfg.eval.bos, known_model_type(cfg.model)) == "window"
 
 
-def run_key(cfg: RunConfig) -> str:
-    """16 hex digits of the sha256 of the canonical config (sorted-key JSON)."""
-    blob = json.dumps(canonical_config(cfg), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def numeric_regime(cfg: RunConfig) -> dict:
+    """The numeric regime this process computes cfg's run in (astro.numerics.regime): the device, the torch
+    build and its libraries, the CPU instruction set, and the thread count where the pipeline has a component
+    that is not thread-invariant."""
+    return process_regime(device_kind(cfg.loop.device), cfg.method.pipeline.thread_invariant)
 
 
-def stored_form(canonical: dict) -> dict:
-    """A canonical config as a record stores it (JSON: tuples become lists)."""
+def run_key(cfg: RunConfig, regime: dict | None = None) -> str:
+    """The key of cfg's run in `regime` (default: this process's, numeric_regime): one configuration computed
+    in one regime is one record; the same configuration in another regime (another thread count for a
+    thread-dependent pipeline, another GPU, another torch) is another record, never reused for this one."""
+    return canonical_key(canonical_config(cfg), numeric_regime(cfg) if regime is None else regime)
+
+
+def canonical_key(canonical: dict, regime: dict | None = None) -> str:
+    """16 hex digits of the sha256 of a canonical config, as built or as a record stores it (JSON writes tuples
+    and lists alike, and floats as repr, so a record's stored canonical hashes to its key), with the numeric
+    regime it was computed in. A record made before regimes were recorded (regime None) was keyed by its
+    canonical config alone."""
+    blob = canonical if regime is None else {**canonical, "regime": regime}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def stored_form(canonical):
+    """A canonical config (or a value of one) as a record stores it (JSON: tuples become lists)."""
     return json.loads(json.dumps(canonical))
 
 
@@ -146,8 +210,9 @@ def computation_form(canonical: dict) -> dict:
     """`canonical` (as stored) reduced to the computation whose numbers it records: without the fields that
     only add diagnostics (asks_for_diagnostics), and with method.name the first pipeline of the same
     computation (astro.methods.same_computation: magr_gptq is astro_gptq with uniform alpha_k, and the run
-    key always spells alpha_k's mode out). Runs of equal forms have the same weights and metrics."""
-    out = copy.deepcopy(canonical)
+    key always spells alpha_k's mode out), in today's spelling (current_form). Runs of equal forms have the
+    same weights and metrics."""
+    out = current_form(canonical)
     if asks_for_diagnostics(out):
         del out["calib"]["holdout"]
     method = out.get("method") or {}
@@ -162,9 +227,10 @@ def newest(records: Iterable[dict]) -> dict | None:
     return max(records, key=lambda r: r.get("started", ""), default=None)
 
 
-def computation_ident(canonical: dict) -> str:
-    """A stored canonical config's computation_form as one string (the lookup key of ResultStore.by_computation)."""
-    return json.dumps(computation_form(canonical), sort_keys=True)
+def computation_ident(canonical: dict, regime: dict | None = None) -> str:
+    """A stored canonical config's computation_form, with the regime it was computed in, as one string (the
+    lookup key of ResultStore.by_computation: another computation's record answers only within one regime)."""
+    return json.dumps([computation_form(canonical), regime], sort_keys=True)
 
 
 _UMASK = os.umask(0)
@@ -194,15 +260,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def build_record(cfg: RunConfig, key: str, *, experiment: str, scale: str | None, started: str, metrics: dict,
-                 timings: dict, probe_kind: str | None = None, **fields) -> dict:
+                 timings: dict, probe_kind: str | None = None, regime: dict | None = None, **fields) -> dict:
     """The one constructor of a results-store record, for runs (experiments.run) and probes (the Fig. 1/2
     probes: probe_kind='fig1' | 'fig2', their measurements in fields['probe']). It fills what every record carries
-    (REQUIRED_FIELDS, the config, the pipeline's numerics versions, the environment); `fields` adds the
-    caller's own (a run's rows and loop timings, a probe's measurements)."""
+    (REQUIRED_FIELDS, the config, the pipeline's numerics versions, the numeric regime its key holds, the
+    environment); `fields` adds the caller's own (a run's rows and loop timings, a probe's measurements).
+    regime: the one the key was made with (default: this process's, numeric_regime)."""
     record = {"schema": 1, "key": key, "status": "complete", "experiment": experiment, "scale": scale,
               "started": started, "finished": now_iso(), "config": to_dict(cfg),
               "canonical": {"probe": probe_kind, **canonical_config(cfg)} if probe_kind else canonical_config(cfg),
-              "numerics": cfg.method.pipeline.numerics, "metrics": metrics, "timings": timings,
+              "numerics": cfg.method.pipeline.numerics,
+              "regime": numeric_regime(cfg) if regime is None else regime, "metrics": metrics, "timings": timings,
               "env": environment(cfg.loop.device)}
     if probe_kind:
         record["kind"] = f"probe:{probe_kind}"
@@ -210,16 +278,14 @@ def build_record(cfg: RunConfig, key: str, *, experiment: str, scale: str | None
     return record
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 class InvalidRecordError(ValueError):
     """A record file that is not a valid record (record_problem says why)."""
 
 
 def record_problem(record, key: str | None) -> str | None:
-    """Why `record` (parsed JSON) is not a valid record stored under `key`; None when it is one."""
+    """Why `record` (parsed JSON) is not a well-formed record stored under `key`; None when it is one. A
+    well-formed record is a result only with status 'complete' (ResultStore.load); 'diverged' records are
+    well-formed too (ResultStore.diverged)."""
     if not isinstance(record, dict):
         return f"not a JSON object but {type(record).__name__ if record is not None else 'null'}"
     missing = [f for f in REQUIRED_FIELDS if f not in record]
@@ -230,8 +296,45 @@ def record_problem(record, key: str | None) -> str | None:
             return f"field {f} is not a {tp.__name__}: {record[f]!r:.60}"
     if record["key"] != key:
         return f"its key {record['key']!r} is not its directory's name {key!r}"
-    if record["status"] != "complete":
-        return f"status {record['status']!r}, not 'complete'"
+    if record["status"] not in STATUSES:
+        return f"status {record['status']!r}, not one of {STATUSES}"
+    return _content_problem(record)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _scalar_problem(obj, path: str) -> str | None:
+    """Where `obj` (metrics or timings) holds something other than numbers, strings, null, mappings of them or
+    lists of numbers (a text's per-window NLLs)."""
+    if isinstance(obj, dict):
+        return next((p for k, v in obj.items() if (p := _scalar_problem(v, f"{path}.{k}"))), None)
+    if obj is None or isinstance(obj, str) or _is_number(obj):
+        return None
+    if isinstance(obj, list) and all(_is_number(v) for v in obj):
+        return None
+    return f"{path} is {obj!r:.40}, not a number, a string, null or a list of numbers"
+
+
+def _content_problem(record: dict) -> str | None:
+    """A run record's content against its own account: its key is that of its stored canonical config, and a
+    complete one has a finite perplexity (a probe record, `kind` probe:*, has its own key and no perplexity)."""
+    for f in ("metrics", "timings"):
+        why = _scalar_problem(record[f], f)
+        if why:
+            return why
+    if str(record.get("kind", "")).startswith("probe:"):
+        return None
+    own = canonical_key(record["canonical"], record.get("regime"))
+    if record["key"] != own:
+        return (f"its key {record['key']!r} is not the key of its own canonical config and regime ({own!r}): "
+                "stored under another run's key")
+    ppl = record["metrics"].get("ppl")
+    if record["status"] == COMPLETE and not (_is_number(ppl) and ppl > 0):
+        return f"metrics.ppl is {ppl!r:.40}, not a positive number"
+    if record["status"] == DIVERGED and not isinstance(record.get("diverged"), dict):
+        return "a diverged record without its 'diverged' account (cause, metrics)"
     return None
 
 
@@ -273,75 +376,6 @@ def null_nonfinite(obj):
 
 
 @dataclass(frozen=True)
-class RunLock:
-    """A claim on one point of a store (ResultStore.try_lock); release() removes it if it is still ours."""
-
-    path: Path
-    text: str
-
-    def release(self) -> None:
-        try:
-            if self.path.read_text() == self.text:
-                self.path.unlink()
-            else:
-                log.warning("lock %s is no longer ours (taken over as stale?): left in place", self.path)
-                return
-        except FileNotFoundError:
-            log.warning("lock %s vanished before the run released it", self.path)
-        try:   # a run that wrote nothing leaves no empty directory behind
-            self.path.parent.rmdir()
-        except OSError:
-            pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # someone else's process
-        return True
-    return True
-
-
-def describe_lock(holder: dict | None) -> str:
-    if not holder:
-        return "unreadable lock"
-    return f"pid {holder.get('pid')} on {holder.get('hostname')} since {holder.get('started')}"
-
-
-def lock_stale_reason(path: Path, holder: dict | None) -> str | None:
-    """Why the lock at `path` (parsed contents `holder`, None if unreadable) is stale; None if it is live."""
-    try:
-        mtime = path.stat().st_mtime
-    except FileNotFoundError:
-        return "it is gone"
-    if not isinstance(holder, dict):
-        age = time.time() - mtime
-        return f"unreadable and {age:.0f} s old" if age > LOCK_UNREADABLE_GRACE_S else None
-    started = holder.get("time")
-    age = time.time() - (started if isinstance(started, (int, float)) else mtime)
-    if age > LOCK_STALE_AFTER_S:
-        return f"{age / 3600:.1f} h old (stale after {LOCK_STALE_AFTER_S / 3600:g} h)"
-    pid = holder.get("pid")
-    if holder.get("hostname") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
-        return f"its process {pid} on this host is gone"
-    return None
-
-
-def _read_lock(path: Path) -> tuple[str | None, dict | None]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None, None
-    try:
-        holder = json.loads(text)
-    except ValueError:
-        holder = None
-    return text, holder if isinstance(holder, dict) else None
-
-
-@dataclass(frozen=True)
 class ResultStore:
     """A directory of run records. exists() is the resume test: only valid records exist."""
 
@@ -362,14 +396,16 @@ class ResultStore:
         return self.root / key / LOCK
 
     @staticmethod
-    def load(path: Path) -> tuple[dict | None, str | None]:
-        """(record, None) for a valid record file; (None, why) for an invalid one; (None, None) if absent."""
+    def parse(path: Path) -> tuple[dict | None, str | None]:
+        """(record, None) for a well-formed record file of any status (record_problem); (None, why) for an
+        invalid one; (None, None) if absent."""
         try:
             data = path.read_bytes()
             text = (gzip.decompress(data) if path.name.endswith(".gz") else data).decode()
         except FileNotFoundError:
             return None, None
-        except (OSError, EOFError, UnicodeDecodeError) as e:   # gzip: BadGzipFile is an OSError, truncation EOFError
+        # gzip: BadGzipFile is an OSError, truncation EOFError, a damaged deflate stream zlib.error
+        except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
             return None, f"unreadable: {e}"
         try:
             rec = parse_record(text)
@@ -377,6 +413,18 @@ class ResultStore:
             return None, f"not valid JSON: {e}"
         why = record_problem(rec, path.parent.name)
         return (None, why) if why else (rec, None)
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[dict | None, str | None]:
+        """(record, None) for a valid record file (a result: status 'complete'); (None, why) for an invalid one;
+        (None, None) if absent or not a result (a diverged run: `diverged`)."""
+        rec, why = cls.parse(path)
+        return (rec, None) if rec is not None and rec["status"] == COMPLETE else (None, why)
+
+    def diverged(self, key: str) -> dict | None:
+        """The record of `key` when it records a diverged run (status 'diverged'); None otherwise."""
+        rec, _ = self.parse(self.path(key))
+        return rec if rec is not None and rec["status"] == DIVERGED else None
 
     def problem(self, key: str) -> str | None:
         """Why the record file of `key` is invalid; None when it is valid or absent."""
@@ -386,8 +434,8 @@ class ResultStore:
         return self.load(self.path(key))[0] is not None
 
     def write(self, record: dict) -> Path:
-        if record.get("status") != "complete" or "key" not in record:
-            raise ValueError("only complete records with a key are stored")
+        if record.get("status") not in STATUSES or "key" not in record:
+            raise ValueError(f"only records with a key and a status of {STATUSES} are stored")
         why = record_problem(record, record["key"])
         if why:
             raise ValueError(f"not a valid record ({why}): not stored")
@@ -408,10 +456,10 @@ class ResultStore:
         return rec
 
     def by_computation(self) -> dict[str, list[dict]]:
-        """The valid records by the computation they made (computation_ident)."""
+        """The valid records by the computation they made and its regime (computation_ident)."""
         out: dict[str, list[dict]] = {}
         for r in self.records():
-            out.setdefault(computation_ident(r["canonical"]), []).append(r)
+            out.setdefault(computation_ident(r["canonical"], r.get("regime")), []).append(r)
         return out
 
     def answering(self, cfg: RunConfig, index: dict[str, list[dict]] | None = None) -> str | None:
@@ -422,17 +470,19 @@ class ResultStore:
         want = stored_form(canonical_config(cfg))
         if asks_for_diagnostics(want):
             return None
-        found = (self.by_computation() if index is None else index).get(computation_ident(want), [])
+        index = self.by_computation() if index is None else index
+        found = index.get(computation_ident(want, numeric_regime(cfg)), [])
         rec = newest(found)
         return rec["key"] if rec else None
 
-    def records(self) -> Iterator[dict]:
-        """Every valid record under root (invalid files are skipped with a warning naming them)."""
+    def records(self, status: str | None = COMPLETE) -> Iterator[dict]:
+        """Every valid record under root (invalid files are skipped with a warning naming them); status
+        'diverged': the records of diverged runs instead; None: every well-formed record, whatever its status."""
         files = {p.parent: p for p in self.root.glob(f"*/{RECORD_GZ}")}
         files.update({p.parent: p for p in self.root.glob(f"*/{RECORD}")})   # the plain file wins (path())
         for _, p in sorted(files.items()):
-            rec, why = self.load(p)
-            if rec is not None:
+            rec, why = self.parse(p)
+            if rec is not None and status in (None, rec["status"]):
                 yield rec
             elif why is not None:
                 log.warning("skipping invalid record %s: %s", p, why)
@@ -440,68 +490,41 @@ class ResultStore:
     def quarantine(self, key: str) -> Path | None:
         """Move an invalid record file of `key` aside (record.json[.gz].corrupt-<UTC time>, same directory) with
         a warning naming it; returns where it went (None when the record is valid or absent)."""
-        path = self.path(key)
-        why = self.problem(key)
+        path, why = self.path(key), self.problem(key)
         if why is None:
             return None
+        dest = self._move_aside(key, "corrupt")
+        if dest is not None:
+            log.warning("invalid record %s (%s): moved aside to %s, the run is redone", path, why, dest.name)
+        return dest
+
+    def retire_diverged(self, key: str) -> Path | None:
+        """Move the diverged record of `key` aside (record.json.diverged-<UTC time>) before the run is retried,
+        so its account is kept; returns where it went (None when there is none)."""
+        if self.diverged(key) is None:
+            return None
+        dest = self._move_aside(key, "diverged")
+        if dest is not None:
+            log.warning("retrying the diverged run %s: its record is kept as %s", key, dest.name)
+        return dest
+
+    def _move_aside(self, key: str, why: str) -> Path | None:
+        path = self.path(key)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        dest = path.with_name(f"{path.name}.corrupt-{stamp}")
+        dest = path.with_name(f"{path.name}.{why}-{stamp}")
         n = 1
         while dest.exists():
-            dest, n = path.with_name(f"{path.name}.corrupt-{stamp}-{n}"), n + 1
+            dest, n = path.with_name(f"{path.name}.{why}-{stamp}-{n}"), n + 1
         try:
             os.rename(path, dest)
         except FileNotFoundError:   # another process moved it first
             return None
-        log.warning("invalid record %s (%s): moved aside to %s, the run is redone", path, why, dest.name)
         return dest
 
     def try_lock(self, key: str) -> tuple[RunLock | None, dict | None]:
         """Claim `key` for this process: (lock, None), or (None, holder) when another live process holds
-        it. A stale lock (lock_stale_reason) is taken over with a warning."""
-        path = self.lock_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        info = {"hostname": socket.gethostname(), "pid": os.getpid(), "started": now_iso(), "time": time.time(),
-                "token": uuid.uuid4().hex}
-        text = json.dumps(info)
-        holder = None
-        for _ in range(5):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-            except FileNotFoundError:   # another process's release removed the empty directory
-                path.parent.mkdir(parents=True, exist_ok=True)
-                continue
-            except FileExistsError:
-                seen, holder = _read_lock(path)
-                why = lock_stale_reason(path, holder)
-                if why is None:
-                    return None, holder
-                if seen is not None and self._take_over(path, seen):
-                    log.warning("taking over stale lock %s (%s): %s", path, describe_lock(holder), why)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            return RunLock(path, text), None
-        return None, holder   # the lock kept changing hands: someone else is at it
-
-    @staticmethod
-    def _take_over(path: Path, seen: str) -> bool:
-        """Remove the stale lock whose contents were `seen`, unless another process replaced it meanwhile
-        (then it is put back)."""
-        aside = path.with_name(f"{LOCK}.stale-{uuid.uuid4().hex}")
-        try:
-            os.rename(path, aside)
-        except FileNotFoundError:
-            return False
-        if aside.read_text() == seen:
-            aside.unlink()
-            return True
-        try:   # a fresh lock: give it back, unless yet another process has locked meanwhile
-            os.link(aside, path)
-        except FileExistsError:
-            pass
-        aside.unlink()
-        return False
+        it. A stale lock (astro.locks.lock_stale_reason) is taken over with a warning."""
+        return claim(self.lock_path(key))
 
 
 def _write_packed(data: bytes, out: Path, rec: dict) -> None:
@@ -515,14 +538,14 @@ def _write_packed(data: bytes, out: Path, rec: dict) -> None:
 
 
 def archive_records(store: ResultStore, dest: Path, since: str = "") -> list[str]:
-    """Copy the valid records of `store` that finished at or after `since` (ISO time; '' = all) into the
-    store `dest` as <key>/record.json.gz (gzip of the same bytes, mtime 0: one record, one file), with the
-    files a run keeps beside its record (a probe's arrays). A key `dest` already holds is left as it is.
-    Returns the keys copied."""
+    """Copy the valid records of `store` (and those of diverged runs) that finished at or after `since` (ISO time; ''
+    = all) into the store `dest` as <key>/record.json.gz (gzip of the same bytes, mtime 0: one record, one
+    file), with the files a run keeps beside its record (a probe's arrays). A key `dest` already holds is left
+    as it is. Returns the keys copied."""
     archive, copied = ResultStore(dest), []
-    for rec in store.records():
+    for rec in store.records(status=None):   # a diverged run's record too: a divergence is a finding
         key = rec["key"]
-        if rec.get("finished", "") < since or archive.exists(key):
+        if rec.get("finished", "") < since or archive.parse(archive.path(key))[0] is not None:
             continue
         _write_packed(store.path(key).read_bytes(), archive.run_dir(key) / RECORD_GZ, rec)
         for extra in store.run_dir(key).iterdir():
@@ -534,11 +557,11 @@ def archive_records(store: ResultStore, dest: Path, since: str = "") -> list[str
 
 
 def pack_records(root: Path) -> list[str]:
-    """Replace each valid <key>/record.json under `root` (an archive snapshot) with its record.json.gz;
+    """Replace each well-formed <key>/record.json under `root` (an archive snapshot) with its record.json.gz;
     invalid files are left as they are. Returns the keys packed."""
     store, packed = ResultStore(root), []
     for plain in sorted(Path(root).glob(f"*/{RECORD}")):
-        rec, _ = store.load(plain)
+        rec, _ = store.parse(plain)
         if rec is not None:
             _write_packed(plain.read_bytes(), plain.with_name(RECORD_GZ), rec)
             plain.unlink()

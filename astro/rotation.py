@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .fields import added_field
+from .numerics import serial
 from .quantizer import QuantGrid
 from .rtn import rtn
 
@@ -112,7 +113,8 @@ def hadamard(n: int) -> tuple[torch.Tensor, str] | None:
 def random_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
     """Haar-random orthogonal [n, n] (float64): QR of a Gaussian matrix with the signs of R's diagonal."""
     A = torch.randn(n, n, generator=generator, dtype=torch.float64)
-    Q, R = torch.linalg.qr(A)
+    with serial(A.device):   # LAPACK on one thread: the same rotation at any thread count
+        Q, R = torch.linalg.qr(A)
     return Q * torch.sign(torch.diagonal(R)).masked_fill(torch.diagonal(R) == 0, 1)[None, :]
 
 
@@ -211,7 +213,8 @@ def cayley_step(R: torch.Tensor, G: torch.Tensor, lr: float, cap: bool = True) -
 def _cayley(R: torch.Tensor, G: torch.Tensor, eta: float) -> torch.Tensor:
     A = G @ R.T - R @ G.T
     eye = torch.eye(R.shape[0], dtype=R.dtype, device=R.device)
-    return torch.linalg.solve(eye + (eta / 2) * A, (eye - (eta / 2) * A) @ R)
+    with serial(R.device):
+        return torch.linalg.solve(eye + (eta / 2) * A, (eye - (eta / 2) * A) @ R)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import torch
 
 from .architectures import ARCHITECTURES, architecture_of
 from .blockwise import LoopResult, run_blocks
-from .config import RunConfig, to_dict
+from .config import ConfigError, RunConfig, to_dict
 from .data import (
     EvalTokens,
     calibration_bos,
@@ -26,9 +26,17 @@ from .data import (
 )
 from .evaluate import PerplexityResult, perplexity
 from .methods import LinearOutcome, process_linear
-from .models import known_model_type, load_model
+from .models import known_model_type, load_model, local_model_path
+from .preflight import check_calibration_memory, check_device, check_lengths, model_shape, shape_from_config
 from .tasks import TaskResult, check_tasks, evaluate_tasks
-from .transforms import block_transform, check_applicable, model_transform, restore_ties, tie_state
+from .transforms import (
+    NotApplicableError,
+    block_transform,
+    check_applicable,
+    model_transform,
+    restore_ties,
+    tie_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +46,7 @@ class RunResult:
     """config: the RunConfig as a dict. timings (seconds): setup (load or reuse the session),
     transform (the model-level transform before the block loop: QuaRot/SpinQuant rotations, SpinQuant's
     learning included), block_transform (the block-level transform inside the loop: AWQ's scale search
-    and folding), calibration (capture + statistics + propagation forwards), reconstruction
+    and folding; OmniQuant's LWC), calibration (capture + statistics + propagation forwards), reconstruction
     (Astro/MagR), quantization (RTN/GPTQ, AWQ's clip search included), diagnostics (our per-layer error
     rows, the held-out forwards and SpinQuant's before/after loss evaluation, not part of any method),
     pipeline (wall time of transform + block loop), method (pipeline - diagnostics: what the method
@@ -49,6 +57,7 @@ class RunResult:
     loop: LoopResult | None
     timings: dict
     tasks: TaskResult | None = None
+    sets: dict[str, PerplexityResult] = dataclasses.field(default_factory=dict)   # eval.sets' roles
 
     @property
     def rows(self) -> list[dict]:
@@ -63,14 +72,15 @@ class RunResult:
         return [f"{r['block']}.{r['linear']}:{r['fallback']}" for r in self.rows if r.get("fallback")]
 
     def metrics(self) -> dict:
-        p = self.ppl
-        return {"ppl": p.ppl if p else None, "nll": p.nll if p else None,
-                "eval_windows": p.n_windows if p else None,
-                "eval_windows_available": p.n_windows_available if p else None,
-                "eval_seq_len": p.seq_len if p else None, "eval_tokens": p.n_tokens_scored if p else None,
-                "eval_protocol": p.protocol if p else None, "eval_path": p.path if p else None,
-                **(self.tasks.metrics() if self.tasks else {}),
-                "n_fallbacks": len(self.fallbacks())}
+        """The primary test set's PPL and its details at the top level (ppl, nll, ..., nll_per_window), each
+        further role's under sets.<role>, the zero/few-shot scores, the fallbacks' count."""
+        primary = self.ppl.metrics() if self.ppl else dict.fromkeys(
+            ("ppl", "nll", "eval_windows", "eval_windows_available", "eval_seq_len", "eval_tokens", "eval_protocol",
+             "eval_path", "nll_per_window"))
+        out = {**primary, **(self.tasks.metrics() if self.tasks else {}), "n_fallbacks": len(self.fallbacks())}
+        if self.sets:
+            out["sets"] = {role: p.metrics() for role, p in self.sets.items()}
+        return out
 
     def summary(self) -> dict:
         return {"method": self.config["method"]["name"], **self.metrics(),
@@ -78,14 +88,40 @@ class RunResult:
 
 
 def check_inputs(cfg: RunConfig) -> None:
-    """Everything that can fail cheaply fails here, before any model or corpus is loaded."""
-    check_corpus(cfg.calib.corpus)
-    check_corpus(cfg.eval.corpus)
-    check_widths(cfg, cfg.model.layer_widths or ())
-    check_method_model(cfg)
-    if cfg.eval.lm_eval.tasks:
-        check_tasks(cfg.eval.lm_eval)
-    cfg.model.check_available()
+    """Everything that can fail cheaply fails here, before any model or corpus is loaded: as a ConfigError naming
+    the key and value (one line, exit code 2), except a method that does not suit the model's architecture
+    (NotApplicableError: a sweep skips that point). The model's shape comes from the model itself
+    (astro.preflight.model_shape), so a local model is checked against its own widths and context."""
+    shape = model_shape(cfg.model)
+    checks = (("calib.corpus", cfg.calib.corpus, lambda: check_corpus(cfg.calib.corpus)),
+              ("eval.corpus", cfg.eval.corpus, lambda: check_corpus(cfg.eval.corpus)),
+              *((f"eval.sets.{role}.corpus", es.corpus, lambda es=es: check_corpus(es.corpus))
+                for role, es in cfg.eval.sets.items()),
+              ("loop.device", cfg.loop.device, lambda: check_device("loop.device", cfg.loop.device)),
+              ("loop.offload", cfg.loop.offload, lambda: check_device("loop.offload", cfg.loop.offload)),
+              ("method.name", cfg.method.name, lambda: check_method_model(cfg)),   # NotApplicableError passes
+              ("model.source", cfg.model.source, cfg.model.check_available),
+              ("eval.lm_eval.tasks", cfg.eval.lm_eval.tasks,
+               lambda: check_tasks(cfg.eval.lm_eval) if cfg.eval.lm_eval.tasks else None),
+              (None, None, lambda: check_widths(cfg, pre_load_widths(cfg, shape))),   # these name their keys
+              (None, None, lambda: check_lengths(cfg, shape)),
+              (None, None, lambda: check_calibration_memory(cfg, shape)))
+    for key, value, check in checks:
+        try:
+            check()
+        except NotApplicableError:
+            raise
+        except (ValueError, OSError, RuntimeError) as e:
+            msg = " ".join(str(e).split())   # one line
+            raise ConfigError(msg if key is None or key in msg else f"{key}={value!r}: {msg}") from None
+
+
+def pre_load_widths(cfg: RunConfig, shape=None) -> tuple[int, ...]:
+    """The in_features of the model's linears before loading: the model's own (astro.preflight.model_shape),
+    else model.layer_widths for a model that does not tell them without loading (a hub id not in the cache)."""
+    if shape is not None:
+        return shape.layer_widths
+    return () if local_model_path(cfg.model) else cfg.model.layer_widths or ()
 
 
 def check_method_model(cfg: RunConfig) -> None:
@@ -134,6 +170,7 @@ class Session:
     layer_widths: frozenset[int]           # in_features of the model's linears (checked against every config)
     ties: dict | None = None               # astro.transforms.tie_state at load time
     holdout_ids: torch.Tensor | None = None   # calib.holdout windows the method never sees (None: none)
+    eval_sets: dict[str, EvalTokens] = dataclasses.field(default_factory=dict)   # eval.sets' texts, by role
     keep_original: bool = True             # take the pristine copy at the first reset, so later ones restore
     _original: dict | None = dataclasses.field(default=None, repr=False)
     _handed_out: bool = dataclasses.field(default=False, repr=False)   # reset() has handed the model to a run
@@ -147,6 +184,10 @@ class Session:
         # the real widths, before any calibration work
         widths = frozenset(model.get_submodule(f"{arch.blocks}.0.{lin}").in_features for lin in arch.linears)
         check_widths(cfg, widths)
+        try:   # a model whose context was not known before loading (a hub id)
+            check_lengths(cfg, shape_from_config(model.config.to_dict(), f"{cfg.model.source}'s config"))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         check_applicable(cfg.method, arch, getattr(model.config, "model_type", None))
         model_type = getattr(model.config, "model_type", None)
         stream = token_stream(tok, calib_corpus.train, calib_corpus.train_join)
@@ -155,7 +196,10 @@ class Session:
         calib = sample_calibration(stream, c.n_samples, c.seq_len, c.seed, bos)
         held = sample_holdout(stream, c.n_samples, c.seq_len, c.seed, c.holdout, bos) if c.holdout else None
         evals = eval_tokens(tok, eval_corpus, cfg.eval.seq_len, cfg.eval.bos, cfg.eval.corpus, model_type)
-        return cls(model, tok, calib, evals, widths, tie_state(model, arch), held, keep_original=keep_original)
+        sets = {role: eval_tokens(tok, load_corpus(es.corpus), cfg.eval.seq_len, cfg.eval.bos, es.corpus, model_type,
+                                  es.split) for role, es in cfg.eval.sets.items()}
+        return cls(model, tok, calib, evals, widths, tie_state(model, arch), held, keep_original=keep_original,
+                   eval_sets=sets)
 
     @property
     def original(self) -> dict:
@@ -202,8 +246,8 @@ def quantize_model(model, calib_ids: torch.Tensor, cfg: RunConfig, progress: boo
         row_extra["rotation"] = (info["r1"] if info["transform"] == "quarot"
                                  else f"{info['transform']} from {info['r1']}")
 
-    def process(name, W, stats):
-        out = process_linear(W, stats, cfg.quant, cfg.method, linear=name)
+    def process(name, W, stats, learned=None):   # learned: OmniQuant's clipping, from its block transform
+        out = process_linear(W, stats, cfg.quant, cfg.method, linear=name, learned=learned)
         out.row.update(row_extra)
         if on_linear is not None:
             on_linear(name, out)
@@ -231,9 +275,15 @@ def run(cfg: RunConfig, session: Session | None = None, progress: bool = True,
     t = time.perf_counter()
     loop = quantize_model(session.model, session.calib_ids, cfg, progress, on_linear, session.holdout_ids)
     t_quant = time.perf_counter() - t
-    ppl = perplexity(session.model, session.eval_stream, cfg.eval.seq_len, cfg.eval.max_windows,
-                     cfg.eval.batch_size, cfg.loop.device, progress, offload=cfg.eval.offload,
-                     memory_budget_gb=cfg.eval.memory_budget_gb, activations=cfg.loop.offload)
+    def score(tokens, max_windows):
+        return perplexity(session.model, tokens, cfg.eval.seq_len, max_windows, cfg.eval.batch_size, cfg.loop.device,
+                          progress, offload=cfg.eval.offload, memory_budget_gb=cfg.eval.memory_budget_gb,
+                          activations=cfg.loop.offload)
+    ppl = score(session.eval_stream, cfg.eval.max_windows)
+    missing = set(cfg.eval.sets) - set(session.eval_sets)
+    if missing:
+        raise ValueError(f"this session was opened without the evaluation set(s) {sorted(missing)}")
+    sets = {role: score(session.eval_sets[role], es.max_windows) for role, es in cfg.eval.sets.items()}
     tasks = (evaluate_tasks(session.model, session.tokenizer, cfg.eval.lm_eval, cfg.loop.device)
              if cfg.eval.lm_eval.tasks else None)
     rows = loop.rows if loop else []
@@ -245,11 +295,12 @@ def run(cfg: RunConfig, session: Session | None = None, progress: bool = True,
                "block_transform": loop.timings["block_transform"] if loop else 0.0, "calibration": calibration,
                "reconstruction": sum(r["t_regularize"] for r in rows),
                "quantization": sum(r["t_quantize"] for r in rows), "diagnostics": diagnostics,
-               "pipeline": t_quant, "method": t_quant - diagnostics, "evaluation": ppl.seconds,
+               "pipeline": t_quant, "method": t_quant - diagnostics,
+               "evaluation": ppl.seconds + sum(p.seconds for p in sets.values()),
                "tasks": tasks.seconds["total"] if tasks else 0.0}
     timings["total"] = time.perf_counter() - t0
     log.info("%s: ppl %.3f, quantization pipeline %.1fs", cfg.method.name, ppl.ppl, t_quant)
-    return RunResult(to_dict(cfg), ppl, loop, timings, tasks)
+    return RunResult(to_dict(cfg), ppl, loop, timings, tasks, sets)
 
 
 def with_method(cfg: RunConfig, name: str) -> RunConfig:

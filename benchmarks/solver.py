@@ -91,7 +91,7 @@ def capture(blocks: list[int], n_samples: int, seq_len: int, seed: int) -> list[
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(data, path.with_suffix(".tmp"))
         os.replace(path.with_suffix(".tmp"), path)
-    data = torch.load(path)
+    data = torch.load(path, weights_only=True)   # tensors and ints only: a cache file is never code
     return [Problem(name, name.split(".")[1], d["W"], LayerStats(d["H"], d["n_tokens"])) for name, d in data.items()]
 
 

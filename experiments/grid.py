@@ -9,6 +9,7 @@ Analysis uses the same expansion to find each table cell's record (and to label 
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from hydra.core.override_parser.types import Override
 from omegaconf import OmegaConf
 
 from astro.config import RunConfig
-from astro.results import ResultStore, run_key
+from astro.numerics import regime_id
+from astro.results import ResultStore, canonical_config, current_form, numeric_regime, run_key, stored_form
 from astro.run import not_applicable
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -125,20 +127,38 @@ def main(argv=None) -> None:
         root = a.store or c.raw([f"experiment={a.experiment}", f"scale={a.scale}",
                                  *(o for o in a.overrides if o.startswith("store.root="))])["store"]["root"]
     store = ResultStore(Path(root))
-    done, na, index = 0, 0, store.by_computation()
+    done, na, diverged, index = 0, 0, 0, store.by_computation()
+    by_config: dict[str, list[dict]] = {}   # every record by its configuration, whatever its regime
+    for r in store.records():
+        by_config.setdefault(json.dumps(current_form(r["canonical"]), sort_keys=True), []).append(r)
+    here = None
     for p in pts:   # an invalid record (truncated, wrong shape) is missing: the next sweep redoes it
         if not_applicable(p.config) is not None:   # the sweep skips it; tables show n/a
             na += 1
             print(f"n/a     {p.key}  {' '.join(p.overrides)}  (not applicable to its model: the sweep skips it)")
             continue
+        here = here or regime_id(numeric_regime(p.config))
         rec, why = store.load(store.path(p.key))
         other = store.answering(p.config, index) if rec is None else None
         done += rec is not None or other is not None
+        failed = store.diverged(p.key) if rec is None and other is None else None
+        diverged += failed is not None
         note = f"  (invalid record: {why})" if why else ""
         note += f"  (answered by {other}: the same computation)" if other else ""
-        print(f"{'missing' if rec is None and other is None else 'done   '} {p.key}  {' '.join(p.overrides)}{note}")
+        note += f"  (its run diverged: {failed['diverged'].get('cause')}; store.retry_diverged=true reruns it)" \
+            if failed else ""
+        if rec is not None:
+            note += f"  [{regime_id(rec.get('regime'))}]"
+        elif other is None:   # recorded in another numeric regime: not this machine's number
+            elsewhere = by_config.get(json.dumps(stored_form(canonical_config(p.config)), sort_keys=True), [])
+            note += "".join(f"  (recorded in another regime: {r['key']} [{regime_id(r.get('regime'))}])"
+                            for r in elsewhere)
+        state = "done   " if rec is not None or other is not None else "diverged" if failed else "missing"
+        print(f"{state} {p.key}  {' '.join(p.overrides)}{note}")
     print(f"{a.experiment} ({a.scale}): {done}/{len(pts) - na} points recorded in {store.root}"
-          + (f" ({na} not applicable to their model)" if na else ""))
+          + (f" in this process's numeric regime ({here})" if here else "")
+          + (f" ({na} not applicable to their model)" if na else "")
+          + (f" ({diverged} diverged: recorded as such, not results)" if diverged else ""))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ def main(hcfg: DictConfig) -> None:
         if out.get("locked"):
             raise RuntimeError(f"{m}: another process is running this configuration [{out['key']}]; "
                                "rerun the quickstart when it has finished")
+        if out.get("diverged"):
+            raise RuntimeError(f"{m}: its run diverged (record {store.path(out['key'])}); store.retry_diverged=true "
+                               "reruns it")
         if out.get("skipped"):
             reused.add(out["key"])
         records.append(store.read(out["key"]))

@@ -9,8 +9,9 @@ Each job validates its config (unknown keys and bad values fail before anything 
 `error: <message>` on stderr, exit code 2), skips at once when the results store already holds a valid
 record for it, otherwise claims the point with a lock file (a point another live process holds is
 skipped), moves an invalid record aside, quantizes, evaluates, writes the record atomically and logs it
-to W&B. A non-finite perplexity or metric fails the job and writes no record. Jobs of one process reuse
-the loaded model and token streams.
+to W&B. A non-finite perplexity or metric writes a record with status 'diverged' (its cause and metrics;
+never a result) and fails a single run; a sweep logs it and goes on, and later sweeps skip the point unless
+store.retry_diverged=true. Jobs of one process reuse the loaded model and token streams.
 In a sweep (-m), a point whose method cannot apply to its model (astro.transforms.NotApplicableError,
 e.g. a rotation on Gemma3's sandwich norms) is skipped with a warning and no record (analysis shows it
 as n/a); a single run raises the error.
@@ -18,9 +19,12 @@ as n/a); a single run raises the error.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,14 +35,16 @@ from omegaconf import DictConfig, OmegaConf
 from astro.config import ConfigError, RunConfig, from_dict
 from astro.environment import peak_memory, reset_peak_memory
 from astro.export import ExportCollector, card_from_run, check_run_exportable, export_checkpoint
-from astro.models import local_fingerprint
+from astro.models import NonFiniteWeightsError, check_finite, local_fingerprint
 from astro.results import (
+    DIVERGED,
     ResultStore,
     build_record,
     describe_lock,
     nonfinite_paths,
     now_iso,
     null_nonfinite,
+    numeric_regime,
     run_key,
 )
 from astro.run import Session, check_inputs, run
@@ -47,12 +53,15 @@ from astro.transforms import NotApplicableError
 
 log = logging.getLogger("astro.runner")
 
-NON_RUN_KEYS = ("store", "tracking", "experiment", "export")
+NON_RUN_KEYS = ("store", "tracking", "experiment", "export", "tune")
+# store.root: where records go; skip_existing: skip a point that has a record; retry_diverged: rerun a point whose
+# record says its run diverged (otherwise sweeps skip it, as they skip a result)
+STORE_KEYS = ("root", "skip_existing", "retry_diverged")
 _session_cache: dict[str, Session] = {}
 
 
 class NonFiniteResultError(RuntimeError):
-    """A run's perplexity or another metric is NaN or infinite: it is not recorded."""
+    """A run's perplexity or another metric is NaN or infinite: recorded as diverged, never as a result."""
 
 
 def split_config(raw: dict) -> tuple[RunConfig, dict]:
@@ -60,10 +69,13 @@ def split_config(raw: dict) -> tuple[RunConfig, dict]:
     raw = dict(raw)
     extras = {k: raw.pop(k) for k in NON_RUN_KEYS if k in raw}
     store = dict(extras.get("store") or {})
-    unknown = sorted(set(store) - {"root", "skip_existing"})
+    unknown = sorted(set(store) - set(STORE_KEYS))
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join('store.' + k for k in unknown)}; "
-                          "allowed: root, skip_existing")
+                          f"allowed: {', '.join(STORE_KEYS)}")
+    for k in ("skip_existing", "retry_diverged"):
+        if not isinstance(store.get(k, False), bool):
+            raise ConfigError(f"store.{k} must be true or false, got {store[k]!r}")
     extras["store"] = store
     if not isinstance(extras.get("export", False), bool):
         raise ConfigError(f"export must be true or false, got {extras['export']!r}")
@@ -87,11 +99,13 @@ def describe(cfg: RunConfig) -> str:
 def _session(cfg: RunConfig) -> Session:
     """Reuse the loaded model and token streams across jobs of one process (the basic launcher).
     The key is everything Session.open reads: model (a local one's contents too), calibration sampling,
-    evaluation tokens. A single Hydra run (no -m) serves one job: its session keeps no second copy of the
-    weights (astro.run.Session keep_original=False: what lets one 70B run fit in CPU memory)."""
-    if _hydra_mode() == "RUN":
+    evaluation tokens. A single Hydra run (no -m) and a submitit job (hydra/launcher=slurm|local_submitit:
+    one process per point) serve one job: their session keeps no second copy of the weights
+    (astro.run.Session keep_original=False: what lets one 70B run fit in CPU memory)."""
+    if _hydra_mode() == "RUN" or os.environ.get("SUBMITIT_EXECUTOR"):
         return Session.open(cfg, keep_original=False)
-    ident = repr((cfg.model, local_fingerprint(cfg.model), cfg.calib, cfg.eval.corpus, cfg.eval.seq_len, cfg.eval.bos))
+    ident = repr((cfg.model, local_fingerprint(cfg.model), cfg.calib, cfg.eval.corpus, cfg.eval.seq_len, cfg.eval.bos,
+                  sorted((role, s.corpus, s.split) for role, s in cfg.eval.sets.items())))
     if ident not in _session_cache:
         _session_cache.clear()
         _session_cache[ident] = Session.open(cfg)
@@ -145,13 +159,52 @@ def _recorded(store: ResultStore, key: str, cfg: RunConfig, skip_existing: bool,
     return False
 
 
+@contextlib.contextmanager
+def _sigterm_exits():
+    """Within it, SIGTERM (scancel, `kill`) raises SystemExit(143): the finally blocks run, so a claimed point's
+    lock is released and the job ends as terminated. Python's default action kills at once, and submitit only
+    logs SIGTERM (the job runs on until SLURM's SIGKILL, KillWait later): either way the lock stayed, and one
+    left by another host is trusted for LOCK_STALE_AFTER_S unless its SLURM job is known to be over. Signal
+    handlers belong to the main thread: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # exit once: a second SIGTERM must not cut the cleanup short
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _diverged_before(store: ResultStore, key: str, cfg: RunConfig, retry: bool) -> bool:
+    """Whether the point is skipped because its record says the run diverged (unless store.retry_diverged)."""
+    rec = store.diverged(key)
+    if rec is None or retry:
+        return False
+    log.warning("skip %s [%s]: its run diverged (%s; record %s); store.retry_diverged=true reruns it",
+                describe(cfg), key, rec["diverged"].get("cause"), store.path(key))
+    return True
+
+
 def run_job(raw: dict) -> dict:
     """One job: validate, skip if recorded (and exported, when asked), claim the point (skip it when another
-    process holds it), run, record, track, export. Returns a short summary."""
+    process holds it), run, record, track, export. Returns a short summary. SIGTERM ends it (_sigterm_exits)."""
     cfg, extras = split_config(raw)
-    key = run_key(cfg)
+    regime = numeric_regime(cfg)   # part of the key: a record of another regime is not this run's
+    key = run_key(cfg, regime)
     want_export = extras.get("export", False)
     skip_existing = extras["store"].get("skip_existing", True)
+    with _sigterm_exits():
+        return _claim_and_run(cfg, key, regime, extras, want_export, skip_existing)
+
+
+def _claim_and_run(cfg: RunConfig, key: str, regime: dict, extras: dict, want_export: bool,
+                   skip_existing: bool) -> dict:
     try:
         check_inputs(cfg)
         if want_export:
@@ -159,6 +212,8 @@ def run_job(raw: dict) -> dict:
         store = ResultStore(Path(extras["store"].get("root", "results/store")))
         if _recorded(store, key, cfg, skip_existing, want_export):
             return {"key": key, "skipped": True}
+        if _diverged_before(store, key, cfg, extras["store"].get("retry_diverged", False)):
+            return {"key": key, "skipped": True, "diverged": True}
         lock, holder = store.try_lock(key)
         if lock is None:
             log.info("skip %s [%s]: another process is running it (lock %s: %s)", describe(cfg), key,
@@ -167,8 +222,11 @@ def run_job(raw: dict) -> dict:
         try:
             if _recorded(store, key, cfg, skip_existing, want_export):   # finished while we looked
                 return {"key": key, "skipped": True}
+            if _diverged_before(store, key, cfg, extras["store"].get("retry_diverged", False)):
+                return {"key": key, "skipped": True, "diverged": True}
             store.quarantine(key)   # an invalid record (truncated, wrong shape): moved aside, the run redone
-            return _run_locked(cfg, key, extras, store, want_export)
+            store.retire_diverged(key)   # a diverged record of a retried run: moved aside, kept
+            return _run_locked(cfg, key, regime, extras, store, want_export)
         finally:
             lock.release()
     except NotApplicableError as e:
@@ -178,7 +236,8 @@ def run_job(raw: dict) -> dict:
         return {"key": key, "skipped": True, "not_applicable": str(e)}
 
 
-def _run_locked(cfg: RunConfig, key: str, extras: dict, store: ResultStore, want_export: bool) -> dict:
+def _run_locked(cfg: RunConfig, key: str, regime: dict, extras: dict, store: ResultStore,
+                want_export: bool) -> dict:
     exp = (extras.get("experiment") or {}).get("name", "single")
     log.info("run start %s [%s] (experiment %s)", describe(cfg), key, exp)
     started = now_iso()
@@ -193,20 +252,20 @@ def _run_locked(cfg: RunConfig, key: str, extras: dict, store: ResultStore, want
     # raises NotApplicableError before any work when the loaded model does not suit the method
     res = run(cfg, session, on_linear=collector)
     metrics = res.metrics()
-    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
-    if bad:
-        raise NonFiniteResultError(
-            f"{describe(cfg)} [{key}]: {', '.join(f'{k}={v}' for k, v in bad.items())} is not finite "
-            f"(a diverged run, or non-finite weights or activations); no record written")
+    # every text's PPL, its per-window NLLs, the task scores: a non-finite one means the run diverged
+    bad = {p: metrics[p] if p in metrics else "non-finite" for p in nonfinite_paths(metrics)}
     res.timings["setup"] += t_open  # loading the model and corpora (0 when an earlier job of this process did)
     res.timings["total"] += t_open
     ctx = context()
     record = build_record(cfg, key, experiment=exp, scale=ctx.get("choices", {}).get("scale"), started=started,
-                          metrics=metrics, timings=res.timings, name=f"{exp}:{describe(cfg)}", context=ctx,
+                          metrics=metrics, timings=res.timings, regime=regime, name=f"{exp}:{describe(cfg)}",
+                          context=ctx,
                           loop_timings=res.loop.timings if res.loop else {}, transform=res.transform,
                           fallbacks=res.fallbacks(), rows=res.rows,
                           tasks=res.tasks.to_dict() if res.tasks else None, memory=peak_memory(cfg.loop.device),
                           wall_seconds=time.perf_counter() - t0)
+    if bad:
+        return _record_divergence(cfg, key, store, record, bad, divergence_cause(session.model, res.rows))
     odd = nonfinite_paths(record)
     if odd:   # diagnostics only (the metrics are finite): stored as null, records stay strict JSON
         log.warning("%s [%s]: non-finite diagnostic value(s) stored as null: %s%s", describe(cfg), key,
@@ -226,6 +285,35 @@ def _run_locked(cfg: RunConfig, key: str, extras: dict, store: ResultStore, want
     return {"key": key, "skipped": False, "ppl": metrics["ppl"]}
 
 
+def divergence_cause(model, rows: list[dict]) -> str:
+    """Why a run's metrics are not finite, as far as the quantized model tells: its first non-finite weight, or
+    the first per-layer rows with non-finite errors, or (all finite) the evaluation's forward overflowing."""
+    try:
+        check_finite(model, "quantized")
+    except NonFiniteWeightsError as e:
+        return str(e)
+    odd = nonfinite_paths(rows, "rows")
+    if odd:
+        return f"every weight is finite; non-finite per-layer values at {', '.join(odd[:5])}"
+    return "every weight and per-layer value is finite: the evaluation's forward overflowed"
+
+
+def _record_divergence(cfg: RunConfig, key: str, store: ResultStore, record: dict, bad: dict, cause: str) -> dict:
+    """Store a diverged run's record (status 'diverged', its cause and non-finite metrics; non-finite values as
+    null, their paths named), then raise NonFiniteResultError in a single run, or log it in a sweep (which goes
+    on with its other points)."""
+    odd = nonfinite_paths(record)
+    record = {**null_nonfinite(record), "status": DIVERGED,
+              "diverged": {"metrics": sorted(bad), "cause": cause, "nonfinite": odd}}
+    path = store.write(record)
+    message = (f"{describe(cfg)} [{key}]: {', '.join(f'{k}={v}' for k, v in bad.items())} is not finite: the run "
+               f"diverged ({cause}); recorded as diverged at {path}, not a result")
+    if not _in_sweep():
+        raise NonFiniteResultError(message)
+    log.error("%s", message)
+    return {"key": key, "skipped": False, "diverged": True}
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(hcfg: DictConfig) -> dict:
     try:
@@ -233,6 +321,9 @@ def main(hcfg: DictConfig) -> dict:
     except ConfigError as e:   # a bad key or value: one line naming it, no traceback, exit code 2
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteResultError as e:   # a diverged run, recorded as such: its cause and record in one line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,15 @@ def _writable(node: DictConfig) -> DictConfig:
     return node
 
 
+def scaled(base, factor) -> float:
+    """${mul:a,b}: a * b rounded to 6 significant digits, so 2.5e-3 x 0.4 is the 1e-3 a user would type (the
+    product enters run keys through method.beta)."""
+    return float(f"{float(base) * float(factor):.6g}")
+
+
 def register() -> None:
+    if not OmegaConf.has_resolver("mul"):
+        OmegaConf.register_new_resolver("mul", scaled)
     cs = ConfigStore.instance()
     for section, cls in typing.get_type_hints(RunConfig).items():
         cs.store(group="schema", name=section, node=_writable(OmegaConf.structured(cls)))

@@ -58,4 +58,45 @@ def test_rebuilt_residual_stream_is_bit_identical_to_rerunning_the_block(model_t
     assert rows0 == rows1 and "err_holdout" in rows1[0]
     assert torch.equal(logits0, logits1)
     chunks = 2 + 1   # 6 calibration sequences in chunks of 4, 3 held-out in one
-    assert calls0 == 5 * chunks * 2 and calls1 == 2 * chunks * 2
+    # + 1: the check of the rebuilt stream against block 0's real output, on its first chunk, once per run
+    assert calls0 == 5 * chunks * 2 and calls1 == 2 * chunks * 2 + 1
+
+
+def _scaled_branches(block, factor: float):
+    """Make `block` compute h + factor * (its sublayers' sum), as an architecture with a residual multiplier
+    would: nothing in its modules shows it, so only its forward does."""
+    forward = block.forward
+
+    def scaled(hidden_states, *args, **kwargs):
+        out = forward(hidden_states, *args, **kwargs)
+        first = out[0] if isinstance(out, tuple) else out
+        first = hidden_states + factor * (first - hidden_states)
+        return (first, *out[1:]) if isinstance(out, tuple) else first
+    block.forward = scaled
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_a_block_that_is_not_its_architectures_layout_fails_loudly(model_type):
+    """A block whose forward is not h + attention, then + mlp (here: scaled sublayer outputs, a residual
+    multiplier) cannot have its stream rebuilt from the writers' inputs: the loop refuses on block 0, naming
+    the model type, instead of feeding later blocks wrong statistics; without the shortcut it runs."""
+    ids = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    grid, method = QuantGrid(3, 16), MethodConfig("gptq")
+    seen = []
+
+    def process(n, W, s):
+        seen.append(n)
+        return (lambda o: (o.W, o.row))(process_linear(W, s, grid, method))
+    for reuse in (True, False):
+        model = _tiny(model_type)
+        for blk in model.get_submodule(architecture_of(model).blocks):
+            _scaled_branches(blk, 1.5)
+        seen.clear()
+        cfg = LoopConfig(batch_size=2, reuse_writer_inputs=reuse)
+        if reuse:
+            with pytest.raises(RuntimeError, match=rf"model type '{model_type}'.*reuse_writer_inputs=false"):
+                run_blocks(model, ids, process, cfg, progress=False)
+            assert not any(n.split(".")[2] == "1" for n in seen)   # stopped on block 0
+        else:
+            res = run_blocks(model, ids, process, cfg, progress=False)
+            assert len(res.rows) == 14

@@ -16,7 +16,8 @@ from astro.results import ResultStore
 from experiments.grid import Composer
 from experiments.run import run_job
 
-TINY = ("model=tiny-random-llama", "calib.seq_len=64", "eval.seq_len=64", "eval.max_windows=2", "method.iters=5",
+TINY = ("model=tiny-random-llama", "calib.seq_len=64", "eval.seq_len=64", "eval.max_windows=2",
+        "eval.sets.validation.max_windows=2", "eval.sets.test_ood.max_windows=2", "method.iters=5",
         "calib.holdout=3", "tracking.wandb.mode=disabled")
 T95_DF2 = 4.302653   # Student-t 0.975 quantile, 2 degrees of freedom
 

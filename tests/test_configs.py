@@ -33,19 +33,21 @@ EMB_BETAS = {5e-5, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2}   # where the regularizer act
 # models, of (bits, group size) settings and of methods, plus extra axes.
 W_PAPER = {(2, 64), (3, 128), (4, 128)}
 W_EMB = {(2, 16), (3, 64), (4, 64)}   # W2 at g16: g64 collapses every method at embedded scale
+TUNED = {"magr_gptq", "astro_gptq"}   # Table 3's sweep chooses their beta per setting; Table 1 shows the choice
 CLAIMS = {
-    "table1": {"paper": (PAPER_MODELS, W_PAPER, MAIN_METHODS | BASELINES),
-               "embedded": (EMBEDDED_MODELS, W_EMB, MAIN_METHODS | BASELINES)},
+    "table1": {"paper": (PAPER_MODELS, W_PAPER, MAIN_METHODS - TUNED | BASELINES),
+               "embedded": (EMBEDDED_MODELS, W_EMB, MAIN_METHODS - TUNED | BASELINES)},
     "table2": {"paper": (PAPER_MODELS, {(3, 128)}, {"fp", "magr_gptq", "astro_gptq"}),
                "embedded": (EMBEDDED_MODELS, {(3, 64)}, {"fp", "magr_gptq", "astro_gptq"})},
-    "table3": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}),
-               "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
+    "table3": {"paper": (PAPER_MODELS, W_PAPER, TUNED), "embedded": (EMBEDDED_MODELS, W_EMB, TUNED)},
     "table4": {"paper": (PAPER_MODELS, {(3, 128)}, {"fp", "astro"}),
                "embedded": (EMBEDDED_MODELS, {(3, 64)}, {"fp", "astro"})},
     "table5": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}),
                "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
     "table6": {"paper": ({"llama3.1-8b"}, {(3, 128)}, {"fp", "magr_gptq", "astro_gptq"}),
                "embedded": ({"gemma3-270m"}, {(3, 64)}, {"fp", "magr_gptq", "astro_gptq"})},
+    "tune_omniquant": {"paper": (PAPER_MODELS, W_PAPER, {"omniquant"}),
+                       "embedded": (EMBEDDED_MODELS, W_EMB, {"omniquant"})},
     "table7": {"paper": ({"llama2-7b"}, {(3, 128)}, {"rtn", "magr_rtn", "astro_rtn"}),
                "embedded": ({"smollm2-135m"}, {(3, 64)}, {"rtn", "magr_rtn", "astro_rtn"})},
     "fig1_outliers": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}),
@@ -76,12 +78,16 @@ CLAIMS = {
 SOLVER_ARMS = {"pgd40": ("pgd", 40, None), "pgd200": ("pgd", 200, None), "fista50": ("fista", 50, None),
                "fista200": ("fista", 200, None), "fista_tol": ("fista", 500, 1e-3)}
 SEEDS = {"paper": {0}, "embedded": {0, 1, 2}}   # embedded table points run at 3 calibration seeds
+# the tuning candidates, as multiples of the model's base beta: the paper's grid at paper scale (5e-6 ... 5e-4 =
+# 0.1 ... 10 x 5e-5), four values around the base at embedded scale
+TUNE_FACTORS = {"paper": {0.1, 0.2, 0.6, 1, 2, 10}, "embedded": {0.1, 0.4, 1, 2}}
 EXTRA_AXES = {  # experiment -> {override key: expected set of values}
-    "table1": {"calib.seed": SEEDS}, "table4": {"calib.seed": SEEDS}, "table7": {"calib.seed": SEEDS},
+    "table1": {"calib.seed": SEEDS}, "table4": {"calib.seed": SEEDS},
+    "table7": {"calib.seed": SEEDS, "tune.beta_factor": TUNE_FACTORS},
     "fig3_efficiency": {"calib.seed": SEEDS}, "beyond_study": {"calib.seed": SEEDS},
     "beta_auto": {"calib.seed": SEEDS, "method.beta": {"auto"}},
-    "table3": {"method.beta": {"paper": BETAS, "embedded": EMB_BETAS}, "method.alpha": {"activation", "uniform"},
-               "calib.seed": SEEDS},
+    "table3": {"tune.beta_factor": TUNE_FACTORS, "calib.seed": SEEDS},
+    "tune_omniquant": {"tune.lr_factor": {0.5, 1, 2}, "calib.seed": SEEDS},
     "sweep_beta": {"method.beta": {"paper": BETAS, "embedded": EMB_BETAS}, "method.alpha": {"activation", "uniform"},
                    "calib.seed": SEEDS},
     "ablation_alpha": {"method.alpha": {"activation", "uniform"}, "calib.seed": SEEDS},
@@ -102,6 +108,8 @@ def _extra_value(cfg, key: str, over: dict):
     if key == "solver":  # an arm sets (solver, iters, tol) together
         assert (cfg.method.solver, cfg.method.iters, cfg.method.tol) == SOLVER_ARMS[over["solver"]]
         return over["solver"]
+    if key in ("tune.beta_factor", "tune.lr_factor"):   # not run fields: they set method.beta / omniquant.lr
+        return float(over[key])
     section, name = key.split(".")
     return getattr(getattr(cfg, section), name)
 
@@ -152,10 +160,11 @@ def test_every_experiment_has_a_claim():
 def test_grid_points_match_the_sweep(hydra_conf):
     pts = hydra_conf.points("table7", "embedded")
     # the basic sweeper's order: the first axis outermost (each seed's methods share one loaded session)
-    assert [(p.config.calib.seed, p.config.method.name) for p in pts] == [
-        (s, m) for s in (0, 1, 2) for m in ("rtn", "magr_rtn", "astro_rtn")]
-    # RTN reads no calibration data: its three seeds are one run; the other methods' seeds are runs of their own
-    assert len({p.key for p in pts}) == 7 and all(p.choices["model"] == "smollm2-135m" for p in pts)
+    betas = (2.5e-4, 1e-3, 2.5e-3, 5e-3)   # factors 0.1, 0.4, 1, 2 of SmolLM2's base
+    assert [(p.config.calib.seed, p.config.method.name, p.config.method.beta) for p in pts] == [
+        (s, m, b) for s in (0, 1, 2) for m in ("rtn", "magr_rtn", "astro_rtn") for b in betas]
+    # RTN reads no calibration data nor beta: its 3 x 4 points are one run; the others' are runs of their own
+    assert len({p.key for p in pts}) == 1 + 2 * 3 * 4 and all(p.choices["model"] == "smollm2-135m" for p in pts)
     assert len({p.key for p in pts if p.config.method.name == "rtn"}) == 1
     with pytest.raises(ValueError, match="unknown experiment"):
         hydra_conf.axes("table9", "embedded")
@@ -196,14 +205,19 @@ def test_experiment_grid(hydra_conf, experiment, scale):
 
 
 def test_table1_paper_grid_size(hydra_conf):
-    assert len(_grid("table1", "paper")) == 3 * 3 * 10
+    assert len(_grid("table1", "paper")) == 3 * 3 * 8
 
 
-def test_table3_and_sweep_beta_share_records(hydra_conf):
-    assert _grid("table3", "embedded") == _grid("sweep_beta", "embedded")
-    sampled = _grid("table3", "embedded")[::5]
+def test_table3_tunes_beta_around_each_models_base(hydra_conf):
+    """Table 3's candidates are tune.beta_factor x the model's base beta (SmolLM2's from the scale, Gemma3's from
+    its model_beta file), and distinct grid points are distinct records."""
+    betas = {(over["model"], over["tune.beta_factor"]): _run_config(["experiment=table3", "scale=embedded", *j])
+             .method.beta for j in _grid("table3", "embedded") for over in [dict(o.split("=", 1) for o in j)]}
+    assert betas[("smollm2-135m", "0.4")] == 1e-3 and betas[("gemma3-270m", "0.4")] == 1e-4
+    assert betas[("smollm2-135m", "1")] == 2.5e-3 and betas[("gemma3-270m", "2")] == 5e-4
+    sampled = _grid("table3", "embedded")[::7]
     keys = {run_key(_run_config(["experiment=table3", "scale=embedded", *j])) for j in sampled}
-    assert len(keys) == len(sampled) > 3  # distinct grid points are distinct records
+    assert len(keys) == len(sampled) > 3
 
 
 def test_solver_arm_of_the_embedded_default_shares_its_records(hydra_conf):
@@ -364,7 +378,8 @@ def test_status_cli_takes_overrides_after_scale(tmp_path, capsys):
     from experiments.grid import main
     main(["solver_study", "--scale", "embedded", "--store", str(tmp_path), "quant=w3g64", "loop.device=cuda"])
     out = capsys.readouterr().out.splitlines()
-    assert out[-1] == f"solver_study (embedded): 0/15 points recorded in {tmp_path}"
+    assert out[-1].startswith(f"solver_study (embedded): 0/15 points recorded in {tmp_path} in this process's "
+                              "numeric regime (cuda")   # the regime of the points' device, named
     assert all("quant=w3g64" in line for line in out[:-1]) and len(out) == 16
 
 
@@ -377,8 +392,9 @@ def test_status_lists_inapplicable_points_as_na(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     na = {w.split("=")[1] for line in out if line.startswith("n/a") for w in line.split() if w.startswith("method=")}
     assert na == {"quarot_rtn", "quarot_gptq", "spinquant_gptq"}
-    assert sum(line.startswith("missing") for line in out) == 7
-    assert out[-1] == f"table1 (embedded): 0/7 points recorded in {tmp_path} (3 not applicable to their model)"
+    assert sum(line.startswith("missing") for line in out) == 5   # fp, rtn, gptq, awq, awq_gptq
+    assert out[-1].startswith(f"table1 (embedded): 0/5 points recorded in {tmp_path}")
+    assert out[-1].endswith("(3 not applicable to their model)")
 
 
 def test_a_models_own_beta_overrides_the_scales():
@@ -386,8 +402,8 @@ def test_a_models_own_beta_overrides_the_scales():
     at a scale (conf/model_beta/<scale>/<model>.yaml). It replaces the scale's beta for that model only; the command
     line and an experiment that sets beta (beta=auto, a Table 3 grid point) still win, and a scale without a file
     for the model keeps its own beta."""
-    own = OmegaConf.load(CONF / "model_beta/embedded/gemma3-270m.yaml").beta
-    scale = OmegaConf.load(CONF / "scale/embedded.yaml").method.beta
+    own = OmegaConf.load(CONF / "model_beta/embedded/gemma3-270m.yaml").beta_base
+    scale = OmegaConf.load(CONF / "scale/embedded.yaml").tune.beta_base
     assert own != scale
     with Composer():   # its own Hydra: a grid listing (experiments.grid.main) closes the module's shared one
         beta = lambda *ov: _compose(["experiment=table1", *ov]).method.beta  # noqa: E731

@@ -81,7 +81,7 @@ def test_sampled_windows_follow_the_reference_draws(tiny, wiki):
 
 def test_run_records_the_protocol(tiny_cfg):
     res = run(with_method(tiny_cfg, "fp"), progress=False)
-    assert res.ppl.protocol.startswith("wiki_offline test: joined")
+    assert res.ppl.protocol.startswith("wiki_offline v2 test: joined")
 
 
 def test_task_config_validation_and_shots():

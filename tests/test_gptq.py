@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from astro.gptq import CholeskyError, GPTQConfig, gptq
-from astro.quantizer import QuantGrid, dequantize, expand, find_params
+from astro.quantizer import QuantGrid, dequantize, expand
 from astro.rtn import rtn
 from astro.stats import h_error
 
@@ -33,16 +33,69 @@ def test_gptq_beats_rtn_on_correlated_inputs(act_order, bits):
     assert err_g < 0.8 * err_r
 
 
-def test_act_order_static_groups_keep_the_contiguous_grid():
-    W, H = _correlated(7)
+def _reference_static_groups(W, H, bits, groupsize, actorder, blocksize=128, percdamp=0.01):
+    """The GPTQ reference's fasterquant with static_groups=True (asymmetric weight quantizer), transcribed
+    step by step: zero dead columns, fit every contiguous group's min-max grid on the original W, permute by
+    decreasing diag(H) under act-order, invert the damped H through Cholesky, then quantize column by column
+    with the grid of the column's original group, spreading each error through the inverse's upper factor.
+    Returns (Q, per-group scales [out, G], zeros [out, G])."""
+    W, H = W.clone(), H.clone()
+    maxq = 2 ** bits - 1
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    groups = []
+    for i in range(0, W.shape[1], groupsize):   # the reference's Quantizer.find_params(weight=True), per group
+        x = W[:, i:i + groupsize]
+        xmin = torch.minimum(x.min(1)[0], torch.zeros(x.shape[0]))
+        xmax = torch.maximum(x.max(1)[0], torch.zeros(x.shape[0]))
+        both = (xmin == 0) & (xmax == 0)
+        xmin[both], xmax[both] = -1, +1
+        scale = (xmax - xmin) / maxq
+        groups.append((scale, torch.round(-xmin / scale)))
+    if actorder:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    H[range(H.shape[0]), range(H.shape[0])] += percdamp * torch.mean(torch.diag(H))
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Q = torch.zeros_like(W)
+    for i1 in range(0, W.shape[1], blocksize):
+        i2 = min(i1 + blocksize, W.shape[1])
+        W1, Q1, Err1, Hinv1 = W[:, i1:i2].clone(), torch.zeros(W.shape[0], i2 - i1), torch.zeros(W.shape[0], i2 - i1), \
+            Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            w, d = W1[:, i], Hinv1[i, i]
+            idx = int(perm[i1 + i]) if actorder else i1 + i
+            scale, zero = groups[idx // groupsize]
+            q = scale * (torch.clamp(torch.round(w / scale) + zero, 0, maxq) - zero)
+            Q1[:, i] = q
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err1
+        Q[:, i1:i2] = Q1
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    if actorder:
+        Q = Q[:, torch.argsort(perm)]
+    return Q, torch.stack([s for s, _ in groups], 1), torch.stack([z for _, z in groups], 1)
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_static_groups_match_the_reference_algorithm(act_order):
+    """Static groups, with and without act-order (and a dead input), against the transcription above: the
+    same grids on the contiguous groups of the original weights and the same quantized weights, every weight
+    on its own group's grid."""
+    W, H = _correlated(7, n_in=160)
+    H[11, :], H[:, 11] = 0, 0                                      # a dead input
     grid = QuantGrid(3, 32)
-    ref = find_params(W, grid)
-    for act_order in (False, True):
-        q = gptq(W, H, grid, GPTQConfig(act_order=act_order, static_groups=True))
-        assert torch.equal(q.qparams.scale, ref.scale) and torch.equal(q.qparams.zero, ref.zero)
-        assert torch.equal(q.qparams.g_idx, torch.arange(128) // 32)
-        scale, zero = expand(q.qparams)
-        assert torch.equal(dequantize(q.codes.float(), scale, zero), q.W_q)  # every weight on its group's grid
+    Q_ref, scale_ref, zero_ref = _reference_static_groups(W, H, 3, 32, act_order)
+    q = gptq(W, H, grid, GPTQConfig(act_order=act_order, static_groups=True, block_size=128))
+    assert torch.equal(q.qparams.scale, scale_ref) and torch.equal(q.qparams.zero, zero_ref)
+    assert torch.equal(q.qparams.g_idx, torch.arange(160) // 32)
+    assert torch.equal(q.W_q, Q_ref)                               # the same operations, in the same order
+    scale, zero = expand(q.qparams)
+    assert torch.equal(dequantize(q.codes.float(), scale, zero), q.W_q)  # every weight on its group's grid
+    if act_order:   # the order matters on this problem: static act-order is not natural order
+        assert not torch.equal(q.W_q, gptq(W, H, grid, GPTQConfig(static_groups=True)).W_q)
 
 
 def test_act_order_dynamic_groups_g_idx_reconstructs():

@@ -7,7 +7,7 @@ import torch
 
 from astro import run as run_mod
 from astro.blockwise import LoopConfig, run_blocks
-from astro.config import from_dict
+from astro.config import ConfigError, from_dict
 from astro.data import DatasetUnavailableError, check_corpus
 from astro.methods import PIPELINES
 from astro.models import HubUnavailableError, ModelConfig
@@ -109,7 +109,7 @@ def test_bad_inputs_fail_before_loading(tiny_cfg, monkeypatch):
         raise AssertionError("a network connection was attempted")
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    with pytest.raises(DatasetUnavailableError, match="wiki_offline"):
+    with pytest.raises(ConfigError, match=r"calib\.corpus='wikitext2': .* the embedded corpus 'wiki_offline'"):
         Session.open(from_dict(type(tiny_cfg), {"calib": {"corpus": "wikitext2"}}))
     with pytest.raises(HubUnavailableError, match="smollm2-135m"):
         ModelConfig("meta-llama/Llama-2-7b-hf").check_available()

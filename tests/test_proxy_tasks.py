@@ -3,7 +3,6 @@ as expected for an oracle and for a uniform random scorer."""
 
 import json
 import random
-import time
 
 import pytest
 import yaml
@@ -102,9 +101,7 @@ def test_oracle_scores_one_and_uniform_scorer_a_quarter(proxies):
     mc, lw = _items(proxies, "wiki_nextsent_mc"), _items(proxies, "wiki_lastword")
     gold = {(it["context"], " " + it["choices"][it["gold"]]) for it in mc}
     gold |= {(it["context"], " " + it["target"]) for it in lw}
-    t = time.perf_counter()
     oracle = _run(ScorerLM(lambda c, x: (0.0, True) if (c, x) in gold else (-50.0, False)), proxies, PROXY_TASKS)
-    assert time.perf_counter() - t < 60
     for task, res in oracle.items():
         assert res["n_items"] == len(_items(proxies, task)) and res["proxy"]
         assert set(res["metrics"]) == set(PROXY_SPECS[task].metrics)

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from astro.results import ResultStore
+from astro.results import ResultStore, canonical_key
 from experiments.grid import Composer
 
 ROOT = Path(__file__).resolve().parents[1]
 # small enough for seconds per job on the tiny random model
 TINY = ["model=tiny-random-llama", "calib.n_samples=4", "calib.seq_len=64", "eval.seq_len=64",
-        "eval.max_windows=2", "tracking.wandb.mode=disabled"]
+        "eval.max_windows=2", "eval.sets.validation.max_windows=2",
+        "eval.sets.test_ood.max_windows=2", "tracking.wandb.mode=disabled"]
 
 
 def _env():
@@ -75,7 +76,10 @@ def test_two_point_multirun_records_skips_and_resumes(tmp_path):
     assert store.path(kept).stat().st_mtime_ns == mtimes[kept]
 
 
-def test_killed_run_leaves_no_record(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_run_leaves_no_record(tmp_path, sig):
+    """Killed mid-run: no record. SIGKILL leaves the point's lock (a later run takes it over as stale);
+    SIGTERM (scancel, `kill`) exits as terminated (143) through the finally blocks, releasing it."""
     cmd = [sys.executable, "-m", "experiments.run", *TINY, "method=gptq", "calib.n_samples=512", "calib.seq_len=256",
            f"store.root={tmp_path / 'store'}", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -87,30 +91,35 @@ def test_killed_run_leaves_no_record(tmp_path):
             if "run start" in line:
                 break
         time.sleep(3.0)
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, sig)
     finally:
+        seen.extend(proc.stdout)
         proc.wait(timeout=60)
     assert any("run start" in s for s in seen), "".join(seen)[-2000:]
-    assert proc.returncode == -signal.SIGKILL  # it was still working when killed
+    killed = -signal.SIGKILL if sig == signal.SIGKILL else 128 + signal.SIGTERM
+    assert proc.returncode == killed, "".join(seen)[-2000:]   # it was still working when killed
     assert not list((tmp_path / "store").glob("**/record.json")) and _keys(tmp_path) == set()
+    assert len(list((tmp_path / "store").glob("*/.lock"))) == (1 if sig == signal.SIGKILL else 0)
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     store = ResultStore(tmp_path)
-    fields = {"schema": 1, "status": "complete", "config": {}, "canonical": {}, "metrics": {}, "timings": {}}
-    rec = {**fields, "key": "k1", "rows": [{"x": object()}]}  # not serializable: fails mid-write
+    key = canonical_key({})   # a record's key is that of its canonical config
+    fields = {"schema": 1, "status": "complete", "config": {}, "canonical": {}, "metrics": {"ppl": 3.5},
+              "timings": {}, "key": key}
+    rec = {**fields, "rows": [{"x": object()}]}  # not serializable: fails mid-write
     with pytest.raises(TypeError):
         store.write(rec)
-    assert not store.exists("k1") and list(tmp_path.rglob("*")) in ([], [tmp_path / "k1"])
+    assert not store.exists(key) and list(tmp_path.rglob("*")) in ([], [tmp_path / key])
     with pytest.raises(ValueError, match="complete"):
         store.write({"key": "k2", "status": "running"})
     with pytest.raises(ValueError, match=r"metrics\.ppl"):   # strict JSON: a non-finite value is refused
-        store.write({**fields, "key": "k3", "metrics": {"ppl": float("nan")}})
-    store.write({**fields, "key": "k3", "metrics": {"ppl": 3.5}})
-    assert json.loads(store.path("k3").read_text())["key"] == "k3"
+        store.write({**fields, "metrics": {"ppl": float("nan")}})
+    store.write(fields)
+    assert json.loads(store.path(key).read_text())["key"] == key
     umask = os.umask(0)
     os.umask(umask)
-    assert store.path("k3").stat().st_mode & 0o777 == 0o666 & ~umask  # like any written file, not mkstemp's 0600
+    assert store.path(key).stat().st_mode & 0o777 == 0o666 & ~umask  # like any written file, not mkstemp's 0600
 
 
 @pytest.mark.slow
@@ -134,6 +143,19 @@ def test_session_reuse_follows_what_session_open_reads(tiny_cfg):
     assert b is not a and b.eval_stream.ids[0] == b.tokenizer.bos_token_id
     c = runner._session(dataclasses.replace(tiny_cfg, eval=dataclasses.replace(tiny_cfg.eval, seq_len=32)))
     assert c is not b and c.eval_stream.seq_len == 32
+    runner._session_cache.clear()
+
+
+def test_submitit_job_session_keeps_no_copy(tiny_cfg, monkeypatch):
+    """A submitit job (hydra/launcher=slurm|local_submitit) is a process of its own for one point: its session
+    takes no second copy of the weights (~140 GB more CPU RAM for a 70B job) and is not cached."""
+    from experiments import run as runner
+    runner._session_cache.clear()
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    session = runner._session(tiny_cfg)
+    assert not session.keep_original and not runner._session_cache
+    monkeypatch.delenv("SUBMITIT_EXECUTOR")
+    assert runner._session(tiny_cfg).keep_original and runner._session_cache
     runner._session_cache.clear()
 
 

@@ -28,7 +28,7 @@ from .fields import added_field
 from .gptq import GPTQConfig, GPTQFactor, gptq, gptq_factor
 from .omniquant import LearnedClip, OmniQuantConfig
 from .quantizer import QuantGrid, QuantResult, pad_to_groups
-from .regularize import RegularizeConfig, reconstruct, shared_lambda_max
+from .regularize import ROW_SOLVERS, RegularizeConfig, reconstruct, shared_lambda_max
 from .rotation import RotationConfig
 from .rtn import rtn
 from .stats import LayerStats, h_error
@@ -388,8 +388,9 @@ def select_beta(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: Me
     on the same seeded sample of rows (screen_rows), each reconstruction started from W as a fixed-beta run's is
     and stopped by the same rule; the sampled rows of all candidates go through the quantizer in one call (GPTQ
     and RTN quantize rows independently); then the chosen beta alone runs on every row, which is the fixed-beta
-    pipeline at that beta. With a row-separable solver ('pgd', 'fista_rows') a screened candidate's rows are
-    those of the full solve at its beta. t_regularize / t_quantize hold the whole selection's cost."""
+    pipeline at that beta. With a row-separable solver (pgd and astro.regularize.ROW_SOLVERS) a screened
+    candidate's rows are those of the full solve at its beta. t_regularize / t_quantize hold the whole selection's
+    cost."""
     if stats.holdout is None:
         raise ValueError("method.beta=auto needs held-out calibration tokens (calib.holdout >= 1)")
     H_sel = stats.holdout.H.to(W0.device)
@@ -433,7 +434,7 @@ def screen_betas(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: M
     m, betas = len(rows), method.betas
     cfg = method.regularize_config(grid.group_size)
     t = time.perf_counter()
-    if cfg.solver == "fista_rows":   # separate problems per row: every candidate in one solve
+    if cfg.solver in ROW_SOLVERS:   # separate problems per row: every candidate in one solve
         reg = reconstruct(Ws.repeat(len(betas), 1), stats, cfg, lam,
                           row_beta=torch.tensor(betas, device=W0.device).repeat_interleave(m))
         pre = list(reg.W.split(m))

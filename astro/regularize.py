@@ -28,8 +28,17 @@ working set, so the matmul shrinks), and the prox threshold by Newton's method (
 threshold up to rounding, several times faster than the sort on CPU). A row's iterates do not depend on the rows
 solved beside it (up to the matmul's rounding), so a sample of rows is solved as the whole layer would solve it.
 
-Stopping rule (every solver; per row for 'fista_rows'): after at most `iters` iterations, or earlier when tol is
-set and one iteration changed the objective F by at most tol times the decrease achieved so far:
+Solver 'fista_diag' (not in the paper): 'fista_rows' in the metric of D = diag(Hn) (a Jacobi preconditioner): the
+step W' <- argmin_X <G, X> + L_D/2 ||X - W'||_D^2 + sum_k tau_k ||X_(row,k)||_inf, L_D = lambda_max(D^-1/2 Hn D^-1/2)
+(the Lipschitz constant in that metric; the same for H and Hn). Its prox is again a clamp of V = W' - G D^-1 / L_D
+to [-theta, theta] per (row, group), with theta now solving sum_i d_i max(|V_i| - theta, 0) = tau_k / L_D (Newton's
+method as before, weighted). Activation channels differ in scale by orders of magnitude, so Hn's condition number
+is mostly its diagonal's spread: in D's metric the accelerated iteration needs far fewer steps to the same
+objective (docs/solver.md). Momentum, restart test (in D's inner product) and stopping rule are per row, as in
+'fista_rows'.
+
+Stopping rule (every solver; per row for 'fista_rows' and 'fista_diag'): after at most `iters` iterations, or
+earlier when tol is set and one iteration changed the objective F by at most tol times the decrease achieved so far:
 |F_{k-1} - F_k| <= tol (F_0 - F_k). Relative to the progress rather than to F itself because F_0 - F* is a
 small fraction of F when beta is small (the first steps change F by ~beta relative), so a rule on
 |dF| / F would stop at the first iteration. Early stopping never changes the iterates themselves.
@@ -52,7 +61,9 @@ from .quantizer import pad_to_groups
 from .stats import LayerStats
 
 ALPHA_MODES = ("activation", "uniform")
-SOLVERS = ("pgd", "fista", "fista_rows")
+SOLVERS = ("pgd", "fista", "fista_rows", "fista_diag")
+ROW_SOLVERS = ("fista_rows", "fista_diag")   # rows solved as separate problems (row_beta, row_iters)
+DIAG_FLOOR = 1e-6   # D's entries at least this times its largest: a channel that never fires keeps a finite step
 
 
 @dataclass(frozen=True)
@@ -61,9 +72,10 @@ class RegularizeConfig:
     alpha: 'activation' (Astro, eq. 11) or 'uniform' (alpha_k = 1, MagR).
     group_size: L-inf group length along `in`; -1 = one group per row.
     solver: 'pgd' (the paper's plain proximal gradient), 'fista' (accelerated, adaptive restart, one momentum per
-    layer) or 'fista_rows' (accelerated per row, module docstring).
+    layer), 'fista_rows' (accelerated per row) or 'fista_diag' (accelerated per row in diag(Hn)'s metric; module
+    docstring).
     tol: stop once one iteration changes the objective by at most tol times the decrease so far (per row for
-    'fista_rows'; module docstring); None = run all `iters`."""
+    'fista_rows' and 'fista_diag'; module docstring); None = run all `iters`."""
 
     beta: float = 1e-4
     iters: int = 200
@@ -109,7 +121,7 @@ class RegularizeResult:
     @property
     def iters_mean(self) -> float:
         """Iterations per row, averaged (the work done, in iterations of the whole layer): iters_used, except
-        for 'fista_rows', whose rows stop one by one."""
+        for the row solvers, whose rows stop one by one."""
         return self.iters_used if self.row_iters is None else float(self.row_iters.double().mean())
 
 
@@ -138,7 +150,7 @@ def l1_threshold(a: torch.Tensor, radius: torch.Tensor, topk: int | None = None)
     return torch.where(inside, torch.zeros_like(theta), theta)
 
 
-def l1_threshold_newton(a: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+def l1_threshold_newton(a: torch.Tensor, radius: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """l1_threshold's theta (clamped at 0: groups inside the radius-ball get 0) by Newton's method on
     f(theta) = sum_i max(a_i - theta, 0) - radius, which is convex, decreasing and piecewise linear in theta.
 
@@ -147,7 +159,12 @@ def l1_threshold_newton(a: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     exactly once the set {a_i > theta} stops shrinking: at theta_0 already where one entry exceeds it (most
     groups of a prox step), otherwise in a few steps, taken on those groups only. The same formula as the sort
     (sum of the rho largest - radius) / rho, summed in another order: equal up to rounding.
-    a [..., g] >= 0, radius [...] >= 0."""
+    a [..., g] >= 0, radius [...] >= 0. weight [G, g] >= 0 for a [..., G, g] (each group's own, not all zero):
+    the root of sum_i w_i max(a_i - theta, 0) = radius instead, from theta_0 = max_i (a_i - radius / w_i)
+    (f(theta_0) >= 0 again, as from any a_i - radius / w_i: the largest of them), each step (sum of the w_i a_i over
+    a_i > theta - radius) / (sum of their w_i) ('fista_diag'). Padding entries carry weight 0 and a_i = 0."""
+    if weight is not None:
+        return _weighted_threshold(a, radius, weight)
     A = a.reshape(-1, a.shape[-1])
     R = radius.expand(a.shape[:-1]).reshape(-1)
     theta = A.amax(-1) - R
@@ -161,6 +178,48 @@ def l1_threshold_newton(a: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
         c_new = (Ar > new.unsqueeze(-1)).sum(-1)
         theta[todo], count[todo] = new, c_new
         todo = todo[(c_new < c) & (c_new > 0)]
+    return theta.clamp(min=0).reshape(a.shape[:-1])
+
+
+def _weighted_threshold(a: torch.Tensor, radius: torch.Tensor, weight: torch.Tensor,
+                        start: torch.Tensor | None = None) -> torch.Tensor:
+    """l1_threshold_newton with weights (its docstring); a [..., G, g], weight [G, g] (per group, shared by the
+    leading dims), radius broadcast against a.shape[:-1].
+
+    start [...]: a first theta per group (the previous prox step's, 'fista_diag'), on either side of the root:
+    from the right (f < 0) the first Newton step lands left of the root (f is convex) and the steps go up from
+    there. A start with no a_i above it (f flat there) is replaced by max_i (a_i - radius / w_i). The iteration
+    ends on each group once its set {a_i > theta} keeps its size, which from the left means it stopped changing:
+    theta is then the root of that set's linear piece, the exact one."""
+    G, g = weight.shape
+    A = a.reshape(-1, g)
+    R = radius.expand(a.shape[:-1]).reshape(-1)
+    n = A.shape[0]
+    def lower(x, r, w):   # max_i (a_i - radius / w_i) over the entries that exist (w_i > 0): f >= 0 there
+        return torch.where(w > 0, x - r.unsqueeze(-1) / w, -torch.inf).amax(-1)
+
+    if start is None:
+        theta = lower(a, radius.expand(a.shape[:-1]), weight).reshape(-1)
+    else:
+        theta = start.reshape(-1).clone()
+        flat = ~(A > theta.unsqueeze(-1)).any(-1)
+        if bool(flat.any()):
+            idx = flat.nonzero().squeeze(1)
+            theta[idx] = lower(A[idx], R[idx], weight[idx % G])
+    active = A > theta.unsqueeze(-1)
+    count = active.sum(-1)
+    # from the lower start one entry above theta is the root already; from a warm start it may lie right of it. No
+    # entry above the lower start: radius 0, where theta = max a_i is a root (the prox is the identity)
+    todo = ((count > 0) if start is not None else (count > 1)).nonzero().squeeze(1)
+    for _ in range(g + 1):
+        if todo.numel() == 0:
+            break
+        Ar, w = A[todo], weight[todo % G] * active[todo]
+        new = ((w * Ar).sum(-1) - R[todo]) / w.sum(-1)
+        act_new = Ar > new.unsqueeze(-1)
+        c, c_new = count[todo], act_new.sum(-1)
+        theta[todo], active[todo], count[todo] = new, act_new, c_new
+        todo = todo[(c_new != c) & (c_new > 0)]
     return theta.clamp(min=0).reshape(a.shape[:-1])
 
 
@@ -223,7 +282,8 @@ def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig,
     and last only, unless cfg.tol needs every one; the iterates are the same either way). init: the first
     iterate (None = W itself, as the paper; e.g. the solution at a neighbouring beta, a warm start); the
     objective's anchor is W either way. row_beta [out]: each row's own beta in place of cfg.beta, for solver
-    'fista_rows' only, whose rows are separate problems: several betas solved in one call, each row as a
+    the row solvers ('fista_rows', 'fista_diag') only, whose rows are separate problems: several betas solved in
+    one call, each row as a
     call at its beta alone would solve it (up to the matmul's rounding)."""
     t0 = time.perf_counter()
     W = W.float()
@@ -236,8 +296,8 @@ def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig,
     alpha = group_alpha(stats, g, cfg.alpha).to(W.device)  # [G]
     log = _Trace(cfg.iters, cfg.tol, t0, W.device, every=trace or cfg.tol is not None)
     if row_beta is not None:
-        if cfg.solver != "fista_rows" or row_beta.shape != (n_out,) or not bool((row_beta >= 0).all()):
-            raise ValueError("row_beta needs solver 'fista_rows' and one beta >= 0 per row")
+        if cfg.solver not in ROW_SOLVERS or row_beta.shape != (n_out,) or not bool((row_beta >= 0).all()):
+            raise ValueError(f"row_beta needs a solver of {ROW_SOLVERS} and one beta >= 0 per row")
         tau = row_beta.to(W.device, torch.float32).unsqueeze(1) * alpha  # [out, G]
         if lam <= 0 or not bool(row_beta.any()) or cfg.iters == 0:
             log.record(_row_objective(W, torch.zeros_like(W), torch.zeros_like(W), tau, g).sum())
@@ -249,12 +309,30 @@ def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig,
         tau = (cfg.beta * alpha).expand(n_out, -1)  # [out, G]
     Hn = H / lam
     start = None if init is None else init.to(W.device, torch.float32)
-    if cfg.solver == "fista_rows":
-        Wp, restarts, used, row_iters = _fista_rows(W, Hn, tau, alpha, cfg, g, log, start)
+    if cfg.solver in ROW_SOLVERS:
+        metric = diag_metric(stats, lam, W.device) if cfg.solver == "fista_diag" else None
+        Wp, restarts, used, row_iters = _fista_rows(W, Hn, tau, alpha, cfg, g, log, start, metric)
         return log.result(Wp, alpha, lam, g, cfg.solver, restarts, used, row_iters)
     solve = _pgd if cfg.solver == "pgd" else _fista
     Wp, restarts, used = solve(W, Hn, tau, alpha, cfg, g, log, start)
     return log.result(Wp, alpha, lam, g, cfg.solver, restarts, used)
+
+
+def diag_metric(stats: LayerStats, lam: float, device: torch.device | str) -> tuple[torch.Tensor, float]:
+    """The metric of solver 'fista_diag' for Hn = H / lam, lam = lambda_max(H): d = diag(Hn) [in], floored at
+    DIAG_FLOOR times its largest, and L_D = lambda_max(D^-1/2 Hn D^-1/2). Derived once per shared H and device
+    (LayerStats.derived), the eigenvalue on one thread (astro.numerics.serial); both from H, as
+    D^-1/2 Hn D^-1/2 = D_H^-1/2 H D_H^-1/2."""
+    def compute():
+        H = stats.H.to(device, torch.float32)
+        d = torch.diagonal(H).clamp(min=0)
+        d = d.clamp(min=DIAG_FLOOR * float(d.max())) if float(d.max()) > 0 else torch.ones_like(d)
+        s = d.rsqrt()
+        with serial(device):
+            L = float(torch.linalg.eigvalsh(H * s.unsqueeze(1) * s.unsqueeze(0))[-1])
+        return d, L
+    (d_H, L), _ = stats.derived("diag_metric", compute, str(torch.device(device)))
+    return d_H / lam, L
 
 
 def stopping_iteration(objective: torch.Tensor, tol: float) -> int | None:
@@ -370,8 +448,9 @@ def _fista(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int,
     return X, restarts, cfg.iters
 
 
-def _fista_rows(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace,
-                start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+def _fista_rows(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace, start: torch.Tensor | None = None,
+                metric: tuple[torch.Tensor, float] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
     """FISTA on each row of eq. 12 as the separate problem it is (module docstring, solver 'fista_rows'): every
     row has its own momentum and restart and, with a tol, its own stopping rule; a row that stops keeps its iterate
     and leaves the working set, so the later matmuls are over the rows still running. The prox is the same
@@ -380,8 +459,20 @@ def _fista_rows(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace,
 
     With P = X - grad(X), the extrapolated point's prox argument is Y - grad(Y) = P + m (P - P_prev) (the gradient
     is affine), and the restart test <Y - X_new, X_new - X> > 0 is m <X - X_prev, d> - <d, d> > 0 with
-    d = X_new - X, so Y itself is never formed."""
+    d = X_new - X, so Y itself is never formed.
+
+    metric (d [in], L_D) (diag_metric; solver 'fista_diag'): the same iteration in the metric diag(d), step 1 / L_D:
+    P = X - grad(X) D^-1 / L_D, the prox's threshold weighted by d with radius tau / L_D, the restart test in D's
+    inner product."""
     n_out = W.shape[0]
+    if metric is None:
+        weight, inv_step, radius, dot = None, None, tau, torch.linalg.vecdot
+    else:
+        dm, L = metric
+        weight, inv_step, radius = pad_to_groups(dm.unsqueeze(0), g, "zero")[0], 1 / (L * dm), tau / L
+
+        def dot(a, b):
+            return torch.linalg.vecdot(a * dm, b)
     X = (W if start is None else start).clone()
     out = X.clone()
     F_out = torch.zeros(n_out, dtype=torch.float64, device=W.device)
@@ -392,7 +483,7 @@ def _fista_rows(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace,
     theta = torch.ones(n_out, 1, dtype=W.dtype, device=W.device)
     restarts = torch.zeros((), dtype=torch.int64, device=W.device)
     rule = cfg.tol is not None
-    F0 = F_prev = None
+    F0 = F_prev = thr = None   # thr: each (row, group)'s last prox threshold ('fista_diag')
     for k in range(cfg.iters + 1):
         G = (X - Wa) @ Hn
         last = k == cfg.iters
@@ -410,15 +501,22 @@ def _fista_rows(W, Hn, tau, alpha, cfg: RegularizeConfig, g: int, trace: _Trace,
                 if finished:
                     break
                 keep = ~done
-                X, G, step, P_prev, Wa, taua, theta, F, F0, rows = (
-                    t[keep] for t in (X, G, step, P_prev, Wa, taua, theta, F, F0, rows))
+                X, G, step, P_prev, Wa, taua, radius, theta, F, F0, rows = (
+                    t[keep] for t in (X, G, step, P_prev, Wa, taua, radius, theta, F, F0, rows))
+                thr = None if thr is None else thr[keep]
             F_prev = F
         theta_next = (1 + torch.sqrt(1 + 4 * theta * theta)) / 2
         m = (theta - 1) / theta_next                       # [rows, 1]; 0 at the first step: a plain prox step
-        P = X - G
-        X_new = _prox_step(torch.lerp(P_prev, P, 1 + m), taua, g, newton=True)
+        P = X - (G if inv_step is None else G * inv_step)
+        if metric is None:
+            X_new = _prox_step(torch.lerp(P_prev, P, 1 + m), radius, g, newton=True)
+        else:   # the weighted threshold, started from each group's previous one (_weighted_threshold)
+            Vg = pad_to_groups(torch.lerp(P_prev, P, 1 + m), g, "zero")
+            thr = _weighted_threshold(Vg.abs(), radius, weight, thr).unsqueeze(-1)
+            X_new = torch.clamp(Vg, -thr, thr).reshape(len(X), -1)[:, :W.shape[1]]
+            thr = thr.squeeze(-1)
         d = X_new - X
-        restart = m * torch.linalg.vecdot(step, d).unsqueeze(1) > torch.linalg.vecdot(d, d).unsqueeze(1)
+        restart = m * dot(step, d).unsqueeze(1) > dot(d, d).unsqueeze(1)
         theta = torch.where(restart, torch.ones_like(theta), theta_next)
         restarts += restart.sum()
         step, P_prev, X = d, P, X_new

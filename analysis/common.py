@@ -23,6 +23,7 @@ the same pipeline (Table 3's uniform alpha_k points answer for MagR+GPTQ at thei
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
@@ -282,16 +283,57 @@ def differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+# Records consulted only to explain a missing cell (where, record): e.g. an earlier protocol's, which no grid of
+# today matches; set by `explaining_from` (the report), never read for a number.
+_EXPLAIN_FROM: list[tuple[str, dict]] = []
+
+
+@contextlib.contextmanager
+def explaining_from(records: list[tuple[str, dict]]):
+    """Within the block, a missing cell's log line also names the closest of `records` ((where, record) pairs)
+    and the fields it differs in, when the store read has none of the cell's method, model and setting."""
+    _EXPLAIN_FROM[:] = records
+    try:
+        yield
+    finally:
+        _EXPLAIN_FROM.clear()
+
+
+def _same_run_family(canonical: dict, c: dict) -> bool:
+    return all(c.get(s) == canonical.get(s) for s in ("model", "quant")) and \
+        (c.get("method") or {}).get("name") == canonical["method"]["name"]
+
+
+def closest(canonical: dict, candidates) -> tuple[list[str], object] | None:
+    """(differing fields, item) of the candidate (item, canonical config) of the same method, model and setting
+    whose canonical config differs from `canonical` in the fewest fields (the seed aside); None without one."""
+    best = None
+    for item, c in candidates:
+        if _same_run_family(canonical, c):
+            diff = [f for f in differing_fields(canonical, c) if f != "calib.seed"]
+            if best is None or len(diff) < len(best[0]):
+                best = (diff, item)
+    return best
+
+
 def _explain_missing(canonical: dict, by_seedless: dict[str, list], choices: dict) -> None:
-    """Log why a cell has no record when the store holds records of the same method, model and setting."""
-    def same_run_family(c: dict) -> bool:
-        return all(c.get(s) == canonical.get(s) for s in ("model", "quant")) and \
-            c.get("method", {}).get("name") == canonical["method"]["name"]
-    near = [c for recs in by_seedless.values() if same_run_family(c := current_form(recs[0]["canonical"]))]
+    """Log why a cell has no record: the fields in which the store's records of the same method, model and setting
+    differ, and the closest record's (of the store, else of `explaining_from`'s records)."""
+    choices = {k: v for k, v in choices.items() if k != "calib.seed"}   # a cell holds every seed
+    near = [c for recs in by_seedless.values() if _same_run_family(canonical, c := current_form(recs[0]["canonical"]))]
     if near:
         fields = Counter(f for c in near for f in differing_fields(canonical, c) if f != "calib.seed")
-        log.info("missing %s: the store has %d configuration(s) of this method, model and setting, differing in %s",
-                 choices, len(near), ", ".join(f"{f} ({n})" for f, n in fields.most_common(6)))
+        best = closest(canonical, [(None, c) for c in near])
+        log.info("missing %s: the store has %d configuration(s) of this method, model and setting, differing in %s; "
+                 "the closest differs in %s", choices, len(near), ", ".join(f"{f} ({n})" for f, n in
+                                                                          fields.most_common(6)),
+                 ", ".join(best[0]) or "nothing but its numeric regime")
+        return
+    best = closest(canonical, [((where, r["key"]), current_form(r["canonical"])) for where, r in _EXPLAIN_FROM])
+    if best is not None:
+        (where, key), diff = best[1], best[0]
+        log.info("missing %s: no record of this method, model and setting; the closest elsewhere (%s, record %s) "
+                 "differs in %s", choices, where, key, ", ".join(diff) or "nothing but its numeric regime")
 
 
 def find_probe(store: ResultStore, kind: str, canonical: dict, make_target: str, where=None, **match) -> dict:
@@ -459,11 +501,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 ARCHIVE = HERE.parent / "archive"
+_ARCHIVE = [ARCHIVE]   # the archive read (using_archive: another one, e.g. a test's)
+
+
+@contextlib.contextmanager
+def using_archive(root: Path):
+    """Within the block, the archive read (its manifest.yaml and snapshot folders) is `root`."""
+    _ARCHIVE.append(Path(root))
+    try:
+        yield
+    finally:
+        _ARCHIVE.pop()
 
 
 def manifest() -> dict:
-    """archive/manifest.yaml: which snapshots hold which protocol's records."""
-    return yaml.safe_load((ARCHIVE / "manifest.yaml").read_text())
+    """archive/manifest.yaml: which snapshots hold which protocol's records, and what the report shows."""
+    return yaml.safe_load((_ARCHIVE[-1] / "manifest.yaml").read_text())
 
 
 def snapshots(protocol: str | None = None) -> list[Path]:
@@ -472,7 +525,7 @@ def snapshots(protocol: str | None = None) -> list[Path]:
     name = protocol or m["current"]
     if name not in m["protocols"]:
         raise SystemExit(f"--protocol: unknown protocol {name!r}; the manifest has {sorted(m['protocols'])}")
-    return [ARCHIVE / s for s in m["protocols"][name]["snapshots"]]
+    return [_ARCHIVE[-1] / s for s in m["protocols"][name]["snapshots"]]
 
 
 @dataclass(frozen=True)

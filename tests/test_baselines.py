@@ -603,7 +603,7 @@ def test_awq_then_astro_against_both_parts_on_every_role():
     invariant under the scaling, so the layers compare as they are. On every role the composition is far below
     Astro+GPTQ alone. On the roles AWQ searches no clipping for (q, k: AWQ_CLIP_SKIP) it is also below
     AWQ+GPTQ; on the roles AWQ clips it is not (its clip search and Astro's shrinking of group maxima compete),
-    and stays within 10% of it (README, "Beyond the paper")."""
+    and stays within 10% of it (docs/beyond-study.md)."""
     from astro.architectures import ARCHITECTURES
     grid = QuantGrid(3, 64, False)
     roles = ARCHITECTURES["llama"].linears

@@ -17,9 +17,9 @@ sweep = $(RUN) -m experiment=$(1) scale=$(SCALE) $(ARGS)
 # $(call analyze,<module>): the analysis script, reading only the results store (same ARGS: same grid)
 analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 
-.PHONY: help setup setup-gemma bench-solver bench-shapes bench-loop export quickstart test test-all test-slurm lint bench clean-cache run sweep experiments status results report report-publish proxy-tasks \
+.PHONY: help setup setup-gemma bench-solver bench-shapes bench-loop bench-lwc export quickstart test test-all test-slurm lint bench clean-cache run sweep experiments status results report report-publish proxy-tasks \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
-	reproduce-table7 run-table1 run-table3 run-table7 claims figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
+	reproduce-table7 run-table1 run-table3 run-table7 study claims figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
 	calib-study calib-sink w2-groups beyond-study beta-auto beta-strength rehearsal
 
 help:  ## [inspect] this list, grouped (experiment targets take SCALE=embedded|paper, default embedded, and ARGS='overrides')
@@ -69,6 +69,9 @@ bench-solver: setup  ## [develop] pgd vs fista on Astro's per-layer objective (S
 bench-shapes: setup  ## [develop] per-block time + peak memory at LLaMA-2-7B/70B shapes (CPU: 7B only, 8.6 min; ARGS='--device cuda')
 	$(PY) -m benchmarks.shapes $(ARGS)
 
+bench-lwc: setup  ## [develop] OmniQuant's block-output MSE over training per LWC schedule, SmolLM2 blocks -> results/bench_lwc.* (not timed)
+	$(PY) -m benchmarks.lwc_schedule $(ARGS)
+
 bench-loop: setup  ## [develop] the block loop's forwards: stream rebuilt from the writers' inputs vs the block re-run (embedded-v1, loaded: 13 min)
 	$(PY) -m benchmarks.loop_forwards $(ARGS)
 
@@ -106,6 +109,9 @@ run-table1: setup $(if $(filter embedded,$(SCALE)),setup-gemma)  ## [study] Tabl
 	$(call sweep,table1)
 	$(call sweep,table3)
 	$(call analyze,table1) --archive
+
+study: setup setup-gemma  ## [study] the embedded-v2 evidence setting by setting (conf/study/embedded_v2.yaml; resumable: run two side by side, one per core; days of CPU)
+	$(PY) -m experiments.study conf/study/embedded_v2.yaml $(ARGS)
 
 claims: setup  ## [reproduce] every claim per setting and test text (Tables 1, 7, beyond study): archive/ + results/store (1-2 min)
 	$(call analyze,claims) --archive

@@ -59,7 +59,7 @@ HERE = Path(__file__).resolve().parent
 MISSING = "missing"
 # Rows the paper reports for methods we do not run (analysis/reported.yaml); every pipeline's label is its own
 # (astro.methods.Pipeline.label), so a pipeline registered later is labelled too.
-PAPER_ONLY_LABELS = {"omniquant": "OmniQuant", "spinquant": "SpinQuant"}
+PAPER_ONLY_LABELS = {"spinquant": "SpinQuant"}
 
 
 class _Labels(Mapping):
@@ -114,6 +114,7 @@ class Cell:
     key: str
     records: list
     diverged: list = field(default_factory=list)
+    seeds: list = field(default_factory=list)             # the calibration seeds its grid points ask for
     regime: str | None = None                             # the regime_hash its records share (cells())
     excluded: list = field(default_factory=list)          # records of other regimes left out (cells())
 
@@ -228,20 +229,22 @@ def _cells(points, records: list[dict], one_per_seed: bool = True) -> list[Cell]
             continue
         by_seedless.setdefault(seedless_key(form), []).append(rec)
         answering.setdefault(seedless_key(computation_form(rec["canonical"])), []).append(rec)
-    out, seen = [], set()
+    out, seen = [], {}
     for p in points:  # points that differ only in calib.seed are one cell (mean +- std over seeds)
         canonical = stored_form(canonical_config(p.config))
         sk = seedless_key(canonical)
         ident = (sk, tuple(sorted((k, v) for k, v in p.choices.items() if k != "calib.seed")))
-        if ident not in seen:
-            seen.add(ident)
+        if ident in seen:
+            seen[ident].seeds.append(p.config.calib.seed)
+        else:
             recs = by_seedless.get(sk, [])
             recs = _one_per_seed(recs) if one_per_seed else recs
             if not asks_for_diagnostics(canonical):
                 recs = recs + _answering_seeds(answering.get(seedless_key(computation_form(canonical)), []), recs)
             seeds = {_seed(r) for r in recs}
             failed = [r for r in diverged.get(sk, []) if _seed(r) not in seeds]
-            out.append(Cell(p.choices, p.config, p.key, recs, failed))
+            seen[ident] = Cell(p.choices, p.config, p.key, recs, failed, seeds=[p.config.calib.seed])
+            out.append(seen[ident])
             if not recs and not failed:
                 _explain_missing(canonical, by_seedless, p.choices)
     return out

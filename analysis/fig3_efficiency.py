@@ -48,7 +48,7 @@ def transform_note(c) -> str:
         return "-"
     tr = c.records[0].get("transform") or {}
     if not tr:
-        return "awq scales" if c.config.method.block_transform == "awq" else "-"
+        return {"awq": "awq scales", "omniquant": "learned clipping (lwc)"}.get(c.config.method.block_transform, "-")
     note = f"{tr['transform']} R1={tr.get('r1')}"
     if tr["transform"] == "spinquant":
         note += (f"; {tr['steps']} steps (lr {tr['lr']:g}) on {tr['sequences']} x {tr['seq_len']} tokens, "

@@ -2,9 +2,10 @@
 
 A setting is a model and a quantization grid (bit-width and group size). For each setting and each method with a
 tunable (MagR's and Astro's beta, on GPTQ and on RTN; OmniQuant's learning rate), the candidate with the lowest
-mean validation PPL (VALIDATION) over the calibration seeds is chosen; its records are that method's cells, and
-the tables report their test PPL. Test text never enters a choice: this module reads no other metric. Every
-candidate must have every seed any of them has (the grid's seeds: 0-2 in the embedded and paper grids): a
+mean validation PPL (VALIDATION) over the tuning grid's calibration seeds (Cell.seeds: 0-2 in the embedded and
+paper grids) is chosen; its records are that method's cells, and the tables report their test PPL, at those seeds
+and at any further seeds the chosen point alone was run at (experiments/study.py: the claims' extra seeds). Test
+text never enters a choice: this module reads no other metric. Every candidate must have every grid seed: a
 comparison of means over different seeds chooses nothing (the choice is then reported as incomplete, e.g. while a
 sweep is still running). Ties go to the first candidate in the grid's order. A candidate whose validation PPL is
 not finite is never chosen.
@@ -70,7 +71,8 @@ def setting_of(cell: Cell, key: str) -> tuple[str, ...]:
 
 def choose(cs: list[Cell], key: str, seeds: tuple[int, ...] | None = None) -> dict[tuple, Choice]:
     """{(setting, method name): Choice} over the cells `cs` of a tuning grid whose axis is `key`. seeds: the
-    calibration seeds every candidate must have (None: every seed any candidate of the group has)."""
+    calibration seeds every candidate must have and the mean is over (None: the grid's, Cell.seeds, or where a cell
+    does not know them, every seed any candidate of the group has)."""
     groups: dict[tuple, list[Cell]] = {}
     for c in cs:
         groups.setdefault((setting_of(c, key), c.config.method.name), []).append(c)
@@ -79,7 +81,8 @@ def choose(cs: list[Cell], key: str, seeds: tuple[int, ...] | None = None) -> di
 
 def _choose(group: tuple, members: list[Cell], key: str, seeds) -> Choice:
     by_seed = [validation_by_seed(c) for c in members]
-    want = set(seeds) if seeds is not None else set().union(*(set(v) for v in by_seed))
+    grid = {int(s) for c in members for s in c.seeds}
+    want = set(seeds) if seeds is not None else grid or set().union(*(set(v) for v in by_seed))
     rows, why = [], None
     for c, vals in zip(members, by_seed, strict=True):
         have = tuple(sorted(vals))

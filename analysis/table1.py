@@ -33,13 +33,17 @@ from .common import (
 )
 from .paired import short_value
 
-# the paper's baselines that run here or are shown as reported (spinquant_gptq reproduces the paper's SpinQuant row)
+# the paper's baselines: reported-only rows unless the grid runs them (awq, omniquant; spinquant_gptq reproduces
+# the paper's SpinQuant row)
 REPORTED_ONLY = ("awq", "omniquant", "spinquant")
-# experiment -> (its tuning axis, the methods it tunes): Table 3's sweep chooses MagR's and Astro's beta per setting
-TUNED = {"table3": ("tune.beta_factor", ("magr_gptq", "astro_gptq"))}
+# experiment -> (its tuning axis, the methods it tunes): Table 3's sweep chooses MagR's and Astro's beta per
+# setting, tune_omniquant OmniQuant's learning rate
+TUNED = {"table3": ("tune.beta_factor", ("magr_gptq", "astro_gptq")),
+         "tune_omniquant": ("tune.lr_factor", ("omniquant",))}
 # the paper's claims from Table 1, each A vs B within one model and setting
 CLAIMS = [claims.Claim("astro_gptq", "magr_gptq"), claims.Claim("magr_gptq", "gptq"), claims.Claim("gptq", "rtn"),
-          claims.Claim("astro_gptq", "spinquant_gptq", strict=False), claims.Claim("astro_gptq", "awq")]
+          claims.Claim("astro_gptq", "spinquant_gptq", strict=False), claims.Claim("astro_gptq", "awq"),
+          claims.Claim("astro_gptq", "omniquant")]
 
 
 @dataclass
@@ -105,14 +109,23 @@ def build(g: Grid, scale: str, metric: str = "metrics.ppl", with_reported: bool 
     return pd.DataFrame(rows)
 
 
+def tuned_value(cfg) -> str:
+    """The value a tuning factor set: 'beta 1e-3', or OmniQuant's learning rate at the setting's bit width."""
+    if cfg.method.preprocess:
+        return f"beta {short_value(str(cfg.method.beta))}"
+    if cfg.method.name == "omniquant":
+        om = cfg.method.omniquant
+        return f"lr {(om.lr_w4 if cfg.quant.bits >= 4 else om.lr):g}"
+    return ""
+
+
 def build_choices(g: Grid) -> pd.DataFrame:
     """Each tuned method's choice per setting: the chosen value, its validation PPL, every candidate's."""
     out = []
     for (s, method), ch in g.choices.items():
         cfg = ch.cell.config if ch.cell is not None else None
         out.append({"setting": " ".join(s), "method": LABELS.get(method, method),
-                    "chosen": (f"{ch.key}={ch.value}" + (f" (beta {short_value(str(cfg.method.beta))})"
-                                                         if cfg is not None and cfg.method.preprocess else "")
+                    "chosen": (f"{ch.key}={ch.value}" + (f" ({tuned_value(cfg)})" if cfg is not None else "")
                                if ch.cell is not None else f"incomplete: {ch.why}"),
                     "validation PPL": "-" if ch.validation_ppl is None else f"{ch.validation_ppl:.2f}",
                     "at the grid's edge": "yes" if ch.edge else "no",

@@ -19,9 +19,14 @@ Two extension points keep every method inside this one loop (astro/transforms.py
   SpinQuant rotations, fused into the weights), timed as its own stage;
 - a block-level transform (`run_blocks(..., block_transform=f)`) runs on each block after it moved to
   the compute device and before its first group is calibrated: f(BlockContext) may rewrite the block's
-  weights function-preservingly (e.g. AWQ's scales folded into the preceding norm / linear) and returns
-  extra per-layer row fields {linear name: {field: value}}; timed as the loop's `block_transform` stage.
-  The calibration statistics of the block's linears are then collected after the transform.
+  weights function-preservingly (e.g. AWQ's scales folded into the preceding norm / linear) and returns a
+  BlockOutcome (or None): extra per-layer row fields {linear name: {field: value}}, and per-linear parameters
+  {linear name: value} that the loop hands to the per-linear pipeline as a fourth argument,
+  process(name, W, stats, params), for those linears only (e.g. OmniQuant's learned clipping ranges, on which
+  the pipeline quantizes; the loop then writes the weights back as for every method). Timed as the loop's
+  `block_transform` stage. The calibration statistics of the block's linears are collected after the
+  transform. With a block transform, each block's keyword inputs are also captured for single windows, so
+  ctx.forward takes one window (h[i:i+1]) as well as a chunk (e.g. OmniQuant's training steps).
 """
 
 from __future__ import annotations
@@ -102,7 +107,8 @@ class LoopResult:
 @dataclass
 class BlockContext:
     """What a block-level transform sees: the block (on the compute device), a forward over one chunk of
-    its calibration inputs (forward(h) -> the block's output), the chunks themselves, and the layout."""
+    its calibration inputs or one window of it (forward(h) -> the block's output), the chunks themselves (the
+    inputs the already-processed blocks produce, on `offload`), and the layout."""
 
     index: int
     block: nn.Module
@@ -110,9 +116,20 @@ class BlockContext:
     hidden: list[torch.Tensor]
     arch: Architecture
     device: str
+    offload: str = "cpu"
 
 
-BlockTransform = Callable[[BlockContext], "dict[str, dict] | None"]
+@dataclass
+class BlockOutcome:
+    """What a block-level transform returns. rows: extra per-layer row fields {linear: {field: value}}.
+    params: per-linear parameters {linear: value}, handed to the per-linear pipeline as
+    process(name, W, stats, params) (linears without an entry are called with three arguments)."""
+
+    rows: dict[str, dict] = field(default_factory=dict)
+    params: dict[str, object] = field(default_factory=dict)
+
+
+BlockTransform = Callable[[BlockContext], "BlockOutcome | None"]
 
 
 class _StopCapture(Exception):
@@ -159,20 +176,28 @@ def _to(obj, device):
 
 
 @torch.no_grad()
-def capture_inputs(model: nn.Module, arch: Architecture, input_ids: torch.Tensor, cfg: LoopConfig):
+def capture_inputs(model: nn.Module, arch: Architecture, input_ids: torch.Tensor, cfg: LoopConfig,
+                   single: bool = False):
     """Block-0 hidden states per chunk ([b, seq, d] on cfg.offload) and each block's keyword inputs,
-    recorded once per chunk size (they depend on positions and masks, not on token values)."""
+    recorded once per chunk size (they depend on positions and masks, not on token values). single: also
+    record the keyword inputs of a single window (one more forward of the first window, its hidden states
+    not kept), so a block can be run on one window of a chunk."""
     blocks = get_module(model, arch.blocks)
     originals = list(blocks)
     chunks = list(torch.split(input_ids, cfg.batch_size))
+    keep = [True] * len(chunks)
+    if single and all(c.shape[0] != 1 for c in chunks):
+        chunks.append(input_ids[:1])
+        keep.append(False)
     hidden: list[torch.Tensor] = []
     kwargs: dict[tuple[int, int], tuple] = {}   # (block index, chunk size) -> (args, kwargs)
     n = len(originals)
+    keeping = [True]
 
     def recorder(i):
         def on_call(h, args, kw):
             key = (i, h.shape[0])
-            if i == 0:
+            if i == 0 and keeping[0]:
                 hidden.append(h.to(cfg.offload))
             if key not in kwargs:
                 kwargs[key] = (args, {k: v for k, v in kw.items() if k != "past_key_values"})
@@ -184,7 +209,8 @@ def capture_inputs(model: nn.Module, arch: Architecture, input_ids: torch.Tensor
         blocks[i] = _Recorder(blk, recorder(i))
     try:
         model.to(cfg.device)
-        for chunk in chunks:
+        for chunk, k in zip(chunks, keep, strict=True):
+            keeping[0] = k
             try:
                 model(input_ids=chunk.to(cfg.device), use_cache=False)
             except _StopCapture:
@@ -298,14 +324,16 @@ def _group_stats(forward, hidden, held, linears, shared, b: int, weights: TokenW
 
 
 def _process_group(process, prefix: str, b: int, linears: dict[str, nn.Module], shared: dict[str, str],
-                   stats_of: dict[str, LayerStats], extra: dict[str, dict]) -> list[dict]:
-    """Run the per-linear pipeline on each linear of a group and write its new weights back (the one place
-    the loop writes weights); one row per linear."""
+                   stats_of: dict[str, LayerStats], outcome: BlockOutcome) -> list[dict]:
+    """Run the per-linear pipeline on each linear of a group (with the block transform's parameters for it, if
+    any) and write its new weights back (the one place the loop writes weights); one row per linear."""
     rows = []
     for name, lin in linears.items():
-        W_new, row = process(f"{prefix}.{b}.{name}", lin.weight.data.float(), stats_of[shared.get(name, name)])
+        params = (outcome.params[name],) if name in outcome.params else ()
+        W_new, row = process(f"{prefix}.{b}.{name}", lin.weight.data.float(), stats_of[shared.get(name, name)],
+                             *params)
         lin.weight.data.copy_(W_new.to(lin.weight.dtype))
-        rows.append({"block": b, "linear": name, **extra.get(name, {}), **row})
+        rows.append({"block": b, "linear": name, **outcome.rows.get(name, {}), **row})
     return rows
 
 
@@ -392,14 +420,15 @@ def _join_both(streams: _Streams, block, arch: Architecture, k: int, cfg: LoopCo
 
 @torch.no_grad()
 def run_blocks(model: nn.Module, input_ids: torch.Tensor,
-               process: Callable[[str, torch.Tensor, LayerStats], tuple[torch.Tensor, dict]],
+               process: Callable[..., tuple[torch.Tensor, dict]],
                cfg: LoopConfig, arch: Architecture | None = None, progress: bool = True,
                block_transform: BlockTransform | None = None, holdout_ids: torch.Tensor | None = None,
                weights: TokenWeights = TokenWeights()) -> LoopResult:
     """Calibrate and process every linear of every block in order (the module docstring's steps).
 
     input_ids: [n, seq] calibration tokens; None for a data-free pipeline (RTN): no forward at all, every linear
-    is processed with stats None. process(qualified module name, W [out, in] fp32, stats) -> (W_new, row).
+    is processed with stats None. process(qualified module name, W [out, in] fp32, stats[, params]) -> (W_new,
+    row); params only for the linears a block transform gave parameters to.
     block_transform: the block-level extension point (module docstring); its row fields join the rows of
     that block's linears. holdout_ids: [m, seq] calibration tokens the method never sees: they travel
     through the same (processed) blocks and give each linear's stats.holdout, for held-out errors (their
@@ -417,7 +446,7 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor,
     hidden, kwargs = [], {}
     if data:
         with stage("capture"):
-            hidden, kwargs = capture_inputs(model, arch, input_ids, cfg)
+            hidden, kwargs = capture_inputs(model, arch, input_ids, cfg, single=block_transform is not None)
     held: list[torch.Tensor] = []
     if holdout_ids is not None:
         with stage("holdout"):
@@ -429,10 +458,11 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor,
     for b, block in enumerate(tqdm(get_module(model, arch.blocks), desc="blocks", disable=not progress)):
         block.to(cfg.device)
         forward = _block_forward(block, b, kwargs, cfg.device)
-        extra: dict[str, dict] = {}
+        outcome = BlockOutcome()
         if block_transform is not None:
             with stage("block_transform"):
-                extra = block_transform(BlockContext(b, block, forward, hidden, arch, cfg.device)) or {}
+                outcome = block_transform(BlockContext(b, block, forward, hidden, arch, cfg.device,
+                                                       cfg.offload)) or outcome
         streams = _Streams(forward, hidden, held)
         first_input = hidden[0] if b == 0 and mlp_from is not None else None   # for check_rebuilt_stream
         hidden = held = None   # the streams own them now: the block's inputs are freed once attention is joined
@@ -448,7 +478,7 @@ def run_blocks(model: nn.Module, input_ids: torch.Tensor,
                                      cfg.device, stage, streams.kept, streams.held_kept, cfg.offload) if data
                         else dict.fromkeys(linears))
             with stage("process"):
-                res.rows += _process_group(process, arch.blocks, b, linears, shared, stats_of, extra)
+                res.rows += _process_group(process, arch.blocks, b, linears, shared, stats_of, outcome)
         if mlp_from is not None:
             _join_both(streams, block, arch, 1, cfg, stage, "propagate")
             hidden, held = streams.hidden, streams.held

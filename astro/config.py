@@ -138,6 +138,11 @@ class RunConfig:
         # record's config says so); pipelines that do not reconstruct never read beta, so they keep none
         if self.method.preprocess and self.method.beta == "auto" and self.calib.holdout < 1:
             object.__setattr__(self, "calib", dataclasses.replace(self.calib, holdout=AUTO_HOLDOUT))
+        oq = self.method.omniquant
+        if self.method.block_transform == "omniquant" and oq.batch_size > oq.windows(self.calib.n_samples):
+            raise ValueError(f"method.omniquant.batch_size={oq.batch_size} is larger than the "
+                             f"{oq.windows(self.calib.n_samples)} windows it trains on (calib.n_samples="
+                             f"{self.calib.n_samples}, method.omniquant.samples={oq.samples})")
 
 
 def _coerce(tp, value, key: str):

@@ -317,6 +317,11 @@ def card_from_run(cfg, ppl=None, **extra) -> dict:
     if m.block_transform == "awq":
         card["awq"] = (f"activation-aware scales folded into the preceding norms / linears (grid {m.awq.grid}), "
                        f"clipping search ({m.awq.clip_grid} ratios down to {float(m.awq.ratios().min()):g})")
+    if m.block_transform == "omniquant":
+        oq, bits = m.omniquant, cfg.quant.bits
+        card["omniquant"] = (f"learnable weight clipping: per (row, group) clipping of min / max learned per block "
+                             f"on the block-output error ({oq.epochs_at(bits)} epochs, lr {oq.lr_at(bits):g}, "
+                             f"{oq.windows(c.n_samples)} windows, batch {oq.batch_size}), then RTN on those ranges")
     if m.model_transform:
         learned = (f", learned by {m.rotation.steps} Cayley-SGD steps (lr {m.rotation.lr:g})"
                    if m.model_transform == "spinquant" else "")

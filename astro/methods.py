@@ -26,6 +26,7 @@ import torch
 from .awq import AWQConfig, search_clip
 from .fields import added_field
 from .gptq import GPTQConfig, GPTQFactor, gptq, gptq_factor
+from .omniquant import LearnedClip, OmniQuantConfig
 from .quantizer import QuantGrid, QuantResult, pad_to_groups
 from .regularize import RegularizeConfig, reconstruct, shared_lambda_max
 from .rotation import RotationConfig
@@ -57,6 +58,7 @@ COMPONENTS: dict[str, Component] = {
     # learns R1/R2 under fake quantization: its backward passes and loss reduce across threads
     "spinquant": Component(2, ("method.rotation", "quant"), thread_invariant=False),
     "awq": Component(2, ("method.awq", "quant")),
+    "omniquant": Component(1, ("method.omniquant", "quant")),   # learns clipping ranges per block (LWC)
     "regularize": Component(1, ("method.beta", "method.beta_grid", "method.iters", "method.alpha",
                                 "method.linf_group_size", "method.solver", "method.tol",
                                 "quant.group_size")),  # l_inf groups default to it
@@ -74,9 +76,10 @@ class Pipeline(NamedTuple):
     ('astro' = activation alpha, 'magr' = uniform alpha, None). quantizer: 'rtn' | 'gptq' | None. clip: AWQ's
     per-linear clipping search before quantization. clip_skip: the roles (a linear's path inside its block,
     e.g. 'self_attn.q_proj') whose clipping search is skipped. block_transform: 'awq' (scales folded per
-    block before its calibration) or None. model_transform: 'quarot' | 'spinquant' (residual rotations fused
-    once before the loop) or None. Adding a method = one entry in PIPELINES + its conf/method/<name>.yaml:
-    its run key, records and labels follow from the entry."""
+    block before its calibration), 'omniquant' (clipping ranges learned per block, quantized on by RTN) or
+    None. model_transform: 'quarot' | 'spinquant' (residual rotations fused once before the loop) or None.
+    Adding a method = one entry in PIPELINES + its conf/method/<name>.yaml: its run key, records and labels
+    follow from the entry."""
 
     label: str
     preprocess: str | None = None
@@ -142,6 +145,7 @@ PIPELINES: dict[str, Pipeline] = {
     "quarot_rtn": Pipeline("QuaRot+RTN", quantizer="rtn", model_transform="quarot"),
     "quarot_gptq": Pipeline("QuaRot+GPTQ", quantizer="gptq", model_transform="quarot"),
     "spinquant_gptq": Pipeline("SpinQuant", quantizer="gptq", model_transform="spinquant"),
+    "omniquant": Pipeline("OmniQuant", quantizer="rtn", block_transform="omniquant"),   # weight-only: LWC
     # Astro composed with scaling / rotation (not in the paper): the transform first, so Astro's H and alpha_k
     # are those of the transformed layer; AWQ's clipping search runs after Astro, on the weights GPTQ will
     # quantize (clipping first would fit ranges that Astro's shrinking of group maxima then moves)
@@ -176,8 +180,9 @@ class MethodConfig:
     (the paper's) or 'fista' (accelerated); tol: stop when one iteration's change is below tol times the
     decrease so far (None = all iters), see astro.regularize. gptq: GPTQ settings. awq: AWQ's scale and
     clip grids (astro.awq.AWQConfig; awq, awq_gptq). rotation: QuaRot's seed and SpinQuant's learning
-    schedule (astro.rotation.RotationConfig; quarot_*, spinquant_gptq). Pipelines ignore the fields they do
-    not use (and so does the run key).
+    schedule (astro.rotation.RotationConfig; quarot_*, spinquant_gptq). omniquant: the learnable weight
+    clipping's schedule (astro.omniquant.OmniQuantConfig). Pipelines ignore the fields they do not use (and so
+    does the run key).
     beta: a number, or 'auto': per linear, the beta of beta_grid whose quantized weights have the lowest
     error on held-out calibration tokens (calib.holdout windows, which the reconstruction never sees;
     select_beta). beta_grid: the candidates (default: the paper's Table 3 grid)."""
@@ -193,6 +198,7 @@ class MethodConfig:
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
     awq: AWQConfig = field(default_factory=AWQConfig)
     rotation: RotationConfig = field(default_factory=RotationConfig)
+    omniquant: OmniQuantConfig = field(default_factory=OmniQuantConfig)
 
     def __post_init__(self):
         if self.name not in PIPELINES:
@@ -211,7 +217,8 @@ class MethodConfig:
             import re
             raise ValueError(re.sub(r"\bregularize\.(\w+)", lambda m: "method." + (
                 "linf_group_size" if m[1] == "group_size" else m[1]), str(e))) from None
-        for key, tp in (("gptq", GPTQConfig), ("awq", AWQConfig), ("rotation", RotationConfig)):
+        for key, tp in (("gptq", GPTQConfig), ("awq", AWQConfig), ("rotation", RotationConfig),
+                        ("omniquant", OmniQuantConfig)):
             if not isinstance(getattr(self, key), tp):
                 raise ValueError(f"method.{key} must be a {tp.__name__}, got {getattr(self, key)!r}")
 
@@ -293,9 +300,10 @@ def group_linf_mean(W: torch.Tensor, g: int) -> list[float]:
     return pad_to_groups(W, g, "zero").abs().amax(-1).mean(0).tolist()
 
 
-def _quantize(kind: str, W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig) -> QuantResult:
+def _quantize(kind: str, W: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig,
+              learned: LearnedClip | None = None) -> QuantResult:
     if kind == "rtn":
-        return rtn(W, grid)
+        return rtn(W, grid, learned.ranges(W, grid) if learned is not None else None)
     return gptq(W, stats.H, grid, method.gptq, shared_gptq_factor(stats, method.gptq))
 
 
@@ -323,7 +331,8 @@ class _Candidate:
 
 
 def _candidate(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig, beta: float | None,
-               lam: float, linear: str | None, init: torch.Tensor | None) -> _Candidate:
+               lam: float, linear: str | None, init: torch.Tensor | None,
+               learned: LearnedClip | None = None) -> _Candidate:
     H = stats.H.to(W0.device)
     row: dict = {}
     t = time.perf_counter()
@@ -347,7 +356,7 @@ def _candidate(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: Met
                    clip_ratio_min=float(clip.ratio.min()),
                    clip_err_rtn_before=clip.err_before, clip_err_rtn_after=clip.err_after, clip_reverted=clip.reverted,
                    t_clip=time.perf_counter() - t)
-    qres = _quantize(method.quantizer, Wp, stats, grid, method) if method.quantizer else None
+    qres = _quantize(method.quantizer, Wp, stats, grid, method, learned) if method.quantizer else None
     return _Candidate(beta, reg, Wp, qres, row, t_reg, time.perf_counter() - t)
 
 
@@ -386,14 +395,18 @@ def _data_free(W0: torch.Tensor, grid: QuantGrid, method: MethodConfig) -> Linea
 
 
 def process_linear(W: torch.Tensor, stats: LayerStats | None, grid: QuantGrid, method: MethodConfig,
-                   linear: str | None = None) -> LinearOutcome:
+                   linear: str | None = None, learned: LearnedClip | None = None) -> LinearOutcome:
     """Run the method's pipeline on one linear W [out, in] and return the new weights and its row.
     stats None: a data-free pipeline (RTN), run without calibration statistics.
 
     linear: the linear's role in its block ('self_attn.q_proj') or its qualified module name, for per-role
     steps: AWQ searches no clipping for q/k (Pipeline.clip_skip; the row says clip_skipped=True). None =
     unknown role: every linear is treated alike (AWQ then clips q/k too). With method.beta=auto the row also
-    holds beta (the chosen one), beta_grid and err_holdout_per_beta (select_beta)."""
+    holds beta (the chosen one), beta_grid and err_holdout_per_beta (select_beta). learned: the clipping its
+    block transform learned (OmniQuant; astro.blockwise.BlockOutcome.params): RTN quantizes on those ranges."""
+    if (learned is not None) != (method.block_transform == "omniquant"):
+        raise ValueError(f"method {method.name!r}: learned clipping ranges come from OmniQuant's block transform "
+                         f"and only OmniQuant quantizes on them; got {'none' if learned is None else 'some'}")
     W0 = W.float()
     if stats is None:
         return _data_free(W0, grid, method)
@@ -410,7 +423,8 @@ def process_linear(W: torch.Tensor, stats: LayerStats | None, grid: QuantGrid, m
         cand, errors = select_beta(W0, stats, grid, method, lam, linear)
         row.update(beta=cand.beta, beta_grid=list(method.betas), err_holdout_per_beta=errors)
     else:
-        cand = _candidate(W0, stats, grid, method, method.betas[0] if method.preprocess else None, lam, linear, None)
+        cand = _candidate(W0, stats, grid, method, method.betas[0] if method.preprocess else None, lam, linear, None,
+                          learned)
     row.update(cand.row)
     row["t_regularize"] = row["t_lambda_max"] + cand.t_regularize
     row["t_quantize"] = cand.t_quantize

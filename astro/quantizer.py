@@ -114,12 +114,27 @@ def params_from_ranges(wmin: torch.Tensor, wmax: torch.Tensor, grid: QuantGrid):
     return scale, zero
 
 
-def find_params(W: torch.Tensor, grid: QuantGrid) -> QParams:
-    """Min-max grid parameters for every (row, contiguous group) of W [out, in]."""
+def group_ranges(W: torch.Tensor, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min, max) of every (row, contiguous group) of W [out, in]: [out, n_groups] each."""
     grid.check_layer(W.shape[1])
     Wg = pad_to_groups(W, grid.group_len(W.shape[1]), "replicate")  # [out, G, g]
-    scale, zero = params_from_ranges(Wg.amin(-1), Wg.amax(-1), grid)
+    return Wg.amin(-1), Wg.amax(-1)
+
+
+def params_on_ranges(W: torch.Tensor, wmin: torch.Tensor, wmax: torch.Tensor, grid: QuantGrid) -> QParams:
+    """The grid parameters of W [out, in] fitted on given per-(row, group) ranges [out, n_groups] (e.g. learned
+    clipping ranges, astro.omniquant) instead of the weights' own min and max."""
+    shape = (W.shape[0], grid.n_groups(W.shape[1]))
+    if wmin.shape != shape or wmax.shape != shape:
+        raise ValueError(f"ranges must be [out, n_groups] = {list(shape)} for weights {list(W.shape)} and group "
+                         f"size {grid.group_size}, got {list(wmin.shape)} and {list(wmax.shape)}")
+    scale, zero = params_from_ranges(wmin, wmax, grid)
     return QParams(scale, zero, contiguous_g_idx(W.shape[1], grid, W.device), grid)
+
+
+def find_params(W: torch.Tensor, grid: QuantGrid) -> QParams:
+    """Min-max grid parameters for every (row, contiguous group) of W [out, in]."""
+    return params_on_ranges(W, *group_ranges(W, grid), grid)
 
 
 def quantize_codes(W: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:

@@ -46,7 +46,7 @@ class RunResult:
     """config: the RunConfig as a dict. timings (seconds): setup (load or reuse the session),
     transform (the model-level transform before the block loop: QuaRot/SpinQuant rotations, SpinQuant's
     learning included), block_transform (the block-level transform inside the loop: AWQ's scale search
-    and folding), calibration (capture + statistics + propagation forwards), reconstruction
+    and folding; OmniQuant's LWC), calibration (capture + statistics + propagation forwards), reconstruction
     (Astro/MagR), quantization (RTN/GPTQ, AWQ's clip search included), diagnostics (our per-layer error
     rows, the held-out forwards and SpinQuant's before/after loss evaluation, not part of any method),
     pipeline (wall time of transform + block loop), method (pipeline - diagnostics: what the method
@@ -246,8 +246,8 @@ def quantize_model(model, calib_ids: torch.Tensor, cfg: RunConfig, progress: boo
         row_extra["rotation"] = (info["r1"] if info["transform"] == "quarot"
                                  else f"{info['transform']} from {info['r1']}")
 
-    def process(name, W, stats):
-        out = process_linear(W, stats, cfg.quant, cfg.method, linear=name)
+    def process(name, W, stats, learned=None):   # learned: OmniQuant's clipping, from its block transform
+        out = process_linear(W, stats, cfg.quant, cfg.method, linear=name, learned=learned)
         out.row.update(row_extra)
         if on_linear is not None:
             on_linear(name, out)

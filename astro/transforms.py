@@ -12,6 +12,9 @@ pure functions in astro/rotation.py (QuaRot / SpinQuant) and astro/awq.py (AWQ).
 - block-level, inside `run_blocks` before a block is calibrated (timed as `block_transform`):
   'awq'       collect each scale group's FP input statistics with one block forward, search AWQ's scales,
               fold them into the preceding norm / linear (function-preserving) and return row fields.
+  'omniquant' carry the FP model's stream of block inputs from block to block, learn the clipping of the
+              block's linears against the FP block's outputs (astro.omniquant) and hand each linear its
+              learned clipping (BlockOutcome.params); the weights are left to the loop's per-linear step.
 
 Model families whose norm layout does not commute with a residual rotation (Architecture.norm_layout !=
 'pre', e.g. Gemma2/3's sandwich norms) are refused by `check_applicable` before any work.
@@ -29,7 +32,8 @@ from torch import nn
 
 from .architectures import NORM_LAYOUTS, Architecture, get_module
 from .awq import search_scales
-from .blockwise import BlockContext, BlockTransform, each_linear_input
+from .blockwise import BlockContext, BlockOutcome, BlockTransform, each_linear_input
+from .omniquant import learn_clipping
 from .quantizer import QuantGrid
 from .rotation import (
     fake_quant_ste,
@@ -285,7 +289,7 @@ def awq_block_transform(model: nn.Module, method, grid: QuantGrid) -> BlockTrans
     GQA), or awq_skipped with the reason."""
     _, _, hd = attention_shape(model)
 
-    def transform(ctx: BlockContext) -> dict[str, dict]:
+    def transform(ctx: BlockContext) -> BlockOutcome:
         arch, block, device = ctx.arch, ctx.block, ctx.device
         groups = _awq_groups(arch)
         firsts = {linears[0]: block.get_submodule(linears[0]) for _, _, linears in groups}   # one per scale group
@@ -338,11 +342,93 @@ def awq_block_transform(model: nn.Module, method, grid: QuantGrid) -> BlockTrans
                 fields["awq_tied_heads"] = tied
             for n in linears:
                 rows[n] = dict(fields)
-        return rows
+        return BlockOutcome(rows)
     return transform
 
 
-BLOCK_TRANSFORMS = {"awq": awq_block_transform}
+# -- block-level transform: OmniQuant's learnable weight clipping ----------------------------------------------
+
+class _Swappable(nn.Module):
+    """Runs `forward` (which calls `block`) as its own forward, so torch.func.functional_call can swap the
+    block's parameters for the duration of one call without touching the module."""
+
+    def __init__(self, block: nn.Module, forward: Callable):
+        super().__init__()
+        self.block = block
+        object.__setattr__(self, "_run", forward)
+
+    def forward(self, h):
+        return self._run(h)
+
+
+def _output(out) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def block_weights(ctx: BlockContext) -> dict[str, torch.Tensor]:
+    """{linear: W [out, in]} of the block's linears, float32 copies on the compute device (no gradient)."""
+    return {name: ctx.block.get_submodule(name).weight.detach().to(ctx.device, torch.float32)
+            for name in ctx.arch.linears}
+
+
+def lwc_block_loss(ctx: BlockContext, inputs: list[torch.Tensor], targets: list[torch.Tensor]):
+    """loss(fake-quantized weights {linear: Q(W)}, i): the MSE between targets[i] and the block's output on
+    inputs[i] (one window each) with its linears' weights swapped for Q(W), the block run in float32
+    (torch.func.functional_call; the module is not changed)."""
+    from torch.func import functional_call
+    call = _Swappable(ctx.block, ctx.forward)
+    fixed = {f"block.{k}": p.detach().float() for k, p in ctx.block.named_parameters()}
+
+    def loss_fn(Wq: dict[str, torch.Tensor], i: int) -> torch.Tensor:
+        params = {**fixed, **{f"block.{name}.weight": w for name, w in Wq.items()}}
+        out = _output(functional_call(call, params, (inputs[i].to(ctx.device, torch.float32),)))
+        return F.mse_loss(out.float(), targets[i].to(ctx.device, torch.float32))
+    return loss_fn
+
+
+def fp_outputs(ctx: BlockContext, windows: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The block's outputs (as it is now: full precision before the loop processes it) on each window, on
+    loop.offload."""
+    with torch.no_grad():
+        return [_output(ctx.forward(x)).to(ctx.offload) for x in windows]
+
+
+def omniquant_block_transform(model: nn.Module, method, grid: QuantGrid) -> BlockTransform:
+    """OmniQuant's LWC on each block (astro/omniquant.py). This closure keeps the FP model's block inputs, one
+    window per tensor on loop.offload, from block to block: at block b the FP block's outputs on them are the
+    targets, and the FP inputs of block b + 1. The logits of the block's linears are learned on the loop's
+    calibration windows (the inputs the quantized blocks produce); the block runs in float32 with its linears'
+    weights swapped for their fake-quantized ones (torch.func.functional_call; the module is not changed).
+    Each linear gets its LearnedClip (BlockOutcome.params): the per-linear step quantizes by RTN on it.
+    Row fields per linear: lwc_epochs, lwc_lr, lwc_samples, lwc_batch_size, lwc_steps, lwc_losses (each epoch's
+    mean training loss), lwc_loss (the last epoch's; None without training), lwc_upper_mean / lwc_upper_min and
+    lwc_lower_mean / lwc_lower_min (the learned factors), t_lwc (the block's learning, seconds)."""
+    oq = method.omniquant
+    epochs, lr = oq.epochs_at(grid.bits), oq.lr_at(grid.bits)
+    fp: list[torch.Tensor] = []   # the FP model's inputs to the current block, one window each
+
+    def transform(ctx: BlockContext) -> BlockOutcome:
+        windows = [h[i:i + 1] for h in ctx.hidden for i in range(h.shape[0])]
+        n = oq.windows(len(windows))
+        if ctx.index == 0:   # no block is quantized yet: both streams start from the same inputs
+            fp[:] = windows[:n]
+        fp[:] = fp_outputs(ctx, fp)   # the targets, and the FP inputs of the next block
+        with torch.enable_grad():
+            res = learn_clipping(block_weights(ctx), grid, lwc_block_loss(ctx, windows, fp), n, epochs, lr,
+                                 oq.batch_size, oq.init, where=f"block {ctx.index}")
+        log.info("omniquant block %d: %d steps, loss %s (%.1fs)", ctx.index, res.steps,
+                 " -> ".join(f"{v:.3g}" for v in res.epoch_losses[:1] + res.epoch_losses[-1:]), res.seconds)
+        common = {"lwc_epochs": epochs, "lwc_lr": lr, "lwc_samples": n, "lwc_batch_size": oq.batch_size,
+                  "lwc_steps": res.steps, "lwc_losses": res.epoch_losses,
+                  "lwc_loss": res.epoch_losses[-1] if res.epoch_losses else None, "t_lwc": res.seconds}
+        rows = {name: {**common, "lwc_upper_mean": float(c.upper.mean()), "lwc_upper_min": float(c.upper.min()),
+                       "lwc_lower_mean": float(c.lower.mean()), "lwc_lower_min": float(c.lower.min())}
+                for name, c in res.clips.items()}
+        return BlockOutcome(rows, res.clips)
+    return transform
+
+
+BLOCK_TRANSFORMS = {"awq": awq_block_transform, "omniquant": omniquant_block_transform}
 
 
 def model_transform(model: nn.Module, arch: Architecture, method, grid: QuantGrid, calib_ids: torch.Tensor,

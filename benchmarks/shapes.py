@@ -23,7 +23,10 @@ astro.regularize.reconstruct with the shared lambda_max, AWQ = astro.awq.search_
 q/k/v, v -> o with grouped-query ties, gate/up, up -> down; the clip search is not included), and one SpinQuant
 Cayley step = astro.rotation.cayley_step on R1 [hidden, hidden] plus one per block on R2 [head_dim, head_dim]
 (float64, as the library keeps rotations) with a random gradient: the update only, not the forward/backward pass
-of SpinQuant's loss that produces the gradient (which dominates its real cost).
+of SpinQuant's loss that produces the gradient (which dominates its real cost). OmniQuant (learnable weight
+clipping) trains on whole-block forward/backward passes, so it is measured on a decoder block of the model's
+shapes instead of per input group (benchmarks/omniquant_block.py; CPU: sampled at --omni-tokens / 4 and
+--omni-tokens tokens and projected to 2048, as the rows are below).
 
 Row sampling and the projection (CPU; --rows / --gptq-rows > 0): every method runs on r_lo = r / 4 and r rows and
 its time (and peak memory) is fitted as a + b * rows, then evaluated at each linear's full row count: only the
@@ -41,7 +44,8 @@ which counts live tensors whatever the allocator keeps cached; RSS where unavail
 thread, so a temporary shorter than that can be missed.
 
 Usage: python -m benchmarks.shapes [--device cpu|cuda] [--models llama2-7b,llama2-70b] [--rows 16]
-       [--gptq-rows 256] [--pgd-iters 200] [--fista-iters 50] [--skip cayley,awq] [--threads 1]
+       [--gptq-rows 256] [--pgd-iters 200] [--fista-iters 50] [--omni-tokens 256] [--skip cayley,awq,omniquant]
+       [--threads 1]
        [--out results/bench_shapes]
 """
 
@@ -67,6 +71,7 @@ from astro.regularize import reconstruct, shared_lambda_max
 from astro.rotation import cayley_step, random_rotation
 from astro.rtn import rtn
 from astro.stats import LayerStats
+from benchmarks import omniquant_block
 
 
 def llama_block(hidden: int, intermediate: int, kv_dim: int) -> dict[str, list[tuple[str, int, int]]]:
@@ -85,7 +90,7 @@ MODELS = {
 # MagR (1x A100-80G) quantization times: (OPTQ, MagR+OPTQ) in minutes
 ANCHORS = {"llama2-7b": (22, 35), "llama2-70b": (240, 450)}
 N_TOKENS = 128 * 2048  # the paper's calibration set (recorded in LayerStats only)
-SKIPPABLE = {"rtn", "gptq", "regularize", "awq", "cayley"}
+SKIPPABLE = {"rtn", "gptq", "regularize", "awq", "cayley", "omniquant"}
 
 
 # -- synthetic problems ---------------------------------------------------------------------------------
@@ -362,7 +367,15 @@ def run_model(key: str, args) -> dict:
         groups[name] = g
         print(f"  {key} {name}: {time.perf_counter() - t:.0f} s", flush=True)
     tot = block_totals(groups)
-    return dict(blocks=model["blocks"], groups=groups, block=tot, pipelines=pipelines(tot, args),
+    omni = None
+    if "omniquant" not in args.skip:
+        t = time.perf_counter()
+        omni = omniquant_block.measure(model, grid, args.omni_tokens, args.device, probe)
+        print(f"  {key} omniquant block: {time.perf_counter() - t:.0f} s", flush=True)
+    pipes = pipelines(tot, args)
+    if omni:
+        pipes[f"OmniQuant (LWC, {omni['epochs']} epochs x {omni['windows']} windows)"] = omni["per_block"]
+    return dict(blocks=model["blocks"], groups=groups, block=tot, pipelines=pipes, omniquant=omni,
                 cayley=cayley(model, args) if "cayley" not in args.skip else None)
 
 
@@ -410,6 +423,8 @@ def model_section(key: str, m: dict) -> list[str]:
         o, mg = ANCHORS[key]
         L += ["", f"MagR's anchor (one A100-80G, whole model): OPTQ {dur(o * 60)}, MagR+OPTQ {dur(mg * 60)} "
               f"({mg / o:.2f} x OPTQ). Astro claims about 1/3 of SpinQuant's quantization time."]
+    if m.get("omniquant"):
+        L += omniquant_block.report_lines(m["omniquant"], m["blocks"], dur, mib)
     c = m["cayley"]
     if c:
         L += ["", f"SpinQuant Cayley update (model-level, per training step): R1 {c['R1']['d']}^2 "
@@ -486,8 +501,10 @@ def main(argv=None) -> None:
     ap.add_argument("--beta", type=float, default=5e-5)
     ap.add_argument("--bits", type=int, default=3)
     ap.add_argument("--group-size", type=int, default=128)
+    ap.add_argument("--omni-tokens", type=int, default=None, help="OmniQuant's window sample in tokens (0 = the "
+                    "full 2048; cpu default 256, cuda 0)")
     ap.add_argument("--skip", default="", help="comma-separated of rtn, gptq, regularize (MagR, Astro, lambda_max), "
-                    "awq, cayley")
+                    "awq, cayley, omniquant")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--out", default="results/bench_shapes", help="writes OUT.md and OUT.json")
@@ -496,6 +513,7 @@ def main(argv=None) -> None:
     args.models = args.models or ("llama2-7b,llama2-70b" if cuda else "llama2-7b")
     args.rows = (0 if cuda else 16) if args.rows is None else args.rows
     args.gptq_rows = (0 if cuda else 256) if args.gptq_rows is None else args.gptq_rows
+    args.omni_tokens = (0 if cuda else 256) if args.omni_tokens is None else args.omni_tokens
     args.skip = set(filter(None, args.skip.split(",")))
     if args.skip - SKIPPABLE:
         ap.error(f"--skip: unknown {sorted(args.skip - SKIPPABLE)}; known: {sorted(SKIPPABLE)}")

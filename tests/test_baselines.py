@@ -442,7 +442,7 @@ def test_bad_baseline_values_name_their_key(override, key):
 TINY = ("model=tiny-random-llama", "calib.n_samples=4", "calib.seq_len=64", "eval.seq_len=64", "eval.max_windows=2",
         "eval.sets.validation.max_windows=2", "eval.sets.test_ood.max_windows=2",
         "method.rotation.steps=2", "tracking.wandb.mode=disabled")
-RUN_METHODS = ("awq", "quarot_rtn", "spinquant_gptq")
+RUN_METHODS = ("awq", "quarot_rtn", "spinquant_gptq", "omniquant")
 
 
 @pytest.fixture(scope="module")
@@ -465,6 +465,9 @@ def test_records_show_what_was_done(store):
     assert spin["steps"] == 2 and spin["sequences"] == 2 and spin["r1"].startswith("random_hadamard")  # embedded: 2
     assert recs["quarot_rtn"]["transform"]["transform"] == "quarot" and recs["awq"]["transform"] == {}
     assert all("awq_scale_max" in r and ("clip_ratio_min" in r or r["clip_skipped"]) for r in recs["awq"]["rows"])
+    omni = recs["omniquant"]   # the embedded schedule: 2 epochs at lr 0.1 on every calibration window
+    assert all((r["lwc_epochs"], r["lwc_lr"], r["lwc_samples"], len(r["lwc_losses"])) == (2, 0.1, 4, 2)
+               for r in omni["rows"]) and omni["timings"]["block_transform"] > 0
     for r in recs.values():
         assert {"transform", "block_transform"} <= set(r["timings"])
 
@@ -478,17 +481,23 @@ def test_table1_and_fig3_show_the_baselines(store, tmp_path):
     recs = {r["config"]["method"]["name"]: r for r in ResultStore(store).records()}
     ppl = {m: r["metrics"]["ppl"] for m, r in recs.items()}
     args = ["--scale", "embedded", "--store", str(store), "--out", str(tmp_path), *TINY[1:]]
-    table1.main([*args, "model=tiny-random-llama,gemma3-270m", "method=fp,awq,quarot_rtn,spinquant_gptq",
+    table1.main([*args, "model=tiny-random-llama,gemma3-270m", "method=fp,awq,quarot_rtn,spinquant_gptq,omniquant",
                  "quant=w3g64", "calib.seed=0"])
     df = pd.read_csv(tmp_path / "table1_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
     col = "tiny-random-llama w3g64"
     assert (df.loc["AWQ", col] == f"{ppl['awq']:.2f} (n=1)"
             and df.loc["QuaRot+RTN", col] == f"{ppl['quarot_rtn']:.2f} (n=1)")
     assert df.loc["SpinQuant", col] == f"{ppl['spinquant_gptq']:.2f} (n=1)"
-    assert list(df.index).count("SpinQuant") == 1 and df.loc["OmniQuant", col] == "not run"
+    assert list(df.index).count("SpinQuant") == 1 and list(df.index).count("OmniQuant") == 1
+    # OmniQuant's learning rate is tuned on validation text: one point of its grid makes no row, and the cell says
+    # which candidates are missing rather than reporting the untuned point
+    cell = df.loc["OmniQuant", col]
+    assert cell.startswith("selection incomplete") and "lr_factor=0.5, 2" in cell
+    assert f"{ppl['omniquant']:.2f}" not in df.loc["OmniQuant", col]
+    assert df.loc["OmniQuant", "reported llama2-13b w3g128"] == "5.28"   # the paper's OmniQuant row
     assert df.loc["QuaRot+RTN", "gemma3-270m w3g64"] == "n/a" and df.loc["AWQ", "gemma3-270m w3g64"] == "missing"
     assert df.loc["SpinQuant", "reported llama2-13b w3g128"] == "5.29"   # the paper's SpinQuant row, via the stand-in
-    fig3_efficiency.main([*args, "model=tiny-random-llama", "method=awq,quarot_rtn,spinquant_gptq"])
+    fig3_efficiency.main([*args, "model=tiny-random-llama", "method=awq,quarot_rtn,spinquant_gptq,omniquant"])
     t = pd.read_csv(tmp_path / "quant_time_embedded.csv", dtype=str, keep_default_na=False).set_index("method")
     # the transform stages are timed in the records and shown in the table (as "mean (n=1)", rounded: on a tiny model
     # a stage may show 0.0, so the positive time is checked on the record)
@@ -496,6 +505,7 @@ def test_table1_and_fig3_show_the_baselines(store, tmp_path):
         assert recs[m]["timings"][stage] > 0
         assert abs(float(t.loc[LABELS[m], f"{stage} (s)"].split()[0]) - recs[m]["timings"][stage]) <= 0.05 + 1e-9
     assert "2 steps" in t.loc["SpinQuant", "transform"] and "quarot" in t.loc["QuaRot+RTN", "transform"]
+    assert t.loc["OmniQuant", "transform"] == "learned clipping (lwc)"
     assert (tmp_path / "fig3_efficiency_embedded.png").exists()
 
 

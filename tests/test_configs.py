@@ -46,6 +46,8 @@ CLAIMS = {
                "embedded": ({"smollm2-135m"}, {(3, 64)}, {"astro_gptq"})},
     "table6": {"paper": ({"llama3.1-8b"}, {(3, 128)}, {"fp", "magr_gptq", "astro_gptq"}),
                "embedded": ({"gemma3-270m"}, {(3, 64)}, {"fp", "magr_gptq", "astro_gptq"})},
+    "tune_omniquant": {"paper": (PAPER_MODELS, W_PAPER, {"omniquant"}),
+                       "embedded": (EMBEDDED_MODELS, W_EMB, {"omniquant"})},
     "table7": {"paper": ({"llama2-7b"}, {(3, 128)}, {"rtn", "magr_rtn", "astro_rtn"}),
                "embedded": ({"smollm2-135m"}, {(3, 64)}, {"rtn", "magr_rtn", "astro_rtn"})},
     "fig1_outliers": {"paper": ({"llama2-7b"}, {(3, 128)}, {"astro_gptq"}),
@@ -85,6 +87,7 @@ EXTRA_AXES = {  # experiment -> {override key: expected set of values}
     "fig3_efficiency": {"calib.seed": SEEDS}, "beyond_study": {"calib.seed": SEEDS},
     "beta_auto": {"calib.seed": SEEDS, "method.beta": {"auto"}},
     "table3": {"tune.beta_factor": TUNE_FACTORS, "calib.seed": SEEDS},
+    "tune_omniquant": {"tune.lr_factor": {0.5, 1, 2}, "calib.seed": SEEDS},
     "sweep_beta": {"method.beta": {"paper": BETAS, "embedded": EMB_BETAS}, "method.alpha": {"activation", "uniform"},
                    "calib.seed": SEEDS},
     "ablation_alpha": {"method.alpha": {"activation", "uniform"}, "calib.seed": SEEDS},
@@ -105,7 +108,7 @@ def _extra_value(cfg, key: str, over: dict):
     if key == "solver":  # an arm sets (solver, iters, tol) together
         assert (cfg.method.solver, cfg.method.iters, cfg.method.tol) == SOLVER_ARMS[over["solver"]]
         return over["solver"]
-    if key == "tune.beta_factor":   # not a run field: it sets method.beta, as a multiple of the model's base
+    if key in ("tune.beta_factor", "tune.lr_factor"):   # not run fields: they set method.beta / omniquant.lr
         return float(over[key])
     section, name = key.split(".")
     return getattr(getattr(cfg, section), name)

@@ -162,6 +162,22 @@ def test_astro_gptq_ppl_card_and_tokenizer(tiny, tmp_path):
     assert res.inventory["file_bytes"] == checkpoint_inventory(tmp_path / "ckpt")["file_bytes"] > 0
 
 
+def test_omniquant_checkpoint_reloads_with_the_same_ppl(tiny, tmp_path):
+    """OmniQuant's learned clipping ends on the ordinary grid (RTN on the learned ranges): its checkpoint packs,
+    reloads and scores the same perplexity, and the card names the schedule."""
+    from astro.omniquant import OmniQuantConfig
+    cfg = dataclasses.replace(_tiny(), method=MethodConfig("omniquant", omniquant=OmniQuantConfig(epochs=2)))
+    tiny.reset()
+    col = ExportCollector()
+    loop = quantize_model(tiny.model, tiny.calib_ids, cfg, progress=False, on_linear=col)
+    assert all(r["lwc_steps"] == 2 * 8 for r in loop.rows)
+    ppl = perplexity(tiny.model, tiny.eval_stream, 64, 6, 2, progress=False)
+    export_checkpoint(tiny.model, tiny.tokenizer, col.results, tmp_path / "ckpt", card_from_run(cfg, ppl))
+    model, _ = load_exported(tmp_path / "ckpt", tokenizer=False)
+    assert perplexity(model, tiny.eval_stream, 64, 6, 2, progress=False).ppl == pytest.approx(ppl.ppl, rel=1e-6, abs=0)
+    assert "learnable weight clipping" in (tmp_path / "ckpt" / "README.md").read_text()
+
+
 def test_symmetric_loads_both_ways_and_per_channel(tiny, tmp_path):
     grid = QuantGrid(4, -1, True)
     cfg, results = _quantize(tiny, grid)

@@ -62,6 +62,32 @@ def test_loop_block_inputs_match_the_model(arch):
         assert torch.allclose(seen[b], ref[b], rtol=1e-5, atol=1e-6), (arch, b, float((seen[b] - ref[b]).abs().max()))
 
 
+def test_block_transform_hands_parameters_to_the_pipeline():
+    """A block transform's BlockOutcome: its params reach the per-linear pipeline as a fourth argument for the
+    linears it names (the others get three), its rows join theirs; ctx.forward runs a single window of a chunk
+    exactly as that window's slice of the chunk's output (its keyword inputs are captured for one window)."""
+    from astro.blockwise import BlockOutcome
+    model = _tiny_model("llama")
+    ids = torch.randint(0, 128, (6, 32), generator=GEN(2))   # chunks of 3: no single-window chunk
+    seen: dict[str, tuple] = {}
+
+    def transform(ctx):
+        chunk = ctx.hidden[0]
+        one, whole = ctx.forward(chunk[:1]), ctx.forward(chunk)
+        one, whole = (o[0] if isinstance(o, tuple) else o for o in (one, whole))
+        torch.testing.assert_close(one, whole[:1], rtol=1e-5, atol=1e-6)
+        return BlockOutcome({"mlp.down_proj": {"tag": ctx.index}}, {"self_attn.o_proj": ("clip", ctx.index)})
+
+    def process(name, W, stats, *params):
+        seen[name] = params
+        return W, {}
+
+    res = run_blocks(model, ids, process, LoopConfig(batch_size=3), progress=False, block_transform=transform)
+    assert {k: v for k, v in seen.items() if v} == {f"model.layers.{b}.self_attn.o_proj": (("clip", b),)
+                                                    for b in range(3)}
+    assert len(seen) == 3 * 7 and [r.get("tag") for r in res.rows if r["linear"] == "mlp.down_proj"] == [0, 1, 2]
+
+
 # -- GPTQ's lazy batch size ---------------------------------------------------------------------------------
 
 def _gptq_problem(seed=0, n_out=48, n_in=160, tokens=2048):

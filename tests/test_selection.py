@@ -70,3 +70,18 @@ def test_each_method_and_setting_chooses_for_itself():
     got = choose(a + b, "tune.beta_factor")
     assert {m: ch.value for (_, m), ch in got.items()} == {"astro_gptq": "0.1", "magr_gptq": "1"}
     assert VALIDATION == "metrics.sets.validation.ppl"   # what a record's validation PPL is read from
+
+
+def test_the_choice_is_made_on_the_grids_seeds_and_further_seeds_of_the_chosen_point_do_not_move_it():
+    """The study runs the chosen point alone at further seeds (3, 4) for the claims: the choice stays the one made
+    on the grid's seeds (0-2), whatever those extra runs score."""
+    vals = {"0.4": {0: 30.0, 1: 30.0, 2: 30.0}, "1": {0: 31.0, 1: 31.0, 2: 31.0}}
+    grid = _grid(vals)
+    for c in grid:
+        c.seeds = [0, 1, 2]
+    (before,) = choose(grid, "tune.beta_factor").values()
+    chosen = next(c for c in grid if c.choices["tune.beta_factor"] == "0.4")
+    chosen.records += _cell("astro_gptq", "0.4", {3: 99.0, 4: 99.0}).records
+    (after,) = choose(grid, "tune.beta_factor").values()
+    assert before.value == after.value == "0.4" and after.validation_ppl == pytest.approx(30.0)
+    assert len(after.cell.records) == 5   # the cell the tables show holds every seed of the chosen point

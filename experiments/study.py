@@ -1,0 +1,89 @@
+"""Run a study: a list of sweeps, setting by setting, so that each setting's records are made together (in one
+numeric regime, on one machine) and a study interrupted between settings leaves whole settings behind.
+
+  python -m experiments.study conf/study/embedded_v2.yaml [--only smollm2-135m:w3g64] [--dry-run] [overrides]
+
+The study file lists settings (model:quant) and steps; each step is a sweep of one experiment restricted to the
+setting (`experiments.run -m experiment=<e> scale=<s> model=<m> quant=<q> <overrides>`), or, with `chosen`, the
+sweep of each tuned method at the value chosen on validation text (analysis/selection.py) at further seeds: the
+choice is made on the seeds the tuning grid ran (0-2), then the chosen point alone gets the extra seeds the
+claims need. Every sweep resumes (a recorded point is skipped, a point another process holds is skipped), so two
+`make study` processes side by side share the work, and a rerun continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger("astro.study")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sweep(args: list[str], dry: bool) -> int:
+    cmd = [sys.executable, "-m", "experiments.run", "-m", *args]
+    log.info("study: %s", shlex.join(cmd[1:]))
+    return 0 if dry else subprocess.run(cmd, cwd=ROOT).returncode
+
+
+def chosen_values(experiment: str, scale: str, model: str, quant: str, key: str, extra: tuple[str, ...],
+                  store: Path) -> dict[str, str] | None:
+    """{method: chosen value of `key`} of the experiment's tuned methods in one setting, or None while a choice is
+    incomplete (the tuning sweep has not finished its seeds)."""
+    from analysis.common import cells
+    from analysis.selection import choose
+    from astro.results import ResultStore
+    cs = cells(experiment, scale, ResultStore(store), (f"model={model}", f"quant={quant}", *extra))
+    choices = {m: ch for (_, m), ch in choose([c for c in cs if c.config.method.preprocess or
+                                                c.config.method.name == "omniquant"], key).items()}
+    if not choices or any(ch.cell is None for ch in choices.values()):
+        return None
+    return {m: ch.value for m, ch in choices.items()}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("study", type=Path)
+    ap.add_argument("--only", action="append", default=None, help="a setting (model:quant) to run (repeatable)")
+    ap.add_argument("--dry-run", action="store_true", help="print the sweeps, run nothing")
+    ap.add_argument("overrides", nargs="*", help="added to every sweep (e.g. store.root=...)")
+    a = ap.parse_intermixed_args(argv)   # overrides may follow --only
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    study = yaml.safe_load(a.study.read_text())
+    scale = study.get("scale", "embedded")
+    store = Path(next((o.split("=", 1)[1] for o in a.overrides if o.startswith("store.root=")), "results/store"))
+    failed = 0
+    for setting in study["settings"]:
+        if a.only is not None and setting not in a.only:
+            continue
+        model, quant = setting.split(":")
+        base = [f"scale={scale}", f"model={model}", f"quant={quant}"]
+        for step in study["steps"]:
+            if "settings" in step and setting not in step["settings"]:
+                continue
+            over = [f"experiment={step['experiment']}", *base, *step.get("overrides", []), *a.overrides]
+            if "chosen" not in step:
+                failed += _sweep(over, a.dry_run) != 0
+                continue
+            values = chosen_values(step["experiment"], scale, model, quant, step["chosen"],
+                                   tuple(step.get("overrides", [])), store)
+            if values is None:
+                log.warning("study: %s %s: the choice on validation is incomplete; its extra seeds wait",
+                            step["experiment"], setting)
+                continue
+            for method, value in values.items():
+                seeds = ",".join(str(s) for s in step["seeds"])
+                failed += _sweep([*over, f"method={method}", f"{step['chosen']}={value}", f"calib.seed={seeds}"],
+                                 a.dry_run) != 0
+    if failed:
+        raise SystemExit(f"study: {failed} sweep(s) failed; rerun to continue (recorded points are skipped)")
+
+
+if __name__ == "__main__":
+    main()

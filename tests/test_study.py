@@ -1,0 +1,42 @@
+"""The study driver (experiments/study.py): settings in order, each step's sweep restricted to the setting, and
+the claims' extra seeds run only at the value chosen on validation text, once that choice is complete."""
+
+from __future__ import annotations
+
+import yaml
+
+from experiments import study
+
+STUDY = {"scale": "embedded", "settings": ["m1:w3g64", "m2:w2g16"],
+         "steps": [{"experiment": "table1"}, {"experiment": "table7", "settings": ["m1:w3g64"]},
+                   {"experiment": "table1", "overrides": ["calib.seed=3,4"]},
+                   {"experiment": "table3", "chosen": "tune.beta_factor", "seeds": [3, 4]}]}
+
+
+def _runs(tmp_path, monkeypatch, choices, *argv):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(STUDY))
+    swept = []
+    monkeypatch.setattr(study, "_sweep", lambda args, dry: swept.append(args) or 0)
+    monkeypatch.setattr(study, "chosen_values", lambda e, s, m, q, k, x, st: choices.get(f"{m}:{q}"))
+    study.main([str(path), *argv])
+    return swept
+
+
+def test_settings_run_in_order_and_extra_seeds_follow_the_choice(tmp_path, monkeypatch):
+    swept = _runs(tmp_path, monkeypatch, {"m1:w3g64": {"astro_gptq": "0.4", "magr_gptq": "1"}})
+    m1 = [a for a in swept if "model=m1" in a]
+    assert swept.index(m1[-1]) < swept.index(next(a for a in swept if "model=m2" in a))   # m1 whole before m2
+    assert [a[0] for a in m1] == ["experiment=table1", "experiment=table7", "experiment=table1",
+                                  "experiment=table3", "experiment=table3"]
+    assert m1[2][-1] == "calib.seed=3,4" and all("quant=w3g64" in a for a in m1)
+    assert m1[3][-3:] == ["method=astro_gptq", "tune.beta_factor=0.4", "calib.seed=3,4"]
+    assert m1[4][-3:] == ["method=magr_gptq", "tune.beta_factor=1", "calib.seed=3,4"]
+    # m2's choice is incomplete: no extra seeds for its tuned methods; table7 is m1's only
+    m2 = [a for a in swept if "model=m2" in a]
+    assert [a[0] for a in m2] == ["experiment=table1", "experiment=table1"]
+
+
+def test_only_and_overrides_reach_every_sweep(tmp_path, monkeypatch):
+    swept = _runs(tmp_path, monkeypatch, {}, "--only", "m2:w2g16", "store.root=/tmp/x")
+    assert swept and all("model=m2" in a and a[-1] == "store.root=/tmp/x" for a in swept)

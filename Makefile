@@ -17,7 +17,7 @@ sweep = $(RUN) -m experiment=$(1) scale=$(SCALE) $(ARGS)
 # $(call analyze,<module>): the analysis script, reading only the results store (same ARGS: same grid)
 analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 
-.PHONY: help setup setup-gemma bench-solver bench-shapes bench-loop bench-lwc export quickstart test test-all test-slurm lint bench clean-cache run sweep experiments status results report report-publish proxy-tasks \
+.PHONY: help setup setup-gemma bench-solver bench-shapes bench-loop bench-lwc export quickstart test test-all test-slow chromium test-slurm lint bench clean-cache run sweep experiments status results report report-publish proxy-tasks \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
 	reproduce-table7 run-table1 run-table3 run-table7 study claims figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
 	calib-study calib-sink w2-groups beyond-study beta-auto beta-strength rehearsal
@@ -47,9 +47,15 @@ test: setup  ## [develop] lint, then the tests without the slow end-to-end check
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests $(ARGS)
 
-test-all: setup  ## [develop] lint, then every test, slow ones included (2 cores: about 10 min; the report check needs Chromium)
+test-all: setup chromium  ## [develop] lint, then every test, slow ones included (2 cores: about 10 min)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests $(ARGS)
+
+test-slow: setup chromium  ## [develop] only the tests marked slow: end-to-end checks, the report in headless Chromium
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m slow tests $(ARGS)
+
+chromium:  ## [develop] Debian's chromium for the report's browser check, installed when missing (root)
+	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 test-slurm: setup  ## [develop] the SLURM tests on a throwaway one-node cluster (installs Debian's slurm + munge; root)
 	bash tests/slurm/cluster.sh $(PY) -m pytest -q -p no:xdist -m slurm tests $(ARGS)
@@ -90,10 +96,10 @@ proxy-tasks: setup  ## [develop] generate the offline PROXY tasks (wiki_lastword
 results:  ## [inspect] the store's records as a table, filtered: make results ARGS='method=astro_gptq quant=w3g64 --archive'
 	$(PY) -m experiments.results $(ARGS)
 
-report: setup  ## [reproduce] every table and figure from archive/ -> results/report/index.html (about 5 min)
+report: setup  ## [reproduce] every table and figure from archive/ -> results/report/index.html (about 2 min)
 	$(PY) -m analysis.report $(ARGS)
 
-report-publish: setup  ## [reproduce] the report into docs/report/ (tracked) and README.md's results block from it
+report-publish: setup  ## [reproduce] the report into docs/report/ (tracked) and README.md's results block from it (about 2 min)
 	$(PY) -m analysis.report --publish $(ARGS)
 
 status:  ## [inspect] which points of an experiment's grid are recorded here, in which regime: make status EXP=table1
@@ -170,7 +176,7 @@ fig2-landscape: setup  ## [study] Figure 2: loss landscape around the original a
 fig3-efficiency: setup  ## [reproduce] Figure 3: PPL vs quantization time, Table 1's and Table 7's W3 cells: archive/ + results/store (2 min)
 	$(call analyze,fig3_efficiency) --archive
 
-sweep-beta: setup  ## [study] the paper's beta grid (5e-6 ... 5e-4) x alpha activation|uniform (not timed)
+sweep-beta: setup  ## [study] the scale's beta grid (paper: 5e-6 ... 5e-4; embedded: 5e-5 ... 1e-2) x alpha activation|uniform (not timed)
 	$(call sweep,sweep_beta)
 	$(call analyze,table3)
 

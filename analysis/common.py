@@ -347,8 +347,25 @@ def find_probe(store: ResultStore, kind: str, canonical: dict, make_target: str,
              and all(v is None or r["probe"][k] == v for k, v in match.items())
              and (where is None or where(r["probe"]))]
     if not found:
-        raise SystemExit(f"no {kind} probe record for this configuration: run `make {make_target}` first")
+        raise SystemExit(f"no {kind} probe record for this configuration: run `make {make_target}` first"
+                         + _closest_probe(kind, want, store))
     return newest(found)
+
+
+def _closest_probe(kind: str, want: dict, store) -> str:
+    """'; the closest <kind> probe record (where, key) differs in <fields>': among the store's probe records of
+    that kind, else `explaining_from`'s (e.g. an earlier protocol's); '' when there is none."""
+    def run_part(c: dict) -> dict:
+        return {k: v for k, v in current_form(c).items() if k != "probe"}
+    mine = [("the store read", r) for r in store.records() if r.get("kind") == f"probe:{kind}"]
+    pool = mine or [(w, r) for w, r in _EXPLAIN_FROM if r.get("kind") == f"probe:{kind}"]
+    best = min(((differing_fields(run_part(want), run_part(r["canonical"])), w, r["key"]) for w, r in pool),
+               key=lambda x: len(x[0]), default=None)
+    if best is None:
+        return ""
+    fields, where, key = best
+    return (f"; the closest {kind} probe record ({where}, record {key}) differs in "
+            f"{', '.join(fields) or 'its probe settings only'}")
 
 
 def fmt_reported(v) -> str:

@@ -1,6 +1,7 @@
 """README.md's "results at a glance" block, generated from the report's summary (docs/report/summary.json), never
 typed: Table 1 for both models (mean ± std over calibration seeds), the verdict on each of the paper's claims with
-its intervals, and Fig. 3.
+its intervals, and Fig. 3. While the current protocol has no archived record, the block says its reruns are pending
+and shows the earlier protocol's Table 1, claims and Fig. 3 under that protocol's name (analysis/earlier.py).
 
 The block lies between the markers BEGIN and END in README.md. `make report-publish` writes the summary from the
 archive and rewrites the block (analysis/report.py --publish); tests/test_report.py checks that the committed
@@ -61,7 +62,7 @@ def table1_lines(t1: dict) -> list[str]:
     for model in models:
         cols = [c for c in t1["columns"] if c.startswith(model + " ")]
         rows = [[r["method"], *(_cell(r[c]) for c in cols)] for r in t1["rows"]
-                if any(r[c] != "not run" for c in cols)]   # a method shown only as the paper reports it
+                if any(r[c] not in ("not run", "n/a") for c in cols)]   # e.g. a method the paper reports only
         out += ["", f"*{model}*", "", *_md(["method", *(c.split(" ", 1)[1] for c in cols)], rows)]
     return out
 
@@ -78,6 +79,34 @@ def claims_lines(claims: list[dict]) -> list[str]:
     rows = [[c, s, v["verdict"], v.get("test", "-"), v.get("test_ood", "-")] for (c, s), v in by.items()]
     return _md(["claim", "setting", "verdict", "test: A - B, t-interval / bootstrap",
                 "out-of-domain test: A - B, t-interval / bootstrap"], rows)
+
+
+def earlier_claims_lines(claims: list[dict]) -> list[str]:
+    """An earlier protocol's claims (analysis/earlier.py): one row per claim, one column per setting, each cell
+    its verdict with A - B and the seed t-interval."""
+    settings = list(dict.fromkeys(r["setting"] for r in claims))
+    by: dict[str, dict] = {}
+    for r in claims:
+        by.setdefault(r["claim"], {})[r["setting"]] = f"{r['verdict']}: {r['A - B']} {r['95% t-interval (seeds)']}"
+    return _md(["claim", *settings], [[c, *(v.get(s, "-") for s in settings)] for c, v in by.items()])
+
+
+def earlier_lines(view: dict, current: str) -> list[str]:
+    """An earlier protocol's Table 1, claims and Fig. 3 under its own name, said not to be the current one's."""
+    p = view["protocol"]
+    lines = ["", f"Until then, here is the **earlier protocol, {p}**, as its archived records give it. These are "
+             f"**not {current}'s numbers**: {p} chose its tuned settings (MagR's and Astro's beta among them) on the "
+             "same test windows it scored, so its tuned gains are optimistic "
+             "([what it found](docs/embedded-v1-evidence.md)).",
+             "", f"**Table 1 under {p}**: test perplexity, mean ± std over calibration seeds (n); 'n/a': the method "
+             "does not apply to the model.", *table1_lines(view["table1"])]
+    if view["claims"]:
+        lines += ["", f"**The paper's claims under {p}**: verdict, A - B (mean over the shared seeds; lower is "
+                  "better) and its 95% seed t-interval on the one test text; 'not ranked': both cells above 5x FP.",
+                  "", *earlier_claims_lines(view["claims"])]
+    if view.get("fig3"):
+        lines += ["", f"![Fig. 3 under {p}: perplexity vs quantization time](docs/report/{view['fig3']})"]
+    return lines
 
 
 def snapshot_text(snaps: list[str], most: int = 8) -> str:
@@ -100,12 +129,11 @@ def render(summary: dict) -> str:
     measured = t1 is not None and any(_measured(r[c]) for r in t1["rows"] for c in t1["columns"][1:]
                                       if not c.startswith("reported"))
     if not measured:
-        lines += ["", f"**Not measured yet under {proto}**: no record of it is archived (archive/manifest.yaml), so "
-                  "Table 1, the claims and Fig. 3 have no number yet; this block and the report fill in when its "
-                  "snapshots are added. The earlier protocol's findings (embedded-v1, whose settings were chosen on "
-                  "the text they were scored on) are kept as they were in "
-                  "[docs/embedded-v1-evidence.md](docs/embedded-v1-evidence.md), and its records as a digest in "
-                  "the report."]
+        lines += ["", f"**Not measured yet under {proto}: its reruns are pending** (`make study`). No record of it "
+                  "is archived (archive/manifest.yaml), so Table 1, the claims and Fig. 3 have no number under it "
+                  "yet; this block and the report fill in when its snapshots are added."]
+        for view in summary.get("earlier") or []:
+            lines += earlier_lines(view, proto)
     else:
         lines += ["", "**Table 1**: test perplexity, mean ± std over calibration seeds (n); MagR and Astro at the "
                   "beta chosen on validation text.", *table1_lines(t1)]

@@ -8,8 +8,10 @@ the archive's) and writes its tables and figures as `make reproduce-*` does; the
 captions (which records, machines and numeric regime) under the protocol's name and snapshots. A script that has
 nothing to draw yet says why. A cell without a record reads 'missing', and the page lists for each the fields in
 which the closest record differs (of the same protocol, else of an earlier protocol: analysis.common
-`explaining_from`). Records of an earlier protocol, which today's grids do not compose, are shown as a digest
-under that protocol's name (analysis/digest.py), never mapped onto today's tables.
+`explaining_from`). Records of an earlier protocol, which today's grids do not compose, are never mapped onto
+today's tables: under that protocol's name the page shows its Table 1, claims and Fig. 3 as that protocol composed
+them (analysis/earlier.py, from the manifest's account of it), then every record grouped by configuration
+(analysis/digest.py).
 
 --publish writes the page into docs/report/ instead (tracked, small PNGs: the README links to it and shows its
 Fig. 3), with summary.json, and rewrites README.md's results block from it (analysis/readme.py).
@@ -35,6 +37,7 @@ from astro.results import atomic_write_text
 from experiments.grid import CONF, reusing_points
 
 from . import common, digest, readme
+from . import earlier as earlier_protocol
 from .report_html import page
 
 log = logging.getLogger(__name__)
@@ -140,24 +143,53 @@ def run_artifact(name: str, spec: dict, protocol: str, scale: str, empty_store: 
     return art
 
 
-def digest_of(protocol: str, records: list[tuple[str, dict]], spec: dict) -> dict:
+def digest_of(protocol: str, records: list[tuple[str, dict]], spec: dict, figures: Path) -> dict:
+    """An earlier protocol's section: its Table 1, claims and Fig. 3 as that protocol composed them
+    (analysis/earlier.py, when the manifest gives its `tables`), then every record grouped by configuration."""
     gs, left = digest.groups(records)
-    return {"protocol": protocol, "description": spec.get("description", ""), "table": digest.table(gs),
-            "groups": len(gs), "probes": left["probe records"], "set_aside": spec.get("set_aside") or []}
+    out = {"protocol": protocol, "description": spec.get("description", ""), "table": digest.table(gs),
+           "groups": len(gs), "probes": left["probe records"], "set_aside": spec.get("set_aside") or [],
+           "view": None}
+    view = earlier_protocol.view_of(protocol)
+    if view is None:
+        return out
+    t = earlier_protocol.build(records, view)
+    fig3 = None
+    fig = earlier_protocol.fig3_figure(t)
+    if fig is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            png = common.save_figure(fig, "fig3_efficiency", protocol, Path(tmp))[0]
+            fig3 = f"{protocol}-{png.name}"
+            shrink(png, figures / fig3)
+    out["view"] = {"table1": t.table1, "claims": t.claims, "fig3": fig3,
+                   "fig3_machines": common.machines_phrase(t.fig3) if t.fig3 else "",
+                   "settings": {"config": view.config, "beta": view.beta}}
+    return out
 
 
-def glance(arts: dict[str, Artifact], protocol: str, fingerprint: dict) -> dict:
-    """What README.md's results block shows (analysis/readme.py renders it)."""
+def _rows(df: pd.DataFrame) -> dict:
+    return {"columns": list(df.columns), "rows": df.to_dict("records")}
+
+
+def glance(arts: dict[str, Artifact], protocol: str, fingerprint: dict, digests: list[dict]) -> dict:
+    """What README.md's results block shows (analysis/readme.py renders it): the current protocol's Table 1,
+    claims and Fig. 3, and each earlier protocol's as that protocol composed them (shown while the current one
+    has no number)."""
     def table(art_name: str, table_name: str):
         art = arts.get(art_name)
         t = next((t for t in (art.tables if art else []) if t.name == table_name), None)
-        return None if t is None else {"columns": list(t.df.columns), "rows": t.df.to_dict("records")}
+        return None if t is None else _rows(t.df)
     t1 = table("table1", "table1_embedded")
     claims = table("claims", "claims_embedded")
     fig3 = arts.get("fig3_efficiency")
+    earlier_views = [{"protocol": d["protocol"], "table1": _rows(d["view"]["table1"]),
+                      "claims": d["view"]["claims"].to_dict("records"),
+                      "fig3": f"figures/{d['view']['fig3']}" if d["view"]["fig3"] else None}
+                     for d in digests if d.get("view")]
     return {"protocol": protocol, "archive": fingerprint, "table1": t1,
             "claims": claims["rows"] if claims else None,
-            "fig3": f"figures/{fig3.figures[0]}" if fig3 and fig3.figures else None}
+            "fig3": f"figures/{fig3.figures[0]}" if fig3 and fig3.figures else None,
+            "earlier": earlier_views}
 
 
 def build(out: Path, archive: Path = common.ARCHIVE, overrides: tuple[str, ...] = ()) -> tuple[list[Artifact], dict]:
@@ -168,13 +200,13 @@ def build(out: Path, archive: Path = common.ARCHIVE, overrides: tuple[str, ...] 
     current = rep.get("protocol", manifest["current"])
     scale = rep.get("scale", "embedded")
     fp = readme.fingerprint(manifest, archive)
-    earlier = [p for p in rep.get("digests", [])]
+    earlier = list(rep.get("digests", []))
     figures = out / "figures"
     if figures.exists():
         shutil.rmtree(figures)
     figures.mkdir(parents=True)
     with common.using_archive(archive):
-        pool = {p: list(digest.protocol_records(p)) for p in earlier}
+        pool = {p: earlier_protocol.protocol_records(p) for p in earlier}
         explain = [(f"{p}: {where}", r) for p in earlier for where, r in pool[p]]
         arts: list[Artifact] = []
         with tempfile.TemporaryDirectory() as tmp, reusing_points(), common.explaining_from(explain):
@@ -186,8 +218,8 @@ def build(out: Path, archive: Path = common.ARCHIVE, overrides: tuple[str, ...] 
                 log.info("report: %s (%s)", name, protocol)
                 arts.append(run_artifact(name, spec, protocol, scale, empty, Path(tmp), figures, overrides,
                                          fp[protocol]["records"] > 0))
-        digests = [digest_of(p, pool[p], manifest["protocols"][p]) for p in earlier]
-    summary = glance({a.name: a for a in arts}, current, fp)
+        digests = [digest_of(p, pool[p], manifest["protocols"][p], figures) for p in earlier]
+    summary = glance({a.name: a for a in arts}, current, fp, digests)
     html = page(arts, digests, manifest, fp, current, summary)
     atomic_write_text(out / "index.html", html)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")

@@ -96,13 +96,45 @@ def artifact_html(a, fp: dict, manifest: dict) -> str:
     return "\n".join(out) + "</section>"
 
 
-def digest_html(d: dict, fp: dict) -> str:
+def _settings_text(settings: dict) -> str:
+    fields = ", ".join(f"{k}={v}" for k, v in settings["config"].items())
+    betas = ", ".join(f"{m}: {b:g}" for m, b in settings["beta"].items())
+    return f"the fields its cells' records share: {fields}; MagR's and Astro's beta per model: {betas}"
+
+
+def view_html(d: dict, current: str) -> str:
+    """An earlier protocol's Table 1, claims and Fig. 3 as it composed them (analysis/earlier.py)."""
+    v, p = d["view"], d["protocol"]
+    warn = (f'<p class="note">These are <b>{esc(p)}</b>\'s numbers, not the current protocol\'s '
+            f"({esc(current)}). {esc(p)} chose its tuned settings on the same test windows it scored (its description "
+            "above), so its tuned cells are optimistic; the current protocol's reruns replace them.</p>")
+    fig = (f'<figure><img src="figures/{esc(v["fig3"])}" alt="Fig. 3 under {esc(p)}" loading="eager">'
+           f"<figcaption>Fig. 3 under {esc(p)}: test PPL vs total quantization time (wall seconds, log scale) of the "
+           f"cells of Table 1 below at this setting and of the RTN pipelines at their own beta; mean over seeds, "
+           f"bars ± std; methods above 5x FP on the right. Machines: {esc(v['fig3_machines'])}.</figcaption>"
+           "</figure>" if v["fig3"] else "")
+    return (f'<h3 id="{esc(p)}-table1">Table 1 under {esc(p)}</h3>{warn}<p class="prov">Test PPL, mean ± std over '
+            f"calibration seeds (n), as {esc(p)} composed the table ({esc(_settings_text(v['settings']))}); "
+            "'not run': no record of it under this protocol; 'n/a': the method does not apply to the model.</p>"
+            f"{table_html(v['table1'])}"
+            f'<h3 id="{esc(p)}-claims">The paper\'s claims under {esc(p)}</h3><p class="prov">A - B: mean over the '
+            "calibration seeds both cells share of the PPL difference (lower is better), with the 95% Student-t "
+            "interval over those seeds (its records hold no per-window NLLs, so no window bootstrap); supported / "
+            "refuted: the interval excludes 0; a claim needs 3 shared seeds; two cells above 5x FP are not ranked."
+            f"</p>{table_html(v['claims']) if len(v['claims']) else '<p>No claim has both cells.</p>'}"
+            f'<h3 id="{esc(p)}-fig3">Fig. 3 under {esc(p)}</h3>{fig}')
+
+
+def digest_html(d: dict, fp: dict, current: str = "") -> str:
     p = d["protocol"]
     snaps = fp[p]["snapshots"]
     aside = (f" Set aside (never mixed with these records; archive/README.md says why): "
              f"{esc(', '.join(d['set_aside']))}." if d["set_aside"] else "")
-    return (f'<section id="digest-{esc(p)}"><h2>{esc(p)}: its records as they are (an earlier protocol)</h2>'
-            f'<p class="prov">{esc(d["description"])}</p><p class="prov">{len(snaps)} snapshots, '
+    return (f'<section id="digest-{esc(p)}"><h2>{esc(p)}: an earlier protocol, from its records as they are</h2>'
+            f'<p class="prov">{esc(d["description"])}</p>'
+            + (view_html(d, current) if d.get("view") else "")
+            + f'<h3 id="{esc(p)}-records">Every {esc(p)} record, grouped by configuration</h3>'
+            f'<p class="prov">{len(snaps)} snapshots, '
             f"{fp[p]['records']} records, {d['groups']} configurations (grouped by each record's own canonical "
             f"config, the calibration seed aside; test PPL mean ± std over the seeds); {d['probes']} probe records "
             f"not shown.{aside} Today's grids do not compose these records; what they found is told in "
@@ -113,11 +145,20 @@ def digest_html(d: dict, fp: dict) -> str:
 def page(arts, digests, manifest: dict, fp: dict, current: str, summary: dict) -> str:
     rows = "".join(f"<tr><td>{esc(name)}</td><td>{esc(spec.get('description', ''))}</td>"
                    f"<td>{len(fp[name]['snapshots'])}</td><td>{fp[name]['records']}</td>"
-                   f"<td>{'current' if name == current else 'digest below'}</td></tr>"
+                   f"<td>{'current' if name == current else 'earlier: below, under its name'}</td></tr>"
                    for name, spec in manifest["protocols"].items())
     toc = "".join(f'<li><a href="#{esc(a.name)}">{esc(a.title)}</a></li>' for a in arts)
-    toc += "".join(f'<li><a href="#digest-{esc(d["protocol"])}">{esc(d["protocol"])}: records as they are</a></li>'
-                   for d in digests)
+    toc += "".join(f'<li><a href="#digest-{esc(d["protocol"])}">{esc(d["protocol"])} (an earlier protocol): '
+                   f'{"Table 1, claims, Fig. 3 and " if d.get("view") else ""}every record</a></li>' for d in digests)
+    pending = ""
+    if not fp[current]["records"]:
+        shown = [d["protocol"] for d in digests if d.get("view")]
+        pending = (f'<p class="note"><b>The current protocol, {esc(current)}, has no archived record yet: its reruns '
+                   "are pending</b> (<code>make study</code>), so its sections below list the cells they will fill, "
+                   "with no number."
+                   + "".join(f' The earlier protocol\'s Table 1, claims and Fig. 3 are shown under its own name: '
+                             f'<a href="#{esc(p)}-table1">{esc(p)}</a>; they are not {esc(current)}\'s numbers.'
+                             for p in shown) + "</p>")
     fingerprints = ", ".join(f"{k} {v['hash']}" for k, v in summary["archive"].items())
     protocols = ("<div class=\"scroll\"><table><thead><tr><th>protocol</th><th>what it is</th><th>snapshots</th>"
                  f"<th>records</th><th>shown</th></tr></thead><tbody>{rows}</tbody></table></div>")
@@ -128,7 +169,7 @@ def page(arts, digests, manifest: dict, fp: dict, current: str, summary: dict) -
             f"<code>archive/</code>, as <code>archive/manifest.yaml</code> assigns them: each artifact reads the "
             f"snapshots of its protocol alone, nothing else. Current protocol: <b>{esc(current)}</b> "
             f"(docs/protocol.md). Archive fingerprint: {esc(fingerprints)}.</p>"
-            f"{protocols}<ul>{toc}</ul>"
+            f"{pending}{protocols}<ul>{toc}</ul>"
             + "\n".join(artifact_html(a, fp, manifest) for a in arts)
-            + "\n".join(digest_html(d, fp) for d in digests)
+            + "\n".join(digest_html(d, fp, current) for d in digests)
             + f'<pre id="render-check" hidden></pre>{CHECK}</body></html>\n')

@@ -78,9 +78,31 @@ def summary(measured: bool) -> dict:
             "fig3": "figures/fig3.png" if measured else None}
 
 
+def earlier_view() -> dict:
+    cols = ["method", "m1 w3g64", "m1 w4g64"]
+    rows = [{"method": "GPTQ", cols[1]: "31.75 ± 0.07 (n=3)", cols[2]: "18.51 ± 0.09 (n=3)"},
+            {"method": "QuaRot+RTN", cols[1]: "n/a", cols[2]: "n/a"}]
+    claims = [{"claim": "GPTQ < RTN", "setting": s, "n": "3", "mean A": "31.75", "mean B": "52.75", "A - B": "-21.00",
+               "95% t-interval (seeds)": "[-21.17, -20.82]", "verdict": "supported"} for s in cols[1:]]
+    return {"protocol": "p1", "table1": {"columns": cols, "rows": rows}, "claims": claims,
+            "fig3": "figures/p1-fig3.png"}
+
+
 def test_block_says_not_measured_yet_without_records_and_shows_the_numbers_with_them():
     empty = readme.render(summary(False))
-    assert "Not measured yet under p2" in empty and "| GPTQ |" not in empty and "![" not in empty
+    assert "Not measured yet under p2: its reruns are pending" in empty
+    assert "| GPTQ |" not in empty and "![" not in empty
+    # with an earlier protocol's view: its numbers under its own name, said not to be the current protocol's
+    pending = readme.render({**summary(False), "earlier": [earlier_view()]})
+    lines = pending.splitlines()
+    assert "reruns are pending" in pending and "**not p2's numbers**" in pending
+    assert "**Table 1 under p1**" in pending and "| GPTQ | 31.75 ± 0.07 (n=3) | 18.51 ± 0.09 (n=3) |" in lines
+    assert not any(x.startswith("| QuaRot+RTN") for x in lines)            # n/a in every column: no row
+    assert "| GPTQ < RTN | supported: -21.00 [-21.17, -20.82] | supported: -21.00 [-21.17, -20.82] |" in lines
+    assert "![Fig. 3 under p1: perplexity vs quantization time](docs/report/figures/p1-fig3.png)" in lines
+    assert pending.index("reruns are pending") < pending.index("Table 1 under p1")
+    # once the current protocol has numbers, the earlier one is not shown in the block
+    assert "under p1" not in readme.render({**summary(True), "earlier": [earlier_view()]})
     full = readme.render(summary(True))
     lines = full.splitlines()
     assert "| GPTQ | 29.64 ± 0.13 (n=3) |" in lines and "| GPTQ | not measured yet |" in lines   # per model
@@ -118,6 +140,74 @@ def test_digest_groups_seeds_of_one_computation_and_names_what_differs():
     assert rtn["n"] == "0" and rtn["test PPL (mean ± std)"] == "- (1 diverged)"
 
 
+# --- an earlier protocol's Table 1, claims and Fig. 3, as it composed them ----------------------------------------
+
+
+def v1_view(**kw):
+    from analysis.earlier import View
+    return View("p1", ("tiny-random-llama",), ("w3g64",), ("fp", "rtn", "gptq", "magr_gptq", "astro_gptq"),
+                {"calib.n_samples": 32, "method.gptq.act_order": False}, {"tiny-random-llama": 1e-3}, **kw)
+
+
+def fp_record(ppl: float) -> dict:
+    rec = record(config("fp"), ppl)
+    assert "quant" not in rec["canonical"]   # FP reads no grid: one record answers every setting
+    return rec
+
+
+def test_earlier_cell_is_the_matching_computation_with_the_most_seeds():
+    """Records that differ from the protocol's account (another calibration size), another beta or another method
+    are left out; MagR+GPTQ is read from Astro+GPTQ records with uniform alpha_k; per seed the record made without
+    diagnostics answers before one with held-out windows; a data-free FP record answers the setting."""
+    from analysis import earlier
+    gptq = [record(config(seed=s), p) for s, p in ((0, 30.0), (1, 31.0), (2, 32.0))]
+    holdout = record(dataclasses.replace(config(seed=0), calib=CalibConfig("wiki_offline", 32, 64, 0, holdout=8)), 99.0)
+    other = [record(config(n_samples=8, seed=s), 40.0) for s in range(4)]   # more seeds, not the protocol's
+    uniform_alpha = MethodConfig("astro_gptq", beta=1e-3, iters=5, alpha="uniform")
+    uniform = [dataclasses.replace(config(seed=s), method=uniform_alpha) for s in range(3)]
+    magr = [record(cfg, 29.0 + s) for s, cfg in enumerate(uniform)]           # Table 3's uniform-alpha records
+    astro_other_beta = [record(config("astro_gptq", seed=s, beta=5e-5), 20.0) for s in range(3)]
+    recs = [("s", r) for r in [*gptq, holdout, *other, *magr, *astro_other_beta, fp_record(15.0)]]
+    view = v1_view()
+    g = earlier.cell(recs, view, "tiny-random-llama", "w3g64", "gptq")
+    assert sorted(r["metrics"]["ppl"] for r in g.records) == [30.0, 31.0, 32.0]
+    m = earlier.cell(recs, view, "tiny-random-llama", "w3g64", "magr_gptq")
+    assert g.fmt("metrics.ppl") == "31.00 ± 1.00 (n=3)" and m.fmt("metrics.ppl") == "30.00 ± 1.00 (n=3)"
+    assert not earlier.cell(recs, view, "tiny-random-llama", "w3g64", "astro_gptq").records   # only beta 5e-5
+    at = earlier.cell(recs, view, "tiny-random-llama", "w3g64", "astro_gptq", beta=5e-5)
+    assert at.fmt("metrics.ppl") == "20.00 ± 0.00 (n=3)"
+    assert earlier.cell(recs, view, "tiny-random-llama", "w3g64", "fp").fmt("metrics.ppl") == "15.00 (n=1)"
+    t = earlier.build(recs, view)
+    row = t.table1.set_index("method").loc
+    assert row["GPTQ", "tiny-random-llama w3g64"] == "31.00 ± 1.00 (n=3)" and \
+        row["RTN", "tiny-random-llama w3g64"] == "not run"
+    claim = t.claims.set_index("claim").loc["MagR+GPTQ < GPTQ"]
+    assert claim["A - B"] == "-1.00" and claim["verdict"] == "supported" and claim["n"] == "3"
+
+
+def test_earlier_view_refuses_an_unknown_key_naming_it():
+    from analysis import earlier
+    man = {"protocols": {"p1": {"tables": {"models": ["m"], "settings": ["w3g64"], "methods": ["gptq"], "colour": 1}}}}
+    with pytest.raises(ValueError, match=r"protocols.p1.tables: unknown key\(s\) \['colour'\]"):
+        earlier.view_of("p1", man)
+    man["protocols"]["p1"]["tables"] = {"models": ["m"], "settings": ["w3g64"], "methods": ["gtpq"]}
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['gtpq'\]"):
+        earlier.view_of("p1", man)
+    assert earlier.view_of("p2", {"protocols": {"p2": {"snapshots": []}}}) is None
+
+
+def test_archive_view_of_embedded_v1_gives_every_cell_of_its_table1():
+    """The manifest's account of embedded-v1 finds a record for every cell it ran (3 seeds where it calibrates),
+    so the report's and README's embedded-v1 Table 1 has no hole."""
+    from analysis import earlier
+    view = earlier.view_of("embedded-v1")
+    t = earlier.build(earlier.protocol_records("embedded-v1"), view)
+    values = [v for col in t.table1.columns[1:] for v in t.table1[col]]
+    assert "not run" not in values and all(v.endswith(("(n=3)", "(n=1)")) or v == "n/a" for v in values)
+    assert all(v.endswith("(n=3)") for v in t.table1.set_index("method").loc["Astro+GPTQ"])
+    assert {c.config.method.name for c in t.fig3} >= {"astro_gptq", "magr_gptq", "gptq", "astro_rtn", "magr_rtn"}
+
+
 # --- a missing cell names the closest record ------------------------------------------------------------------
 
 
@@ -136,6 +226,17 @@ def test_missing_cell_names_the_closest_record_of_an_earlier_protocol(caplog):
             _explain_missing(want, {}, {"method": "astro_gptq", "calib.seed": "0"})
     line = caplog.text.strip().splitlines()[-1]
     assert f"(v1: snap, record {near['key']}) differs in calib.n_samples" in line and "calib.seed" not in line
+
+
+def test_missing_probe_names_the_closest_probe_record(tmp_path):
+    from astro.results import ResultStore, canonical_config, stored_form
+    want = stored_form(canonical_config(config("astro_gptq", beta=2e-3)))
+    probe = {**record(config("astro_gptq", beta=5e-5), 1.0), "kind": "probe:fig1"}
+    probe["canonical"] = {"probe": "fig1", **probe["canonical"]}
+    with explaining_from([("v1: snap", probe)]), pytest.raises(SystemExit) as e:
+        common.find_probe(ResultStore(tmp_path), "fig1", want, "fig1-outliers")
+    assert str(e.value) == (f"no fig1 probe record for this configuration: run `make fig1-outliers` first; the closest "
+                            f"fig1 probe record (v1: snap, record {probe['key']}) differs in method.beta")
 
 
 # --- the report's page -----------------------------------------------------------------------------------------
@@ -158,6 +259,13 @@ def test_page_lists_every_artifact_and_says_what_is_not_measured(tmp_path):
     assert "Not measured yet under p2" in html and "no number yet (1 rows)" in html
     assert "Why 1 cell(s) are missing" in html and 'id="digest-p1"' in html and "30.00 ± 1.00" in html
     assert "Set aside" in html and 'id="render-check"' in html
+    assert "its reruns are pending" in html and "Table 1 under p1" not in html   # p1 has no view here
+    d["view"] = {"table1": pd.DataFrame({"method": ["GPTQ"], "m w3g64": ["31.75 ± 0.07 (n=3)"]}),
+                 "claims": pd.DataFrame(), "fig3": None, "fig3_machines": "",
+                 "settings": {"config": {"calib.n_samples": 32}, "beta": {"m": 2.5e-3}}}
+    html = page([a], [d], man, fp, "p2", {"archive": fp})
+    assert "Table 1 under p1" in html and "not the current protocol" in html and 'href="#p1-table1"' in html
+    assert "31.75 ± 0.07 (n=3)" in html and "calib.n_samples=32" in html
 
 
 # --- the quickstart beside Table 1 ---------------------------------------------------------------------------
@@ -186,13 +294,10 @@ def test_quickstart_reference_scores_table1_records_on_the_same_windows():
 
 
 def chromium() -> str:
+    """Debian's chromium; `make test-slow` and `make test-all` install it when missing (make chromium)."""
     path = shutil.which("chromium")
-    if path is None:   # Debian's package (root), as the SLURM tests install theirs
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=False, capture_output=True,
-                       env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-        path = shutil.which("chromium")
     if path is None:
-        pytest.skip("Debian's chromium is not installed and could not be installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed: `make chromium` installs Debian's package (root)")
     return path
 
 

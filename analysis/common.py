@@ -398,6 +398,22 @@ def write_table(df: pd.DataFrame, name: str, scale: str, caption: str, out: Path
     return paths
 
 
+def panel_axes(n: int, width: float, height: float, most: int = 3, **kw):
+    """(figure, its n axes in reading order): n panels of width x height inches wrapped into rows of at most `most`,
+    so that a figure of many settings stays readable at page width (the report shows figures at most 1400 px wide);
+    the grid's unused cells are removed. kw goes to plt.subplots (e.g. constrained_layout=True)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cols = max(1, min(n, most))
+    rows = -(-n // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, **kw)
+    axes = list(grid.ravel())
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, axes[:n]
+
+
 def save_figure(fig, name: str, scale: str, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}_{scale}.png", out / f"{name}_{scale}.pdf"]

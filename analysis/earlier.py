@@ -39,6 +39,7 @@ from astro.results import (
     current_form,
 )
 from astro.run import not_applicable
+from experiments.results import quant_name
 
 from .common import LABELS, NOT_APPLICABLE, Cell, lookup, manifest, markdown, save_figure, seedless_key, snapshots
 from .paired import COLLAPSE_FACTOR, MIN_SEEDS, interval, paired_difference, plain, seed_values, signed
@@ -90,16 +91,6 @@ def protocol_records(protocol: str) -> list[tuple[str, dict]]:
     """(snapshot name, lean record) of every well-formed record of the protocol's snapshots, whatever its status
     (probes too: the digest counts them, the view skips them)."""
     return [(p.name, lean(r)) for p in snapshots(protocol) for r in ResultStore(p).records(status=None)]
-
-
-def quant_name(quant: dict | None) -> str:
-    """A quantization grid as conf/quant/ names it: w3g64, w4g64_sym, w3pc; '-' without one (FP)."""
-    if not quant:
-        return "-"
-    group = "pc" if quant.get("group_size") in (-1, None) else f"g{quant['group_size']}"
-    if "bits" not in quant:   # a pipeline that reads only the group size (Astro's reconstruction, unquantized)
-        return group
-    return f"w{quant['bits']}{group}{'_sym' if quant.get('sym') else ''}"
 
 
 def matches(cf: dict, view: View, model: str, quant: str, method: str, beta: float | None) -> bool:

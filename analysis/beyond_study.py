@@ -29,20 +29,20 @@ def build(cs) -> pd.DataFrame:
                           "method time (s)": c.fmt_time("timings.method", cs)} for c in cs])
 
 
-def composed_figure(cs, fig3_cells, scale: str):
+def composed_figure(cs, fig3_cells, scale: str, fp=None):
     """Fig. 3 (PPL vs quantization time, one point per method) with the composed pipelines' points added, at
-    Fig. 3's settings only (the study's W2 points would not be comparable)."""
+    Fig. 3's settings only (the study's W2 points would not be comparable); fp: the setting's FP cell."""
     composed, settings = {a for a, _ in PAIRS}, {c.choices["quant"] for c in fig3_cells}
     return fig3_efficiency.figure(fig3_cells + [c for c in cs if c.config.method.name in composed
-                                                and c.choices["quant"] in settings], scale)
+                                                and c.choices["quant"] in settings], scale, fp)
 
 
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
     store = store_of(a)
     cs = cells("beyond_study", a.scale, store, tuple(a.overrides))
-    save_figure(composed_figure(cs, fig3_efficiency.gather(a.scale, store, tuple(a.overrides)), a.scale),
-                "fig3_composed", a.scale, a.out or a.store.parent / "figures")
+    points, fp = fig3_efficiency.gather_with_fp(a.scale, store, tuple(a.overrides))
+    save_figure(composed_figure(cs, points, a.scale, fp), "fig3_composed", a.scale, a.out or a.store.parent / "figures")
     out = a.out or a.store.parent / "tables"
     df = build(cs)
     write_table(df, "beyond_study", a.scale, "Astro composed with scaling and rotations (not in the paper). "

@@ -26,7 +26,7 @@ import statistics
 
 import pandas as pd
 
-from .common import LABELS, cells, data_caption, markdown, parser, save_figure, store_of, write_table
+from .common import LABELS, cells, data_caption, markdown, panel_axes, parser, save_figure, store_of, write_table
 from .paired import interval, paired_difference, seed_list, seed_values, signed
 
 NO_CALIBRATION = ("method=fp,rtn", "calib.n_samples=8", "calib.seed=0")   # the make target's FP/RTN runs
@@ -175,10 +175,9 @@ def sink_table(scale, store, extra) -> pd.DataFrame:
 def figure(cs, base, scale: str):
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     settings = list(dict.fromkeys(setting(c) for c in cs))
-    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.2), squeeze=False)
-    for ax, st in zip(axes[0], settings, strict=True):
+    fig, axes = panel_axes(len(settings), 6.5, 4.2, most=2)
+    for ax, st in zip(axes, settings, strict=True):
         for m in dict.fromkeys(c.config.method.name for c in cs):
             pts = sorted((c.config.calib.n_samples * c.config.calib.seq_len, *c.mean_std("metrics.ppl")[:2])
                          for c in cs if setting(c) == st and c.config.method.name == m and c.records)

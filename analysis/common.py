@@ -23,6 +23,7 @@ the same pipeline (Table 3's uniform alpha_k points answer for MagR+GPTQ at thei
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
@@ -285,16 +286,57 @@ def differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+# Records consulted only to explain a missing cell (where, record): e.g. an earlier protocol's, which no grid of
+# today matches; set by `explaining_from` (the report), never read for a number.
+_EXPLAIN_FROM: list[tuple[str, dict]] = []
+
+
+@contextlib.contextmanager
+def explaining_from(records: list[tuple[str, dict]]):
+    """Within the block, a missing cell's log line also names the closest of `records` ((where, record) pairs)
+    and the fields it differs in, when the store read has none of the cell's method, model and setting."""
+    _EXPLAIN_FROM[:] = records
+    try:
+        yield
+    finally:
+        _EXPLAIN_FROM.clear()
+
+
+def _same_run_family(canonical: dict, c: dict) -> bool:
+    return all(c.get(s) == canonical.get(s) for s in ("model", "quant")) and \
+        (c.get("method") or {}).get("name") == canonical["method"]["name"]
+
+
+def closest(canonical: dict, candidates) -> tuple[list[str], object] | None:
+    """(differing fields, item) of the candidate (item, canonical config) of the same method, model and setting
+    whose canonical config differs from `canonical` in the fewest fields (the seed aside); None without one."""
+    best = None
+    for item, c in candidates:
+        if _same_run_family(canonical, c):
+            diff = [f for f in differing_fields(canonical, c) if f != "calib.seed"]
+            if best is None or len(diff) < len(best[0]):
+                best = (diff, item)
+    return best
+
+
 def _explain_missing(canonical: dict, by_seedless: dict[str, list], choices: dict) -> None:
-    """Log why a cell has no record when the store holds records of the same method, model and setting."""
-    def same_run_family(c: dict) -> bool:
-        return all(c.get(s) == canonical.get(s) for s in ("model", "quant")) and \
-            c.get("method", {}).get("name") == canonical["method"]["name"]
-    near = [c for recs in by_seedless.values() if same_run_family(c := current_form(recs[0]["canonical"]))]
+    """Log why a cell has no record: the fields in which the store's records of the same method, model and setting
+    differ, and the closest record's (of the store, else of `explaining_from`'s records)."""
+    choices = {k: v for k, v in choices.items() if k != "calib.seed"}   # a cell holds every seed
+    near = [c for recs in by_seedless.values() if _same_run_family(canonical, c := current_form(recs[0]["canonical"]))]
     if near:
         fields = Counter(f for c in near for f in differing_fields(canonical, c) if f != "calib.seed")
-        log.info("missing %s: the store has %d configuration(s) of this method, model and setting, differing in %s",
-                 choices, len(near), ", ".join(f"{f} ({n})" for f, n in fields.most_common(6)))
+        best = closest(canonical, [(None, c) for c in near])
+        log.info("missing %s: the store has %d configuration(s) of this method, model and setting, differing in %s; "
+                 "the closest differs in %s", choices, len(near), ", ".join(f"{f} ({n})" for f, n in
+                                                                          fields.most_common(6)),
+                 ", ".join(best[0]) or "nothing but its numeric regime")
+        return
+    best = closest(canonical, [((where, r["key"]), current_form(r["canonical"])) for where, r in _EXPLAIN_FROM])
+    if best is not None:
+        (where, key), diff = best[1], best[0]
+        log.info("missing %s: no record of this method, model and setting; the closest elsewhere (%s, record %s) "
+                 "differs in %s", choices, where, key, ", ".join(diff) or "nothing but its numeric regime")
 
 
 def find_probe(store: ResultStore, kind: str, canonical: dict, make_target: str, where=None, **match) -> dict:
@@ -305,8 +347,25 @@ def find_probe(store: ResultStore, kind: str, canonical: dict, make_target: str,
              and all(v is None or r["probe"][k] == v for k, v in match.items())
              and (where is None or where(r["probe"]))]
     if not found:
-        raise SystemExit(f"no {kind} probe record for this configuration: run `make {make_target}` first")
+        raise SystemExit(f"no {kind} probe record for this configuration: run `make {make_target}` first"
+                         + _closest_probe(kind, want, store))
     return newest(found)
+
+
+def _closest_probe(kind: str, want: dict, store) -> str:
+    """'; the closest <kind> probe record (where, key) differs in <fields>': among the store's probe records of
+    that kind, else `explaining_from`'s (e.g. an earlier protocol's); '' when there is none."""
+    def run_part(c: dict) -> dict:
+        return {k: v for k, v in current_form(c).items() if k != "probe"}
+    mine = [("the store read", r) for r in store.records() if r.get("kind") == f"probe:{kind}"]
+    pool = mine or [(w, r) for w, r in _EXPLAIN_FROM if r.get("kind") == f"probe:{kind}"]
+    best = min(((differing_fields(run_part(want), run_part(r["canonical"])), w, r["key"]) for w, r in pool),
+               key=lambda x: len(x[0]), default=None)
+    if best is None:
+        return ""
+    fields, where, key = best
+    return (f"; the closest {kind} probe record ({where}, record {key}) differs in "
+            f"{', '.join(fields) or 'its probe settings only'}")
 
 
 def fmt_reported(v) -> str:
@@ -337,6 +396,22 @@ def write_table(df: pd.DataFrame, name: str, scale: str, caption: str, out: Path
         atomic_write_text(p, text)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return paths
+
+
+def panel_axes(n: int, width: float, height: float, most: int = 3, **kw):
+    """(figure, its n axes in reading order): n panels of width x height inches wrapped into rows of at most `most`,
+    so that a figure of many settings stays readable at page width (the report shows figures at most 1400 px wide);
+    the grid's unused cells are removed. kw goes to plt.subplots (e.g. constrained_layout=True)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cols = max(1, min(n, most))
+    rows = -(-n // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, **kw)
+    axes = list(grid.ravel())
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, axes[:n]
 
 
 def save_figure(fig, name: str, scale: str, out: Path) -> list[Path]:
@@ -462,11 +537,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 ARCHIVE = HERE.parent / "archive"
+_ARCHIVE = [ARCHIVE]   # the archive read (using_archive: another one, e.g. a test's)
+
+
+@contextlib.contextmanager
+def using_archive(root: Path):
+    """Within the block, the archive read (its manifest.yaml and snapshot folders) is `root`."""
+    _ARCHIVE.append(Path(root))
+    try:
+        yield
+    finally:
+        _ARCHIVE.pop()
 
 
 def manifest() -> dict:
-    """archive/manifest.yaml: which snapshots hold which protocol's records."""
-    return yaml.safe_load((ARCHIVE / "manifest.yaml").read_text())
+    """archive/manifest.yaml: which snapshots hold which protocol's records, and what the report shows."""
+    return yaml.safe_load((_ARCHIVE[-1] / "manifest.yaml").read_text())
 
 
 def snapshots(protocol: str | None = None) -> list[Path]:
@@ -475,7 +561,7 @@ def snapshots(protocol: str | None = None) -> list[Path]:
     name = protocol or m["current"]
     if name not in m["protocols"]:
         raise SystemExit(f"--protocol: unknown protocol {name!r}; the manifest has {sorted(m['protocols'])}")
-    return [ARCHIVE / s for s in m["protocols"][name]["snapshots"]]
+    return [_ARCHIVE[-1] / s for s in m["protocols"][name]["snapshots"]]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from astro.results import ResultStore, canonical_config
-from experiments.grid import Composer
+from experiments.outliers import probe_config
 
 from .common import find_probe, parser, save_figure, store_of
 
@@ -40,7 +40,8 @@ def figure(arr, rec: dict, title: str, top: int = 3):
     alpha = arr["alpha"]
     hot = np.argsort(alpha)[::-1][:top]                      # the highest-activation groups
     vmax = float(np.quantile(W, 0.999))
-    fig, axes = plt.subplots(1, 4, figsize=(21, 4.8), constrained_layout=True)
+    fig, grid = plt.subplots(2, 2, figsize=(11, 8.2), constrained_layout=True)   # readable at page width
+    axes = grid.ravel()
     for ax, M, name in ((axes[0], W, "|W| original"), (axes[1], Wa, "|W'| after Astro")):
         im = ax.imshow(M, aspect="auto", cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
         ax.set(xlabel="input channel", ylabel="output channel",
@@ -71,15 +72,15 @@ def main(argv=None) -> None:
     ap.add_argument("--block", type=int, default=None)
     ap.add_argument("--linear", default=None)
     a = ap.parse_args(argv)
-    with Composer() as c:
-        cfg = next(p for p in c.points("fig1_outliers", a.scale, tuple(a.overrides))
-                   if p.config.method.preprocess).config
     store = store_of(a)
+    cfg, choice = probe_config(a.scale, store, tuple(a.overrides))
     rec = find_probe(store, "fig1", canonical_config(cfg), "fig1-outliers", block=a.block, linear=a.linear)
     arr = np.load(probe_file(store, rec, "arrays"), allow_pickle=False)
     p = rec["probe"]
+    which = (f"chosen on validation text ({choice.key}={choice.value})" if choice is not None
+             else "the scale's base beta: no choice on validation recorded yet")
     title = (f"{cfg.model.source} block {p['block']} {p['linear']} {p['shape'][0]}x{p['shape'][1]}; "
-             f"Astro beta={p['beta']:g}, {p['iters']} iterations, groups of {p['group_size']}; "
+             f"Astro beta={p['beta']:g} ({which}), {p['iters']} iterations, groups of {p['group_size']}; "
              f"X from {p['n_tokens']} calibration tokens ({a.scale})")
     save_figure(figure(arr, rec, title), "fig1_outliers", a.scale, a.out or a.store.parent / "figures")
 

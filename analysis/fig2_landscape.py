@@ -11,17 +11,16 @@ import logging
 from astro.results import canonical_config
 from experiments.grid import Composer
 
-from .common import find_probe, parser, save_figure, store_of
+from .common import find_probe, panel_axes, parser, save_figure, store_of
 
 
 def figure(rec: dict, title: str):
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
     p = rec["probe"]
     A, B = np.array(p["a"]), np.array(p["b"])
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), constrained_layout=True)
+    fig, axes = panel_axes(3, 6.2, 4.8, most=2, constrained_layout=True)   # readable at page width
     for ax, key, name in ((axes[0], "plane_eval_nll", "held-out"), (axes[1], "plane_calib_nll", "calibration")):
         Z = np.array(p[key])
         cs = ax.contourf(A, B, Z, levels=20, cmap="viridis")

@@ -17,7 +17,20 @@ import logging
 import pandas as pd
 
 from . import table1, table7
-from .common import LABELS, cells, data_caption, markdown, parser, plain_log_ticks, save_figure, store_of, write_table
+from .common import (
+    LABELS,
+    cells,
+    data_caption,
+    machine,
+    machine_labels,
+    markdown,
+    parser,
+    plain_log_ticks,
+    save_figure,
+    store_of,
+    write_table,
+)
+from .paired import COLLAPSE_FACTOR
 from .selection import CAPTION as SELECTION
 
 STAGES = ("transform", "block_transform", "calibration", "reconstruction", "quantization", "method", "evaluation")
@@ -52,6 +65,11 @@ def time_table(cs) -> pd.DataFrame:
 def gather(scale: str, store, extra: tuple[str, ...] = ()) -> list:
     """Fig. 3's points: Table 1's quantized cells at its first model's W3 setting, then Table 7's at the same
     setting that Table 1 lacks (MagR+RTN, Astro+RTN), each tuned one at its chosen value."""
+    return gather_with_fp(scale, store, extra)[0]
+
+
+def gather_with_fp(scale: str, store, extra: tuple[str, ...] = ()) -> tuple[list, object]:
+    """gather's points and the setting's FP cell (the reference the collapsed methods are told apart by)."""
     g = table1.gather(scale, store, extra)
     setting = next((s for s in g.settings if s.split(" ")[1].startswith("w3")), None)
     if setting is None:
@@ -59,45 +77,94 @@ def gather(scale: str, store, extra: tuple[str, ...] = ()) -> list:
     by7, _ = table7.gather(cells("table7", scale, store, extra))
     points = {m: c for (s, m), c in g.by.items() if s == setting and m != "fp"}
     points.update({m: c for (s, m), c in by7.items() if s == setting and m not in points})
-    return [c for c in points.values() if c.config is not None]
+    return [c for c in points.values() if c.config is not None], g.fp.get(setting)
 
 
-def figure(cs, scale: str):
+def _style(method) -> dict:
+    """Marker by family, so the regularizers stay visible where they sit on their base method: Astro a large star
+    drawn last, MagR a hollow circle, rotations triangles, AWQ diamonds, GPTQ filled circles, RTN squares."""
+    p = method.pipeline
+    if p.preprocess == "astro":
+        return {"marker": "*", "ms": 15, "zorder": 6}
+    if p.preprocess == "magr":
+        return {"marker": "o", "ms": 10, "mfc": "none", "mew": 2, "mec": None, "zorder": 5}
+    if p.model_transform:
+        return {"marker": "^", "ms": 8, "zorder": 4}
+    if p.block_transform or p.clip:
+        return {"marker": "D", "ms": 7, "zorder": 4}
+    return {"marker": "o" if p.quantizer == "gptq" else "s", "ms": 7, "zorder": 4}
+
+
+def figure(cs, scale: str, fp=None):
+    """PPL vs total quantization time (log), one point per method at its mean over seeds with ± std bars on both
+    axes. Methods above COLLAPSE_FACTOR x FP go to a panel of their own (their scale would squeeze the rest);
+    when the points ran on several machines each legend entry names its machine (M1, M2: wall times compare only
+    within one) and the figure says which is which."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    colors = plt.get_cmap("tab20").colors
-    for i, c in enumerate(c for c in cs if c.records):
-        t, ppl = c.mean_std("timings.method")[0], c.mean_std("metrics.ppl")[0]
-        name = c.config.method.name
-        marker = "*" if name.startswith("astro") else ("s" if c.config.method.block_transform or
-                                                         c.config.method.model_transform else "o")
-        # a legend, not annotations: methods of similar cost and PPL overlap (MagR/Astro+RTN at W3)
-        ax.scatter([t], [ppl], s=110 if marker == "*" else 55, marker=marker, zorder=3, color=colors[i % 20],
-                   edgecolor="black", linewidth=0.5, label=f"{LABELS[name]}  ({ppl:.2f}, {t:.0f} s)")
+    ref = fp.mean_std("metrics.ppl")[0] if fp is not None and fp.records else None
+    shown = [c for c in cs if c.records and c.mean_std("timings.method")[0]]
+    collapsed = {id(c) for c in shown if ref is not None and c.mean_std("metrics.ppl")[0] > COLLAPSE_FACTOR * ref}
+    labels = machine_labels(shown)
+    if collapsed:
+        fig, (ax, axc) = plt.subplots(1, 2, figsize=(8.5, 4.4), gridspec_kw={"width_ratios": [3.2, 1]})
+    else:
+        fig, ax = plt.subplots(figsize=(7.0, 4.4))
+        axc = None
+    colors = plt.get_cmap("tab10").colors
+    handles = []
+    # the regularizers last, so their markers sit on top of the methods they modify
+    order = sorted(enumerate(shown), key=lambda ic: _style(ic[1].config.method)["zorder"])
+    for i, c in order:
+        t, tsd, _ = c.mean_std("timings.method")
+        ppl, psd, n = c.mean_std("metrics.ppl")
+        on = {labels[m] for m in (machine(r) for r in c.records) if m in labels}
+        where = f", {'+'.join(sorted(on))}" if on else ""
+        spread = f" ± {psd:.2f}" if psd is not None else ""
+        target = axc if id(c) in collapsed else ax
+        st = _style(c.config.method)
+        st.setdefault("mec", "black")
+        h = target.errorbar([t], [ppl], xerr=[[tsd or 0], [tsd or 0]], yerr=[[psd or 0], [psd or 0]],
+                            ls="none", color=colors[i % 10], capsize=3, elinewidth=1,
+                            label=f"{LABELS[c.config.method.name]}  ({ppl:.2f}{spread}, {t:.0f} s{where}, n={n})",
+                            **st)
+        handles.append(h)
     missing = [LABELS[c.config.method.name] for c in cs if not c.records]
     cfg = cs[0].config
-    ax.set(xscale="log", yscale="log", xlabel="total quantization time (s, log)", ylabel="perplexity (log)",
-           title=f"{cfg.model.source} W{cfg.quant.bits} g{cfg.quant.group_size} ({scale})"
-           + (f"\nmissing: {', '.join(missing)}" if missing else ""))
-    plain_log_ticks(ax.xaxis, ax.yaxis)   # 10^2 style hides the 30-60 PPL range
-    ax.tick_params(which="both", labelsize=7)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(title="method  (PPL, time)", fontsize=7, title_fontsize=8, loc="upper left",
-              bbox_to_anchor=(1.02, 1.0), frameon=False)
+    title = f"{cfg.model.source} W{cfg.quant.bits} g{cfg.quant.group_size} ({scale})"
+    ax.set_title(title + (f"\nmissing: {', '.join(missing)}" if missing else ""), fontsize=10)
+    ax.set(xscale="log", xlabel="total quantization time (s, log scale)", ylabel="test perplexity")
+    if ref is not None:
+        ax.axhline(ref, color="grey", ls=":", lw=1)
+        ax.annotate(f"FP {ref:.2f}", (0.01, ref), xycoords=("axes fraction", "data"), fontsize=8, color="grey",
+                    va="bottom")
+    if axc is not None:
+        axc.set(xscale="log", yscale="log", xlabel="time (s, log)")
+        axc.set_title(f"collapsed (> {COLLAPSE_FACTOR:g}x FP)", fontsize=9)
+        plain_log_ticks(axc.yaxis)
+    for a in (ax, axc) if axc is not None else (ax,):
+        plain_log_ticks(a.xaxis)
+        a.tick_params(which="both", labelsize=8)
+        a.grid(alpha=0.3, which="both")
+    if handles:
+        ax.legend(handles=handles, title="method  (PPL ± std, time, machine, seeds)", fontsize=7.5, title_fontsize=8,
+                  loc="upper center", bbox_to_anchor=(0.5 if axc is None else 0.62, -0.16), ncol=2, frameon=False)
+    if labels:
+        fig.text(0.01, -0.02, "machines: " + "; ".join(f"{v} = {k}" for k, v in labels.items()), fontsize=7,
+                 va="top", transform=fig.transFigure)
     fig.tight_layout()
     return fig
 
 
 def main(argv=None) -> None:
     a = parser(__doc__.splitlines()[0]).parse_args(argv)
-    cs = gather(a.scale, store_of(a), tuple(a.overrides))
+    cs, fp = gather_with_fp(a.scale, store_of(a), tuple(a.overrides))
     df = time_table(cs)
     caption = ("Quantization time per stage (seconds). " + SELECTION + " "
                + data_caption(cs, a.scale, with_reported=False))
     write_table(df, "quant_time", a.scale, caption, a.out or a.store.parent / "tables")
-    save_figure(figure(cs, a.scale), "fig3_efficiency", a.scale, a.out or a.store.parent / "figures")
+    save_figure(figure(cs, a.scale, fp), "fig3_efficiency", a.scale, a.out or a.store.parent / "figures")
     print(markdown(df))
 
 

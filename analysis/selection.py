@@ -106,3 +106,14 @@ def describe(choice: Choice, fmt=lambda v: v) -> str:
         return f"incomplete: {choice.why}"
     edge = "; at the grid's edge" if choice.edge else ""
     return f"{fmt(choice.value)} (validation PPL {choice.validation_ppl:.2f}{edge})"
+
+
+def tuned(scale: str, store, model: str, quant: str, method: str, extra: tuple[str, ...] = (),
+          experiment: str = "table3", key: str = "tune.beta_factor") -> Choice | None:
+    """The complete choice of `method`'s tunable in one model and setting (Table 3's sweep by default), read from
+    `store` (a results store or an analysis command's union with the archive); None while it is incomplete. For
+    runs and figures that show one tuned point (Fig. 1's probe)."""
+    from .common import cells
+    cs = cells(experiment, scale, store, (*extra, f"model={model}", f"quant={quant}", f"method={method}"))
+    ch = choose([c for c in cs if c.config.method.name == method], key).get(((model, quant), method))
+    return ch if ch is not None and ch.cell is not None else None

@@ -20,6 +20,7 @@ from .common import (
     cells,
     data_caption,
     markdown,
+    panel_axes,
     parser,
     plain_log_ticks,
     save_figure,
@@ -63,11 +64,10 @@ def build(cs) -> pd.DataFrame:
 def figure(cs, scale: str):
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     bits = sorted({c.config.quant.bits for c in cs}, reverse=True)
-    fig, axes = plt.subplots(1, len(bits), figsize=(5.2 * len(bits), 4), squeeze=False)
+    fig, axes = panel_axes(len(bits), 5.2, 4, most=2)
     markers = dict(zip(ARMS, "vosD^", strict=True))
-    for ax, b in zip(axes[0], bits, strict=True):
+    for ax, b in zip(axes, bits, strict=True):
         for arm in ARMS:
             # markers only, so no ordering is needed (sorting would compare a None std with a float on a tie)
             pts = [(*c.mean_std("timings.reconstruction")[:2], *c.mean_std("metrics.ppl")[:2], c.config.method.beta)

@@ -18,6 +18,7 @@ from .common import (
     cells,
     data_caption,
     markdown,
+    panel_axes,
     parser,
     plain_log_ticks,
     reported,
@@ -48,11 +49,10 @@ def figure(cs, scale: str):
     """PPL vs beta per setting at W3 (validation dashed, test solid), and the paper's reported curve."""
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     rep = reported()["table3"]
     settings = list(dict.fromkeys(selection.setting_of(c, KEY) for c in cs))
-    fig, axes = plt.subplots(1, len(settings) + 1, figsize=(4.2 * (len(settings) + 1), 3.6), squeeze=False)
-    for ax, s in zip(axes[0], settings, strict=False):
+    fig, axes = panel_axes(len(settings) + 1, 4.2, 3.6)
+    for ax, s in zip(axes, settings, strict=False):
         for method, color in (("astro_gptq", "C0"), ("magr_gptq", "C1")):
             mine = sorted((c.config.method.beta, c) for c in cs
                           if selection.setting_of(c, KEY) == s and c.config.method.name == method)
@@ -64,7 +64,7 @@ def figure(cs, scale: str):
         ax.set(xscale="log", xlabel="beta", ylabel="perplexity", title=f"{' '.join(s)} ({scale})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axr = axes[0][-1]
+    axr = axes[-1]
     for alpha, style in (("activation", "o-"), ("uniform", "s--")):
         axr.plot(*zip(*sorted(rep[alpha].items()), strict=True), style, label=f"alpha_k {alpha}")
     axr.set(xscale="log", yscale="log", xlabel="beta", ylabel="perplexity", title="reported: LLaMA-2-7B W3 g128")

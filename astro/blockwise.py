@@ -59,8 +59,8 @@ class LoopConfig:
     their statistics are collected, and rebuild the residual stream from them (Architecture docstring)
     instead of re-running attention for each mlp group and the whole block to propagate. The same
     operations on the same tensors, so bit-identical (tests/test_blockwise.py); it holds one writer's inputs
-    per calibration sequence on `offload` at a time, and the forward stages take about 0.6x the time
-    (make bench-loop)."""
+    per calibration sequence on `offload` at a time, and skips forwards (make bench-loop; docs/benchmarks.md
+    has the measured saving)."""
 
     batch_size: int = 8
     true_sequential: bool = True

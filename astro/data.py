@@ -257,7 +257,7 @@ def token_stream(tokenizer, texts: list[str], join: str) -> torch.Tensor:
 def _encode_cached(tokenizer, text: str, special: bool) -> torch.Tensor:
     """The ids of `text` (with the tokenizer's special tokens when `special`), as a 1-D LongTensor.
 
-    Tokenizing a calibration split is most of a small run's set-up (5 s for wiki_offline's 1M tokens), and
+    Tokenizing a calibration split is most of a small run's set-up (docs/experiments.md), and
     every run of a sweep repeats it (and its evaluation texts), so the ids are kept in memory and in
     <cache>/tokens/, keyed by the tokenizer's serialized content, the tokenizers version, the special-token flag
     and the text's sha256. A cache file that fails to load or to match its key is recomputed and rewritten,

@@ -83,7 +83,7 @@ class TaskEvalConfig:
     """lm-eval tasks on the in-memory model.
 
     tasks: task names or suites (paper_zeroshot, paper_fewshot, paper, proxy); any other lm-eval task name
-      works too (checked against lm-eval's full index, which takes ~15-35 s to build). Empty: no task eval.
+      works too (checked against lm-eval's full index, which is slow to build). Empty: no task eval.
     num_fewshot: shots for every task; None = each task's paper count (0: ARC, HellaSwag, proxies;
       5: MMLU, TriviaQA, NQ-open) or lm-eval's default for other tasks. fewshot_per_task: {task: shots}, wins.
     limit: items per task (lm-eval's limit: the first N documents, or a fraction if < 1; for a group such as
@@ -180,7 +180,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def _task_manager(names: tuple[str, ...], proxy_root: Path | None):
     """Index only what is needed: the proxy folder and the paper tasks' lm_eval/tasks folders (instant);
-    the full index (~15-35 s) only for other lm-eval task names."""
+    the full index (slow to build) only for other lm-eval task names."""
     from lm_eval.tasks import TaskManager
     paths = [proxy_root] if proxy_root is not None else []
     if all(n in PROXY_SPECS or n in PAPER_TASKS for n in names):

@@ -4,7 +4,7 @@ Mode resolution (tracking.wandb.mode): 'disabled' logs nothing; 'offline' writes
 into the run's directory (upload later with `wandb sync <dir>`); 'online' logs to the server;
 'auto' takes $WANDB_MODE when set, else 'online' only when an API key is configured and the server
 answers within a few seconds, else 'offline'. A run never waits on a missing network: wandb with an
-API key and no network hangs for ~100 s, so 'auto' probes first and init has a bounded timeout.
+API key and no network hangs (docs/experiments.md), so 'auto' probes first and init has a bounded timeout.
 """
 
 from __future__ import annotations

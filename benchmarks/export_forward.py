@@ -9,41 +9,36 @@ reloaded checkpoints (and the float model for reference), interleaved, and repor
 Astro/GPTQ ratio, plus the stored tensors of both checkpoints (names, shapes, dtypes, bytes).
 A benchmark: it reports what it measured on this machine (fp32 on CPU, transformers' own loading path).
 
-Usage: python -m benchmarks.export_forward [--bits 4 --group-size 64 --iters 40 --repeats 10 ...]
+Usage: python -m benchmarks.export_forward [hydra overrides]     (make export ARGS='...')
+conf/export.yaml composes the runner's config (scale=embedded: the embedded protocol's calibration, GPTQ in
+act-order with static groups, base beta and iterations) at W4 g64, so any run override applies (quant=w3g64,
+method.beta=1e-3, model=gemma3-270m, calib.seed=1, eval.max_windows=16); `bench.*` sets the timing (bench.repeats,
+bench.threads, bench.probe_batch, bench.probe_len), where checkpoints and the report go (bench.export_dir,
+bench.out) and bench.timing_only=true (re-time the checkpoints already exported).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import platform
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import hydra
 import torch
+from omegaconf import DictConfig, OmegaConf
 
-from astro.config import CalibConfig, EvalConfig, RunConfig
+from astro.config import RunConfig
 from astro.evaluate import perplexity
 from astro.export import ExportCollector, card_from_run, checkpoint_inventory, export_checkpoint, load_exported
-from astro.gptq import GPTQConfig
-from astro.methods import MethodConfig
-from astro.models import ModelConfig
-from astro.quantizer import QuantGrid
 from astro.run import Session, quantize_model, with_method
+from experiments.run import split_config
 
 log = logging.getLogger("export_forward")
 METHODS = ("astro_gptq", "gptq")
-
-
-def build_config(a) -> RunConfig:
-    return RunConfig(model=ModelConfig(a.model),
-                     calib=CalibConfig(a.calib_corpus, a.calib_samples, a.calib_len, a.seed),
-                     eval=EvalConfig(a.eval_corpus, a.eval_len, a.eval_windows, a.eval_batch),
-                     quant=QuantGrid(a.bits, a.group_size, a.sym),
-                     method=MethodConfig("astro_gptq", beta=a.beta, iters=a.iters,
-                                         gptq=GPTQConfig(act_order=a.act_order, static_groups=a.act_order)))
 
 
 @torch.no_grad()
@@ -103,12 +98,12 @@ def time_models(models: dict, probe: torch.Tensor, repeats: int) -> tuple[dict, 
     return times, {n: statistics.median(v) for n, v in times.items()}
 
 
-def timing_only(a, tag: str) -> None:
-    """Re-time already exported checkpoints (no quantization): --timing-only."""
+def timing_only(cfg: RunConfig, a, tag: str) -> None:
+    """Re-time already exported checkpoints (no quantization): bench.timing_only=true."""
     from astro.data import load_corpus, token_stream
     from astro.models import load_model
-    fp, tok = load_model(ModelConfig(a.model))
-    corpus = load_corpus(a.eval_corpus)
+    fp, tok = load_model(cfg.model)
+    corpus = load_corpus(cfg.eval.corpus)
     stream = token_stream(tok, corpus.test[:200], corpus.test_join)
     probe = stream[: a.probe_batch * a.probe_len].reshape(a.probe_batch, a.probe_len)
     models = {m: load_exported(Path(a.export_dir) / f"{tag}-{m}", tokenizer=False)[0] for m in METHODS}
@@ -123,7 +118,7 @@ def timing_only(a, tag: str) -> None:
     out = Path(a.out + "_timing")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"args": vars(a), "forward_times_s": times, "ratio": ratio},
+    out.with_suffix(".json").write_text(json.dumps({"bench": vars(a), "forward_times_s": times, "ratio": ratio},
                                                    indent=1))
     print(text)
 
@@ -140,38 +135,22 @@ def layout_summary(path: Path) -> dict:
             "file_bytes": inv["file_bytes"]}
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--bits", type=int, default=4)
-    ap.add_argument("--group-size", type=int, default=64)
-    ap.add_argument("--sym", action="store_true", help="symmetric grid (default: asymmetric min-max)")
-    ap.add_argument("--act-order", action="store_true", help="GPTQ act-order with static groups")
-    ap.add_argument("--beta", type=float, default=5e-5)
-    ap.add_argument("--iters", type=int, default=40)
-    ap.add_argument("--calib-corpus", default="wiki_offline")
-    ap.add_argument("--calib-samples", type=int, default=8)
-    ap.add_argument("--calib-len", type=int, default=512)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-corpus", default="wiki_offline")
-    ap.add_argument("--eval-len", type=int, default=512)
-    ap.add_argument("--eval-windows", type=int, default=16)
-    ap.add_argument("--eval-batch", type=int, default=4)
-    ap.add_argument("--probe-batch", type=int, default=1, help="sequences in the timed forward pass")
-    ap.add_argument("--probe-len", type=int, default=512, help="tokens per sequence in the timed forward pass")
-    ap.add_argument("--repeats", type=int, default=10, help="timed forwards per model (after one warm-up)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--export-dir", default="results/export")
-    ap.add_argument("--out", default="results/export_forward")
-    ap.add_argument("--progress", action="store_true")
-    ap.add_argument("--timing-only", action="store_true", help="only re-time the checkpoints already in --export-dir")
-    a = ap.parse_args(argv)
+@hydra.main(config_path="../conf", config_name="export", version_base="1.3")
+def main(hcfg: DictConfig) -> None:
+    run(OmegaConf.to_container(hcfg, resolve=True))
+
+
+def run(raw: dict) -> None:
+    """The benchmark for conf/export.yaml composed (and resolved) with the command line's overrides."""
+    raw = dict(raw)
+    a = SimpleNamespace(**raw.pop("bench"))
+    cfg, _ = split_config(raw)   # every config error before any work
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(a.threads)
-    tag = f"{a.model}-w{a.bits}g{a.group_size}{'-sym' if a.sym else ''}{'-actorder' if a.act_order else ''}"
+    q, gptq = cfg.quant, cfg.method.gptq
+    tag = f"{cfg.model.source}-w{q.bits}g{q.group_size}{'-sym' if q.sym else ''}{'-actorder' if gptq.act_order else ''}"
     if a.timing_only:
-        return timing_only(a, tag)
-    cfg = build_config(a)
+        return timing_only(cfg, a, tag)
     session = Session.open(cfg)
     probe = session.eval_stream.ids[: a.probe_batch * a.probe_len].reshape(a.probe_batch, a.probe_len)
     records, models = {}, {}
@@ -188,11 +167,12 @@ def main(argv=None) -> None:
 
     lay = {m: layout_summary(Path(records[m]["path"])) for m in METHODS}
     same_layout = lay["astro_gptq"]["layout"] == lay["gptq"]["layout"]
-    q = cfg.quant
-    head = (f"# make export: {a.model} W{q.bits} g{q.group_size} {'sym' if q.sym else 'asym'}"
-            f"{', act-order (static groups)' if a.act_order else ''}; calibration {a.calib_samples} x {a.calib_len} "
-            f"{a.calib_corpus} (seed {a.seed}); PPL on {a.eval_corpus} test, "
-            f"{records['gptq']['eval_windows']} windows x {a.eval_len}; Astro beta={a.beta:g}, {a.iters} PGD iters")
+    c, meth = cfg.calib, cfg.method
+    head = (f"# make export: {cfg.model.source} W{q.bits} g{q.group_size} {'sym' if q.sym else 'asym'}"
+            f"{', act-order' + (' (static groups)' if gptq.static_groups else '') if gptq.act_order else ''}; "
+            f"calibration {c.n_samples} x {c.seq_len} {c.corpus} (seed {c.seed}); PPL on {cfg.eval.corpus} test, "
+            f"{records['gptq']['eval_windows']} windows x {cfg.eval.seq_len}; Astro beta={meth.beta:g}, "
+            f"{meth.iters} {meth.solver} iters")
     env = _env(a)
     lines = [head, "", env, "",
              "| method | quant (s) | PPL in-memory | PPL reloaded | max abs logit diff | weights bit-identical | "
@@ -225,8 +205,8 @@ def main(argv=None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
     out.with_suffix(".json").write_text(json.dumps(
-        {"args": vars(a), "records": records, "forward_times_s": times, "forward_median_s": med, "ratio": ratio,
-         "same_layout": same_layout, "by_dtype": {m: lay[m]["by_dtype"] for m in METHODS}}, indent=1))
+        {"config": raw, "bench": vars(a), "records": records, "forward_times_s": times, "forward_median_s": med,
+         "ratio": ratio, "same_layout": same_layout, "by_dtype": {m: lay[m]["by_dtype"] for m in METHODS}}, indent=1))
     print(text)
 
 

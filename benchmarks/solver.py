@@ -19,7 +19,7 @@ whether any threshold iteration count moves. H is cached under $ASTRO_CACHE/benc
 Usage: python -m benchmarks.solver [--blocks 15] [--rows 16] [--ref-iters 2000] [--pgd-iters 2000]
                                    [--ref-check o:1e-4:5000] [--no-embedded | --no-synthetic]
                                    [--out results/bench_solver] [--from-json results/bench_solver.json]
-Measured: ~8.5 min with default settings at load average 6-7 on 2 cores (+ ~2.5 min for the first capture).
+Its run time: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ Analysis uses the same expansion to find each table cell's record (and to label 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +70,9 @@ class Composer:
         """The sweep's axes as the basic sweeper reads them: one list of `key=value` per key."""
         return [_values(o) for o in _PARSER.parse_overrides(self.sweep_params(experiment, scale))]
 
-    def raw(self, overrides) -> dict:
-        return OmegaConf.to_container(compose(config_name="config", overrides=list(overrides)), resolve=True)
+    def raw(self, overrides, config_name: str = "config") -> dict:
+        """A primary config of conf/ (`config`, or e.g. `export`) composed with `overrides`, resolved."""
+        return OmegaConf.to_container(compose(config_name=config_name, overrides=list(overrides)), resolve=True)
 
     def run_config(self, overrides) -> RunConfig:
         from experiments.run import split_config
@@ -85,7 +87,16 @@ class Composer:
 
     def points(self, experiment: str, scale: str, extra: tuple[str, ...] = ()) -> list[GridPoint]:
         """Every job (`jobs`) composed and keyed. A point's `choices` are its swept keys: the experiment's sweep
-        params (pinned or not) and the command line's sweep overrides."""
+        params (pinned or not) and the command line's sweep overrides. Inside `reusing_points()` a grid composed
+        before is not composed again."""
+        if _POINTS is not None:
+            key = (experiment, scale, tuple(extra))
+            if key not in _POINTS:
+                _POINTS[key] = self._points(experiment, scale, extra)
+            return list(_POINTS[key])
+        return self._points(experiment, scale, extra)
+
+    def _points(self, experiment: str, scale: str, extra: tuple[str, ...]) -> list[GridPoint]:
         jobs, swept = self._expand(experiment, scale, extra)
         out = []
         for job in jobs:
@@ -104,6 +115,19 @@ class Composer:
 
 
 _PARSER = OverridesParser.create()
+_POINTS: dict | None = None   # (experiment, scale, extra) -> its points, inside reusing_points()
+
+
+@contextlib.contextmanager
+def reusing_points():
+    """Within the block, each grid is composed once (make report runs many analyses over the same grids; conf/ and
+    the models' files must not change meanwhile, as a point's key reads them)."""
+    global _POINTS
+    _POINTS = {}
+    try:
+        yield
+    finally:
+        _POINTS = None
 
 
 def _values(o: Override) -> list[str]:

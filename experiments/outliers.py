@@ -3,11 +3,12 @@
   python -m experiments.outliers --scale embedded [--block 15 --linear self_attn.q_proj] [overrides...]
 
 The run configuration is the fig1_outliers experiment's (model, calibration data, quant group size, Astro
-settings) plus any overrides. Activations X are those of the full-precision model on the calibration
-tokens (the layer's inputs before anything is quantized, as the paper's figure shows them); H = X^T X / N
-from all of them, and Astro (eq. 12) is solved for this one layer. The probe writes a record
-(kind 'probe:fig1') and the arrays (float16: W, W', a sample of X's rows) into the results store;
-analysis/fig1_outliers.py only plots them.
+settings) plus any overrides, at the beta Table 3's sweep chose on validation text for that model and setting
+(the scale's base beta while no choice is recorded: probe_config). Activations X are those of the
+full-precision model on the calibration tokens (the layer's inputs before anything is quantized, as the paper's
+figure shows them); H = X^T X / N from all of them, and Astro (eq. 12) is solved for this one layer. The probe
+writes a record (kind 'probe:fig1') and the arrays (float16: W, W', a sample of X's rows) into the results
+store; analysis/fig1_outliers.py only plots them.
 """
 
 from __future__ import annotations
@@ -50,6 +51,24 @@ def probe_key(run_canonical: dict, block: int, linear: str, sample: int) -> str:
     return "fig1-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def probe_config(scale: str, store: ResultStore, overrides: tuple[str, ...], archive: bool = False):
+    """(the run configuration Fig. 1 probes, the tuned Choice or None): the fig1_outliers experiment's Astro point
+    at the beta Table 3's sweep chose on validation text for its model and setting (read from `store`, and the
+    archive's current protocol with `archive`), or at the scale's base beta while that choice is incomplete."""
+    from analysis.common import StoreUnion, snapshots
+    from analysis.selection import tuned
+    with Composer() as c:
+        point = next(p for p in c.points("fig1_outliers", scale, overrides) if p.config.method.preprocess)
+    source = StoreUnion((store, *(ResultStore(s) for s in snapshots()))) if archive else store
+    choice = tuned(scale, source, point.choices["model"], point.choices["quant"], point.config.method.name, overrides)
+    if choice is None:
+        return point.config, None
+    with Composer() as c:
+        tuned_point = next(p for p in c.points("fig1_outliers", scale, (*overrides, f"{choice.key}={choice.value}"))
+                           if p.config.method.preprocess)
+    return tuned_point.config, choice
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", default="embedded", choices=SCALES)
@@ -58,11 +77,11 @@ def main(argv=None) -> None:
     ap.add_argument("--linear", default="self_attn.q_proj")
     ap.add_argument("--sample", type=int, default=512, help="rows of X kept for the figure")
     ap.add_argument("--force", action="store_true", help="recompute even if the probe's record exists")
+    ap.add_argument("--archive", action="store_true",
+                    help="also read the archive's current protocol for the chosen beta (as the analysis commands)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args(argv)
-    with Composer() as c:
-        point = next(p for p in c.points("fig1_outliers", a.scale, tuple(a.overrides)) if p.config.method.preprocess)
-    cfg = point.config
+    cfg = probe_config(a.scale, ResultStore(a.store), tuple(a.overrides), a.archive)[0]
     session = Session.open(cfg)
     model, arch = session.model, architecture_of(session.model)
     block = a.block if a.block is not None else len(get_module(model, arch.blocks)) // 2

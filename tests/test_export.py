@@ -349,10 +349,16 @@ def test_export_benchmark_round_trips_both_methods(tmp_path):
     (every packed weight bit-identical, same PPL and logits), share one tensor layout, and the timing-only
     mode re-times them from disk."""
     from benchmarks import export_forward
-    args = ["--model", "tiny-random-llama", "--calib-samples", "2", "--calib-len", "32", "--eval-len", "32",
-            "--eval-windows", "2", "--eval-batch", "1", "--probe-len", "16", "--repeats", "2", "--iters", "3",
-            "--threads", "1", "--export-dir", str(tmp_path / "export"), "--out", str(tmp_path / "ef")]
-    export_forward.main(args)
+    from experiments.grid import Composer
+    args = ["model=tiny-random-llama", "calib.n_samples=2", "calib.seq_len=32", "eval.seq_len=32",
+            "eval.max_windows=2", "eval.batch_size=1", "~eval.sets.validation", "~eval.sets.test_ood",
+            "method.iters=3", "bench.probe_len=16", "bench.repeats=2", "bench.threads=1",
+            f"bench.export_dir={tmp_path / 'export'}", f"bench.out={tmp_path / 'ef'}"]
+    with Composer() as c:   # make export's composition: conf/export.yaml (the embedded protocol at W4 g64)
+        raw, timing_raw = c.raw(args, "export"), c.raw([*args, "bench.timing_only=true"], "export")
+    assert raw["quant"] == {"bits": 4, "group_size": 64, "sym": False}
+    assert raw["method"]["gptq"]["act_order"] and raw["method"]["gptq"]["static_groups"]
+    export_forward.run(raw)
     res = json.loads((tmp_path / "ef.json").read_text())
     assert res["same_layout"]
     for m in export_forward.METHODS:
@@ -363,7 +369,7 @@ def test_export_benchmark_round_trips_both_methods(tmp_path):
         assert r["logits_max_abs_diff"] <= LOGITS_ATOL
     assert res["records"]["astro_gptq"]["ppl_in_memory"] != res["records"]["gptq"]["ppl_in_memory"]  # Astro ran
     assert math.isfinite(res["ratio"]) and res["ratio"] > 0
-    export_forward.main([*args, "--timing-only"])
+    export_forward.run(timing_raw)
     timing = json.loads((tmp_path / "ef_timing.json").read_text())
     assert set(timing["forward_times_s"]) == {*export_forward.METHODS, "fp (float32 original)"}
     assert all(len(v) == 2 for v in timing["forward_times_s"].values())

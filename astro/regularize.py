@@ -194,7 +194,7 @@ def _weighted_threshold(a: torch.Tensor, radius: torch.Tensor, weight: torch.Ten
     G, g = weight.shape
     A = a.reshape(-1, g)
     R = radius.expand(a.shape[:-1]).reshape(-1)
-    n = A.shape[0]
+
     def lower(x, r, w):   # max_i (a_i - radius / w_i) over the entries that exist (w_i > 0): f >= 0 there
         return torch.where(w > 0, x - r.unsqueeze(-1) / w, -torch.inf).amax(-1)
 

@@ -223,9 +223,8 @@ def test_table3_tunes_beta_around_each_models_base(hydra_conf):
 
 
 def test_solver_arm_of_the_embedded_default_shares_its_records(hydra_conf):
-    """The embedded default solver is the arm fista_diag32: an embedded run with it is the run without an arm
-    (sweep_beta's records, which the solver study's fista_diag32 arm reads); every arm of the study, pgd40 (the
-    earlier default) included, is a distinct record."""
+    """The embedded default solver is the arm pgd40: an embedded run with it is the run without an arm (sweep_beta's
+    records, which the solver study's pgd40 arm reads); every arm of the study is a distinct record."""
     beta = [j for j in _grid("sweep_beta", "embedded") if "method.beta=5e-05" in j and "method.alpha=activation" in j]
     study = [j for j in _grid("solver_study", "embedded") if "method.beta=5e-05" in j and "quant=w3g64" in j]
 
@@ -233,8 +232,8 @@ def test_solver_arm_of_the_embedded_default_shares_its_records(hydra_conf):
         return run_key(_run_config([f"experiment={exp}", "scale=embedded", *j]))
 
     keys = {j[-1]: key("solver_study", j) for j in study}
-    assert key("sweep_beta", (*beta[0], "solver=fista_diag32")) == key("sweep_beta", beta[0])
-    assert keys["solver=fista_diag32"] == key("sweep_beta", beta[0])
+    assert key("sweep_beta", (*beta[0], "solver=pgd40")) == key("sweep_beta", beta[0])
+    assert keys["solver=pgd40"] == key("sweep_beta", beta[0])
     assert len(set(keys.values())) == len(SOLVER_ARMS)
 
 
@@ -381,9 +380,9 @@ def test_status_cli_takes_overrides_after_scale(tmp_path, capsys):
     from experiments.grid import main
     main(["solver_study", "--scale", "embedded", "--store", str(tmp_path), "quant=w3g64", "loop.device=cuda"])
     out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith(f"solver_study (embedded): 0/15 points recorded in {tmp_path} in this process's "
+    assert out[-1].startswith(f"solver_study (embedded): 0/21 points recorded in {tmp_path} in this process's "
                               "numeric regime (cuda")   # the regime of the points' device, named
-    assert all("quant=w3g64" in line for line in out[:-1]) and len(out) == 16
+    assert all("quant=w3g64" in line for line in out[:-1]) and len(out) == 22   # 3 betas x 7 solver arms
 
 
 def test_status_lists_inapplicable_points_as_na(tmp_path, capsys):

@@ -63,7 +63,7 @@ test-slurm: setup  ## [develop] the SLURM tests on a throwaway one-node cluster 
 lint: setup  ## [develop] ruff check (the pinned version; config in pyproject.toml)
 	$(PY) -m ruff check . $(ARGS)
 
-bench: setup  ## [develop] per-layer method times at SmolLM2 shapes; PGD iteration cost vs its matmul (not timed)
+bench: setup  ## [develop] per-layer method times at SmolLM2 shapes, then whole blocks: Astro+GPTQ/GPTQ, beta=auto/fixed, solver/PGD-200 (~15 min)
 	$(PY) -m benchmarks.layer_times $(ARGS)
 
 export: setup  ## [run] Astro+GPTQ and GPTQ checkpoints (compressed-tensors), embedded protocol, W4 g64: reload, forward ratio (not timed)

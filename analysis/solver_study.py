@@ -1,5 +1,5 @@
 """The solver study: perplexity vs Astro time for the paper's pgd-200 and the accelerated arms
-(conf/solver/: pgd40, pgd200, fista50, fista200, fista_tol) over W3/W2 and the beta grid.
+(conf/solver/: pgd40, pgd200, fista50, fista200, fista_tol, fista_rows40, fista_diag32) over W3/W2 and the beta grid.
 
 Astro time is the reconstruction stage of the run (sum of the per-linear solver wall times); method time
 is the whole quantization pipeline without our diagnostics (calibration + Astro + GPTQ). Ratios and PPL
@@ -29,7 +29,7 @@ from .common import (
     write_table,
 )
 
-ARMS = ("pgd40", "pgd200", "fista50", "fista200", "fista_tol")
+ARMS = ("pgd40", "pgd200", "fista50", "fista200", "fista_tol", "fista_rows40", "fista_diag32")
 REFERENCE = "pgd200"
 
 
@@ -66,7 +66,7 @@ def figure(cs, scale: str):
     matplotlib.use("Agg")
     bits = sorted({c.config.quant.bits for c in cs}, reverse=True)
     fig, axes = panel_axes(len(bits), 5.2, 4, most=2)
-    markers = dict(zip(ARMS, "vosD^", strict=True))
+    markers = dict(zip(ARMS, "vosD^P*", strict=True))
     for ax, b in zip(axes, bits, strict=True):
         for arm in ARMS:
             # markers only, so no ordering is needed (sorting would compare a None std with a float on a tie)

@@ -28,7 +28,7 @@ from .fields import added_field
 from .gptq import GPTQConfig, GPTQFactor, gptq, gptq_factor
 from .omniquant import LearnedClip, OmniQuantConfig
 from .quantizer import QuantGrid, QuantResult, pad_to_groups
-from .regularize import RegularizeConfig, reconstruct, shared_lambda_max
+from .regularize import ROW_SOLVERS, RegularizeConfig, reconstruct, shared_lambda_max
 from .rotation import RotationConfig
 from .rtn import rtn
 from .stats import LayerStats, h_error
@@ -59,8 +59,8 @@ COMPONENTS: dict[str, Component] = {
     "spinquant": Component(2, ("method.rotation", "quant"), thread_invariant=False),
     "awq": Component(2, ("method.awq", "quant")),
     "omniquant": Component(1, ("method.omniquant", "quant")),   # learns clipping ranges per block (LWC)
-    "regularize": Component(1, ("method.beta", "method.beta_grid", "method.iters", "method.alpha",
-                                "method.linf_group_size", "method.solver", "method.tol",
+    "regularize": Component(1, ("method.beta", "method.beta_grid", "method.beta_screen", "method.iters",
+                                "method.alpha", "method.linf_group_size", "method.solver", "method.tol",
                                 "quant.group_size")),  # l_inf groups default to it
     "rtn": Component(1, ("quant",), data=False),
     "gptq": Component(1, ("method.gptq", "quant")),
@@ -170,6 +170,8 @@ def same_computation(name: str) -> str:
 AUTO = "auto"
 BETA_GRID = (5e-6, 1e-5, 3e-5, 5e-5, 1e-4, 5e-4)
 AUTO_HOLDOUT = 8   # the held-out windows beta=auto picks on when calib.holdout does not say (0)
+AUTO_FIELDS = ("beta_grid", "beta_screen")   # what only beta=auto reads: a fixed beta's key leaves them out
+SCREEN_MIN_ROWS = 16   # the fewest rows a screened beta=auto tries its candidates on (screen_rows)
 
 
 @dataclass(frozen=True)
@@ -185,11 +187,14 @@ class MethodConfig:
     does the run key).
     beta: a number, or 'auto': per linear, the beta of beta_grid whose quantized weights have the lowest
     error on held-out calibration tokens (calib.holdout windows, which the reconstruction never sees;
-    select_beta). beta_grid: the candidates (default: the paper's Table 3 grid)."""
+    select_beta). beta_grid: the candidates (default: the paper's Table 3 grid). beta_screen: 0 = every candidate
+    on every row (the full search); s in (0, 1] = every candidate on a seeded sample of a share s of each linear's
+    rows (at least SCREEN_MIN_ROWS), then the chosen beta alone on every row (select_beta)."""
 
     name: str = "astro_gptq"
     beta: float | int | str = 5e-5      # int: so that Hydra's schema takes `method.beta=0` (stored as a float)
     beta_grid: tuple[float, ...] = added_field(BETA_GRID)
+    beta_screen: float = added_field(0.0)
     iters: int = 200
     alpha: str | None = None
     linf_group_size: int | None = None
@@ -207,6 +212,9 @@ class MethodConfig:
             raise ValueError(f"method.beta must be a number >= 0 or {AUTO!r}, got {self.beta!r}")
         if not self.beta_grid:
             raise ValueError("method.beta_grid must hold at least one beta, got ()")
+        if not (0 <= self.beta_screen <= 1):
+            raise ValueError(f"method.beta_screen must be a share of rows in [0, 1] (0: the full search), "
+                             f"got {self.beta_screen!r}")
         # a tuple, however given (Hydra gives lists), so the default compares equal and stays out of the key;
         # ascending and without repeats: the candidates are a set (a repeated one would be warm-started from itself)
         object.__setattr__(self, "beta_grid", tuple(sorted({float(b) for b in self.beta_grid})))
@@ -340,7 +348,7 @@ def _candidate(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: Met
     if beta is not None:
         reg = reconstruct(W0, stats, method.regularize_config(grid.group_size, beta), lam, init=init)
         Wp = reg.W
-        row.update(solver=reg.solver, iters_used=reg.iters_used, restarts=reg.restarts,
+        row.update(solver=reg.solver, iters_used=reg.iters_used, iters_mean=reg.iters_mean, restarts=reg.restarts,
                    obj_first=float(reg.objective[0]), obj_last=float(reg.objective[-1]), lambda_max=reg.lambda_max,
                    alpha=reg.alpha.tolist(), linf_group_size=reg.group_size,
                    err_reconstruct=h_error(Wp - W0, H))
@@ -360,22 +368,89 @@ def _candidate(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: Met
     return _Candidate(beta, reg, Wp, qres, row, t_reg, time.perf_counter() - t)
 
 
+def screen_rows(n_out: int, share: float) -> torch.Tensor:
+    """The rows method.beta=auto screens its candidates on: a seeded sample of ceil(share * n_out) of the n_out
+    rows, at least SCREEN_MIN_ROWS (all of them when there are fewer), ascending."""
+    m = min(n_out, max(SCREEN_MIN_ROWS, math.ceil(share * n_out)))
+    return torch.randperm(n_out, generator=torch.Generator().manual_seed(0))[:m].sort().values
+
+
 def select_beta(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig, lam: float,
-                linear: str | None) -> tuple[_Candidate, list[float]]:
-    """method.beta=auto: the pipeline at each beta of method.betas (ascending, each reconstruction warm-started
-    from the previous beta's), scored by tr(dW H_ho dW^T) of its final weights against W0 under the held-out
-    H; returns the first candidate of lowest held-out error, and every candidate's error."""
+                linear: str | None) -> tuple[_Candidate, dict]:
+    """method.beta=auto: the candidate of method.betas whose final weights (after the pipeline's clip search and
+    quantizer) have the lowest error tr(dW H_sel dW^T) against W0 under the selection windows' H (stats.holdout,
+    calibration tokens the reconstruction never sees); the first of lowest error on ties. Returns the chosen
+    candidate and the selection's record for the row.
+
+    method.beta_screen = 0, the full search: every candidate runs on every row, ascending, each reconstruction
+    warm-started from the previous beta's solution (so candidate i has run the iterations of candidates 0..i;
+    iters_per_beta records each one's own). method.beta_screen = s > 0, the screened search: every candidate runs
+    on the same seeded sample of rows (screen_rows), each reconstruction started from W as a fixed-beta run's is
+    and stopped by the same rule; the sampled rows of all candidates go through the quantizer in one call (GPTQ
+    and RTN quantize rows independently); then the chosen beta alone runs on every row, which is the fixed-beta
+    pipeline at that beta. With a row-separable solver (pgd and astro.regularize.ROW_SOLVERS) a screened
+    candidate's rows are those of the full solve at its beta. t_regularize / t_quantize hold the whole selection's
+    cost."""
     if stats.holdout is None:
         raise ValueError("method.beta=auto needs held-out calibration tokens (calib.holdout >= 1)")
-    H_ho = stats.holdout.H.to(W0.device)
-    cands: list[_Candidate] = []
-    for beta in method.betas:
-        cands.append(_candidate(W0, stats, grid, method, beta, lam, linear, cands[-1].reg.W if cands else None))
-    errors = [h_error(c.W_new - W0, H_ho) for c in cands]
-    best = min(range(len(cands)), key=lambda i: (errors[i], i))
-    chosen = cands[best]
-    chosen.t_regularize, chosen.t_quantize = sum(c.t_regularize for c in cands), sum(c.t_quantize for c in cands)
-    return chosen, errors
+    H_sel = stats.holdout.H.to(W0.device)
+    if method.beta_screen == 0:
+        cands: list[_Candidate] = []
+        for beta in method.betas:
+            cands.append(_candidate(W0, stats, grid, method, beta, lam, linear, cands[-1].reg.W if cands else None))
+        errors = [h_error(c.W_new - W0, H_sel) for c in cands]
+        best = min(range(len(cands)), key=lambda i: (errors[i], i))
+        chosen = cands[best]
+        chosen.t_regularize, chosen.t_quantize = sum(c.t_regularize for c in cands), sum(c.t_quantize for c in cands)
+        return chosen, dict(err_select_per_beta=errors, iters_per_beta=[c.reg.iters_mean for c in cands],
+                            beta_warm_start=True)
+    screen = screen_betas(W0, stats, grid, method, lam, linear, H_sel)
+    chosen = _candidate(W0, stats, grid, method, method.betas[screen.best], lam, linear, None)
+    chosen.t_regularize += screen.t_regularize
+    chosen.t_quantize += screen.t_quantize
+    return chosen, dict(err_select_per_beta=screen.errors, iters_per_beta=screen.iters, select_rows=len(screen.rows),
+                        beta_warm_start=False)
+
+
+class BetaScreen(NamedTuple):
+    """A screened beta=auto search's outcome (screen_betas); `best` is the chosen candidate's index."""
+
+    rows: torch.Tensor
+    errors: list[float]          # per candidate: tr(dW H_sel dW^T) summed over the sampled rows only
+    iters: list[float]           # per candidate: iterations per sampled row, averaged
+    t_regularize: float
+    t_quantize: float
+
+    @property
+    def best(self) -> int:
+        return min(range(len(self.errors)), key=lambda i: (self.errors[i], i))
+
+
+def screen_betas(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig, lam: float,
+                 linear: str | None, H_sel: torch.Tensor) -> BetaScreen:
+    """Every candidate of method.betas on the rows screen_rows(out, method.beta_screen) of W0 (select_beta)."""
+    rows = screen_rows(W0.shape[0], method.beta_screen)
+    Ws = W0[rows]
+    m, betas = len(rows), method.betas
+    cfg = method.regularize_config(grid.group_size)
+    t = time.perf_counter()
+    if cfg.solver in ROW_SOLVERS:   # separate problems per row: every candidate in one solve
+        reg = reconstruct(Ws.repeat(len(betas), 1), stats, cfg, lam,
+                          row_beta=torch.tensor(betas, device=W0.device).repeat_interleave(m))
+        pre = list(reg.W.split(m))
+        iters = [float(i.double().mean()) for i in reg.row_iters.split(m)]
+    else:
+        regs = [reconstruct(Ws, stats, method.regularize_config(grid.group_size, beta), lam) for beta in betas]
+        pre, iters = [r.W for r in regs], [r.iters_mean for r in regs]
+    t_reg = time.perf_counter() - t
+    t = time.perf_counter()
+    if method.clips(linear):   # AWQ's search decides per (row, group), but reverts per call: one call per candidate
+        pre = [search_clip(Wp, stats.H.to(W0.device), grid, method.awq).W for Wp in pre]
+    stacked = torch.cat(pre)
+    final = _quantize(method.quantizer, stacked, stats, grid, method).W_q if method.quantizer else stacked
+    t_quant = time.perf_counter() - t
+    errors = [h_error(Wq - Ws, H_sel) for Wq in final.split(m)]
+    return BetaScreen(rows, errors, iters, t_reg, t_quant)
 
 
 def _data_free(W0: torch.Tensor, grid: QuantGrid, method: MethodConfig) -> LinearOutcome:
@@ -402,7 +477,9 @@ def process_linear(W: torch.Tensor, stats: LayerStats | None, grid: QuantGrid, m
     linear: the linear's role in its block ('self_attn.q_proj') or its qualified module name, for per-role
     steps: AWQ searches no clipping for q/k (Pipeline.clip_skip; the row says clip_skipped=True). None =
     unknown role: every linear is treated alike (AWQ then clips q/k too). With method.beta=auto the row also
-    holds beta (the chosen one), beta_grid and err_holdout_per_beta (select_beta). learned: the clipping its
+    holds beta (the chosen one), beta_grid and the selection's record (select_beta: err_select_per_beta,
+    iters_per_beta, beta_warm_start, select_rows when screened), and the errors on the windows that chose beta are
+    named for that (err_select, err_rtn_select, n_tokens_select): they are not held out. learned: the clipping its
     block transform learned (OmniQuant; astro.blockwise.BlockOutcome.params): RTN quantizes on those ranges."""
     if (learned is not None) != (method.block_transform == "omniquant"):
         raise ValueError(f"method {method.name!r}: learned clipping ranges come from OmniQuant's block transform "
@@ -420,8 +497,8 @@ def process_linear(W: torch.Tensor, stats: LayerStats | None, grid: QuantGrid, m
         # t_regularize, and its own t_lambda_max on the row that computed it (0 on the rows that reuse it)
         lam, row["t_lambda_max"] = shared_lambda_max(stats, W0.device)
     if method.preprocess and method.beta == AUTO:
-        cand, errors = select_beta(W0, stats, grid, method, lam, linear)
-        row.update(beta=cand.beta, beta_grid=list(method.betas), err_holdout_per_beta=errors)
+        cand, selection = select_beta(W0, stats, grid, method, lam, linear)
+        row.update(beta=cand.beta, beta_grid=list(method.betas), **selection)
     else:
         cand = _candidate(W0, stats, grid, method, method.betas[0] if method.preprocess else None, lam, linear, None,
                           learned)
@@ -445,8 +522,9 @@ def process_linear(W: torch.Tensor, stats: LayerStats | None, grid: QuantGrid, m
         row.update(trace_share_pos0=stats.first_share[0], trace_share_pos0_3=stats.first_share[1])
     if stats.holdout is not None:   # the same errors on tokens the method never saw (overfitting)
         H_ho = stats.holdout.H.to(W0.device)
-        row.update(err_holdout=h_error(W_new - W0, H_ho), err_rtn_holdout=h_error(rtn_before - W0, H_ho),
-                   n_tokens_holdout=stats.holdout.n_tokens)
+        role = "select" if "beta_grid" in row else "holdout"   # beta=auto chose on these windows
+        row.update({f"err_{role}": h_error(W_new - W0, H_ho), f"err_rtn_{role}": h_error(rtn_before - W0, H_ho),
+                    f"n_tokens_{role}": stats.holdout.n_tokens})
     if method.preprocess or method.clip:
         row.update(bound_after=thm45_bound(Wp, stats, grid),
                    rtn_fro_after=math.sqrt(h_error(rtn(Wp, grid).W_q - Wp, H)),

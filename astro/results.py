@@ -56,7 +56,7 @@ from .data import CORPUS_VERSIONS
 from .environment import environment
 from .fields import added_fields
 from .locks import LOCK, RunLock, claim, describe_lock, now_iso  # noqa: F401 (describe_lock: the runner's)
-from .methods import AUTO, same_computation
+from .methods import AUTO, AUTO_FIELDS, same_computation
 from .models import local_fingerprint
 from .numerics import regime as process_regime
 
@@ -92,8 +92,9 @@ def canonical_config(cfg: RunConfig) -> dict:
     m = d["method"]
     if "alpha" in m and m["alpha"] is None:  # the pipeline's default made explicit: astro+null == astro+activation
         m["alpha"] = cfg.method.alpha_mode
-    if "beta_grid" in m and cfg.method.beta != AUTO:   # the candidates of beta=auto: a fixed beta never reads them
-        del m["beta_grid"]
+    if cfg.method.beta != AUTO:   # the candidates of beta=auto and how they are tried: a fixed beta never reads them
+        for f in AUTO_FIELDS:
+            m.pop(f, None)
     _one_spelling(d)
     newer = {c: v for c, v in cfg.method.pipeline.numerics.items() if v > 1}
     if newer:   # numerics changed since records were first written (astro.methods.COMPONENTS)

@@ -173,7 +173,7 @@ def test_solver_study(store, tmp_path):
     assert w3.loc[arm["fista_tol"], "PPL - pgd200"] == f"{tol['metrics']['ppl'] - ref['metrics']['ppl']:+.2f}"
     t = tol["timings"]["reconstruction"] / ref["timings"]["reconstruction"]
     assert w3.loc[arm["fista_tol"], "Astro time / pgd200"] == f"{t:.2f}x"
-    assert w3.loc[arm["fista200"], "PPL"] == "missing" and len(df) == 2 * 3 * 5  # every point, recorded or not
+    assert w3.loc[arm["fista200"], "PPL"] == "missing" and len(df) == 2 * 3 * 7  # every point, recorded or not
     assert set(df[df["bits"] == "W2 g64"]["PPL"]) == {"missing"}
     assert (tmp_path / "solver_study_embedded.png").stat().st_size > 1000
 

@@ -76,7 +76,9 @@ CLAIMS = {
 }
 # (solver, iters, tol) of each conf/solver arm
 SOLVER_ARMS = {"pgd40": ("pgd", 40, None), "pgd200": ("pgd", 200, None), "fista50": ("fista", 50, None),
-               "fista200": ("fista", 200, None), "fista_tol": ("fista", 500, 1e-3)}
+               "fista200": ("fista", 200, None), "fista_tol": ("fista", 500, 1e-3),
+               "fista_rows40": ("fista_rows", 40, None), "fista_diag32": ("fista_diag", 32, None)}
+EMBEDDED_ONLY_ARMS = {"pgd40", "fista_rows40", "fista_diag32"}   # the embedded budgets: not run at paper scale
 SEEDS = {"paper": {0}, "embedded": {0, 1, 2}}   # embedded table points run at 3 calibration seeds
 # the tuning candidates, as multiples of the model's base beta: the paper's grid at paper scale (5e-6 ... 5e-4 =
 # 0.1 ... 10 x 5e-5), four values around the base at embedded scale
@@ -92,7 +94,7 @@ EXTRA_AXES = {  # experiment -> {override key: expected set of values}
                    "calib.seed": SEEDS},
     "ablation_alpha": {"method.alpha": {"activation", "uniform"}, "calib.seed": SEEDS},
     "solver_study": {"method.beta": {"paper": BETAS, "embedded": {5e-6, 5e-5, 5e-4}},
-                     "solver": {"paper": set(SOLVER_ARMS) - {"pgd40"}, "embedded": set(SOLVER_ARMS)}},
+                     "solver": {"paper": set(SOLVER_ARMS) - EMBEDDED_ONLY_ARMS, "embedded": set(SOLVER_ARMS)}},
     "calib_study": {"calib.n_samples": {8, 32, 128}, "calib.seed": {0, 1, 2}},
     "calib_sink": {"calib.n_samples": {"paper": {128}, "embedded": {8, 32}}, "calib.seed": {0, 1, 2},
                    "calib.first_weight": {1.0, 0.1, 0.0}},
@@ -220,9 +222,9 @@ def test_table3_tunes_beta_around_each_models_base(hydra_conf):
     assert len(keys) == len(sampled) > 3
 
 
-def test_solver_arm_pgd40_shares_sweep_beta_records(hydra_conf):
-    """The embedded default budget is one arm of the solver study: its points are sweep_beta's records,
-    and every arm is a distinct record."""
+def test_solver_arm_of_the_embedded_default_shares_its_records(hydra_conf):
+    """The embedded default solver is the arm pgd40: an embedded run with it is the run without an arm (sweep_beta's
+    records, which the solver study's pgd40 arm reads); every arm of the study is a distinct record."""
     beta = [j for j in _grid("sweep_beta", "embedded") if "method.beta=5e-05" in j and "method.alpha=activation" in j]
     study = [j for j in _grid("solver_study", "embedded") if "method.beta=5e-05" in j and "quant=w3g64" in j]
 
@@ -230,6 +232,7 @@ def test_solver_arm_pgd40_shares_sweep_beta_records(hydra_conf):
         return run_key(_run_config([f"experiment={exp}", "scale=embedded", *j]))
 
     keys = {j[-1]: key("solver_study", j) for j in study}
+    assert key("sweep_beta", (*beta[0], "solver=pgd40")) == key("sweep_beta", beta[0])
     assert keys["solver=pgd40"] == key("sweep_beta", beta[0])
     assert len(set(keys.values())) == len(SOLVER_ARMS)
 
@@ -377,9 +380,9 @@ def test_status_cli_takes_overrides_after_scale(tmp_path, capsys):
     from experiments.grid import main
     main(["solver_study", "--scale", "embedded", "--store", str(tmp_path), "quant=w3g64", "loop.device=cuda"])
     out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith(f"solver_study (embedded): 0/15 points recorded in {tmp_path} in this process's "
+    assert out[-1].startswith(f"solver_study (embedded): 0/21 points recorded in {tmp_path} in this process's "
                               "numeric regime (cuda")   # the regime of the points' device, named
-    assert all("quant=w3g64" in line for line in out[:-1]) and len(out) == 16
+    assert all("quant=w3g64" in line for line in out[:-1]) and len(out) == 22   # 3 betas x 7 solver arms
 
 
 def test_status_lists_inapplicable_points_as_na(tmp_path, capsys):

@@ -26,6 +26,7 @@ PINNED_ADDED_DEFAULTS = {
     ("eval", "memory_budget_gb"): None,
     ("eval", "sets"): {},
     ("method", "beta_grid"): (5e-06, 1e-05, 3e-05, 5e-05, 0.0001, 0.0005),
+    ("method", "beta_screen"): 0.0,
     ("method", "solver"): "pgd",
     ("method", "tol"): None,
     ("method", "awq", "grid"): 20,

@@ -24,3 +24,13 @@ def tiny_cfg():
     return RunConfig(model=ModelConfig("tiny-random-llama"), calib=CalibConfig(n_samples=8, seq_len=64, seed=0),
                      eval=EvalConfig(seq_len=64, max_windows=6, batch_size=2), quant=QuantGrid(3, 32),
                      method=MethodConfig("astro_gptq", beta=1e-3, iters=40))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module of many tiny matmuls: on a shared 2-core machine, 2 OpenMP threads make them
+    about 20x slower. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,13 +16,7 @@ from astro.results import run_key
 from astro.stats import LayerStats, h_error
 from experiments.grid import CONF
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # many tiny matmuls (conftest)
 
 
 def row_solver() -> dict:

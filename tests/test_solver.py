@@ -20,13 +20,7 @@ SOLVERS = ["pgd", "fista"]
 ALL_SOLVERS = [*SOLVERS, "fista_rows", "fista_diag"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These are many tiny matmuls: on a shared 2-core machine, 2 OpenMP threads make them ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # many tiny matmuls (conftest)
 
 
 def _problem(seed=0, n_out=32, n_in=128, tokens=512, sigma=1.0):

@@ -21,7 +21,7 @@ adaptive restart: theta <- 1 whenever <Y - W'_{k+1}, W'_{k+1} - W'_k> > 0, i.e. 
 against the momentum. The gradient at Y is the same combination of the gradients at W'_k and W'_{k-1}
 (the gradient is affine), so an iteration costs one matmul, as in 'pgd'.
 
-Solver 'fista_rows' (not in the paper; the embedded scale's): FISTA with adaptive restart on each row of eq. 12
+Solver 'fista_rows' (not in the paper; a solver arm, docs/solver.md): FISTA with adaptive restart on each row of eq. 12
 separately, the separate problem a row is (the objective is a sum over rows, coupled by nothing): a momentum and a
 restart test per row, the stopping rule below per row on the row's own objective (a row that stops leaves the
 working set, so the matmul shrinks), and the prox threshold by Newton's method (l1_threshold_newton: Alg. 1's
@@ -281,9 +281,8 @@ def reconstruct(W: torch.Tensor, stats: LayerStats, cfg: RegularizeConfig,
     H); None computes it here (an eigvalsh of H). trace: the objective at every iterate (else at the first
     and last only, unless cfg.tol needs every one; the iterates are the same either way). init: the first
     iterate (None = W itself, as the paper; e.g. the solution at a neighbouring beta, a warm start); the
-    objective's anchor is W either way. row_beta [out]: each row's own beta in place of cfg.beta, for solver
-    the row solvers ('fista_rows', 'fista_diag') only, whose rows are separate problems: several betas solved in
-    one call, each row as a
+    objective's anchor is W either way. row_beta [out]: each row's own beta in place of cfg.beta, for the row
+    solvers (ROW_SOLVERS) only, whose rows are separate problems: several betas solved in one call, each row as a
     call at its beta alone would solve it (up to the matmul's rounding)."""
     t0 = time.perf_counter()
     W = W.float()

@@ -72,7 +72,7 @@ def embedded_configs(overrides=()):
 
 def first_blocks(session, n_blocks: int):
     """The session's model cut to its first n_blocks blocks (the loop then quantizes those only, as a full run
-    quantizes them: same inputs, same statistics), its weights restored before each use (Session.reset)."""
+    quantizes them: same inputs, same statistics); each use restores the weights first (Session.reset)."""
     from torch import nn
 
     from astro.architectures import architecture_of, get_module
@@ -104,7 +104,8 @@ def met_linears(session, cfg) -> list[tuple[str, torch.Tensor, LayerStats]]:
         out = process_linear(W, stats, cfg.quant, cfg.method, linear=name)
         return out.W, out.row
 
-    run_blocks(session.model, session.calib_ids, process, cfg.loop, progress=False, holdout_ids=session.holdout_ids)
+    run_blocks(session.model, session.calib_ids, process, cfg.loop, progress=False, holdout_ids=session.holdout_ids,
+               weights=cfg.calib.token_weights)   # the statistics quantize_model's loop builds
     return kept
 
 

@@ -249,6 +249,23 @@ def _rng_preserved():
             torch.cuda.set_rng_state_all(states[3])
 
 
+@contextlib.contextmanager
+def _bootstrap_in_process():
+    """lm-eval's bootstrap stderrs in this process (its DISABLE_MULTIPROC switch): by default it forks a pool of
+    cpu_count() copies of a process that holds torch's and the tokenizer's threads, and a fork can inherit a lock
+    one of them held and hang. Both paths draw the same replicates (chunk i from random.Random(i), in order), so the
+    numbers do not change."""
+    before = os.environ.get("DISABLE_MULTIPROC")
+    os.environ["DISABLE_MULTIPROC"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["DISABLE_MULTIPROC"]
+        else:
+            os.environ["DISABLE_MULTIPROC"] = before
+
+
 def _num(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
@@ -346,7 +363,7 @@ def evaluate_tasks(model, tokenizer, cfg: TaskEvalConfig, device: str = "cpu") -
     built = {n: _build(tm, n, cfg.shots(n)) for n in names}
     seconds["build"] = time.perf_counter() - t
     out = {"results": {}, "n-shot": {}, "n-samples": {}}
-    with on_device(model, device), _rng_preserved():
+    with on_device(model, device), _rng_preserved(), _bootstrap_in_process():
         t = time.perf_counter()
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
         seconds["wrap"] = time.perf_counter() - t

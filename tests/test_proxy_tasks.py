@@ -2,6 +2,7 @@
 as expected for an oracle and for a uniform random scorer."""
 
 import json
+import os
 import random
 
 import pytest
@@ -133,3 +134,28 @@ def test_group_categories_are_read_like_mmlu(proxies, tmp_path):
     assert stem == out["results"]["wiki_lastword"]["acc,none"] and hum == out["results"]["wiki_nextsent_mc"]["acc,none"]
     assert res["metrics"]["acc"]["value"] == pytest.approx((stem + hum) / 2)  # 40 items each
     assert res["n_items"] == 80 and res["num_fewshot"] == 0 and res["limit"] == 40
+
+
+@pytest.mark.parametrize("before", [None, "0"])
+def test_bootstraps_in_process_draw_the_pools_replicates(monkeypatch, before):
+    """Task evaluation switches lm-eval's bootstrap stderr to its in-process path (no fork of a threaded process):
+    that path's stderr equals the one its fork pool computes, rebuilt here from the pool's own worker (chunk i seeded
+    with i, in order), and the switch gives the environment back as it found it."""
+    from lm_eval.api import metrics
+
+    from astro.tasks import _bootstrap_in_process
+    if before is None:
+        monkeypatch.delenv("DISABLE_MULTIPROC", raising=False)
+    else:
+        monkeypatch.setenv("DISABLE_MULTIPROC", before)
+    xs = [random.Random(7).random() for _ in range(50)]
+    worker = metrics._bootstrap_internal(metrics.mean, 1000)
+    pool = metrics.sample_stddev([r for i in range(3) for r in worker((i, xs))])
+
+    def no_fork(*a, **k):
+        raise AssertionError("lm-eval forked a bootstrap pool")
+
+    monkeypatch.setattr("multiprocessing.Pool", no_fork)
+    with _bootstrap_in_process():
+        assert metrics.bootstrap_stderr(metrics.mean, xs, 3000) == pool
+    assert os.environ.get("DISABLE_MULTIPROC") == before

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 
 from .common import LABELS, MISSING, NOT_APPLICABLE, Cell, lookup, markdown, write_table
 
@@ -75,6 +75,22 @@ class Paired:
 def t_half_width(std: float, n: int, level: float = 0.95) -> float:
     """Half the two-sided Student-t interval of a mean of n values with sample std `std`."""
     return float(stats.t.ppf((1 + level) / 2, n - 1)) * std / math.sqrt(n)
+
+
+def detectable_gap(std: float, n: int, level: float = 0.95, power: float = 0.8) -> float:
+    """The true mean difference that a paired t-interval at `level` over n seeds resolves in its own direction
+    with probability `power`, when the per-seed differences are normal with standard deviation std: the gap at
+    which the noncentral t (df n-1, noncentrality gap sqrt(n) / std) exceeds the two-sided critical value with
+    that probability (a power calculation for choosing the seed count)."""
+    if n < 2 or not std > 0:
+        raise ValueError(f"detectable_gap needs n >= 2 and std > 0 (got n={n}, std={std})")
+    crit = stats.t.ppf(0.5 + level / 2, n - 1)
+
+    def shortfall(gap: float) -> float:
+        nc = gap * math.sqrt(n) / std
+        return stats.nct.sf(crit, n - 1, nc) - power
+
+    return float(optimize.brentq(shortfall, 0.0, 50.0 * std))
 
 
 def paired_difference(a: dict[int, float], b: dict[int, float], level: float = 0.95) -> Paired:

@@ -17,7 +17,7 @@ sweep = $(RUN) -m experiment=$(1) scale=$(SCALE) $(ARGS)
 # $(call analyze,<module>): the analysis script, reading only the results store (same ARGS: same grid)
 analyze = $(PY) -m analysis.$(1) --scale $(SCALE) $(ARGS)
 
-.PHONY: help setup setup-gemma bench-solver bench-shapes bench-loop bench-lwc export quickstart test test-all test-slow chromium test-slurm lint bench clean-cache run sweep experiments status results report report-publish proxy-tasks \
+.PHONY: help power setup setup-gemma bench-solver bench-shapes bench-loop bench-lwc export quickstart test test-all test-slow chromium test-slurm lint bench clean-cache run sweep experiments status results report report-publish proxy-tasks \
 	reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 \
 	reproduce-table7 run-table1 run-table3 run-table7 study claims figures fig1-outliers fig2-landscape fig3-efficiency sweep-beta ablation-alpha solver-study \
 	calib-study calib-sink w2-groups beyond-study beta-auto beta-strength rehearsal
@@ -118,6 +118,9 @@ run-table1: setup $(if $(filter embedded,$(SCALE)),setup-gemma)  ## [study] Tabl
 
 study: setup setup-gemma  ## [study] the embedded-v2 evidence setting by setting (conf/study/embedded_v2.yaml; resumable: run two side by side, one per core; days of CPU)
 	$(PY) -m experiments.study conf/study/embedded_v2.yaml $(ARGS)
+
+power: setup  ## [reproduce] how many seeds a verdict needs: each claim's spread, the gap resolved at 80% power, what numerics add
+	$(PY) -m analysis.power $(ARGS)
 
 claims: setup  ## [reproduce] every claim per setting and test text (Tables 1, 7, beyond study): archive/ + results/store (1-2 min)
 	$(call analyze,claims) --archive

@@ -198,3 +198,25 @@ def test_detectable_gap_has_its_power_on_seeded_draws():
     assert abs(resolved_share(gap) - 0.8) < 0.025
     assert resolved_share(gap / 2) < 0.45
     assert detectable_gap(std, 3) > detectable_gap(std, 5) > detectable_gap(std, 8)
+
+
+def test_numeric_spread_is_the_std_over_perturbations(tmp_path):
+    """analysis.power's numerics line: one configuration's PPL std over perturbation draws (the unperturbed line
+    skipped: its record is the reference, absent here), and the paired floor sqrt(2) x that std."""
+    import json
+    import statistics
+
+    from analysis.power import numeric_spread
+
+    ppl = [31.0, 31.4, 30.7]
+    cfg = {"method": {"name": "gptq"}, "model": {"source": "m"}, "calib": {"seed": 0}}
+    lines = [{"key": "no-such-key", "perturb_seed": i + 1, "config": cfg,
+              "metrics": {"ppl": p, "sets": {"validation": {"ppl": p + 1}}}} for i, p in enumerate(ppl)]
+    lines.append({"key": "no-such-key", "perturb_seed": 0, "config": cfg, "metrics": {"ppl": 99.0, "sets": {}}})
+    path = tmp_path / "noise.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    df = numeric_spread(path).set_index("text")
+    sd = statistics.stdev(ppl)
+    assert df.loc["test", "draws"] == 3 and df.loc["test", "std"] == round(sd, 3)
+    assert df.loc["test", "paired floor"] == round(math.sqrt(2) * sd, 3)
+    assert df.loc["validation", "std"] == round(sd, 3) and "test_ood" not in df.index

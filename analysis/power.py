@@ -24,8 +24,8 @@ import pandas as pd
 from astro.results import ResultStore
 
 from .common import markdown, snapshots
-from .earlier import build, protocol_records, view_of
-from .paired import COLLAPSE_FACTOR, MIN_SEEDS, detectable_gap, paired_difference, seed_values
+from .earlier import build, column, protocol_records, view_of
+from .paired import MIN_SEEDS, collapsed_above_fp, detectable_gap, paired_difference, seed_values
 
 SEEDS = (3, 5, 8)
 
@@ -38,19 +38,15 @@ def claim_spreads(protocol: str) -> pd.DataFrame:
     if view is None:
         raise SystemExit(f"--protocol: archive/manifest.yaml gives no `tables` for {protocol!r}")
     t = build(protocol_records(protocol), view)
+    collapsed = collapsed_above_fp(list(t.by.values()))
     rows = []
     for claim in CLAIMS:
-        for (col, method), a in t.by.items():
-            if method != claim.a or (col, claim.b) not in t.by:
-                continue
-            b, fp = t.by[(col, claim.b)], t.by.get((col, "fp"))
-            if not (a.records and b.records):
+        for col in (column(mo, q) for mo in view.models for q in view.settings):
+            a, b = t.by.get((col, claim.a)), t.by.get((col, claim.b))
+            if a is None or b is None or not (a.records and b.records) or (collapsed(a) and collapsed(b)):
                 continue
             p = paired_difference(seed_values(a), seed_values(b))
-            ref = fp.mean_std("metrics.ppl")[0] if fp is not None and fp.records else None
-            if p.n < MIN_SEEDS or p.unusable or not p.std or (
-                    ref is not None and min(a.mean_std("metrics.ppl")[0], b.mean_std("metrics.ppl")[0])
-                    > COLLAPSE_FACTOR * ref):
+            if p.n < MIN_SEEDS or p.unusable or not p.std:
                 continue
             need = next((n for n in range(2, 21) if detectable_gap(p.std, n) <= abs(p.mean)), None)
             rows.append({"claim": claim.text, "setting": col, "n": p.n, "A - B": round(p.mean, 2),

@@ -34,3 +34,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def solver_arm():
+    """solver_arm(name): the (solver, iters, tol) that the conf/solver/<name>.yaml arm sets, as a run composes it."""
+    from omegaconf import OmegaConf
+
+    from experiments.grid import CONF
+
+    def load(name: str) -> dict:
+        m = OmegaConf.load(CONF / "solver" / f"{name}.yaml").method
+        return dict(solver=m.solver, iters=m.iters, tol=m.tol)
+    return load

@@ -5,7 +5,6 @@ import dataclasses
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from astro.config import RunConfig, from_dict
 from astro.gptq import gptq
@@ -14,15 +13,9 @@ from astro.quantizer import QuantGrid
 from astro.regularize import RegularizeConfig, reconstruct
 from astro.results import run_key
 from astro.stats import LayerStats, h_error
-from experiments.grid import CONF
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # many tiny matmuls (conftest)
-
-
-def row_solver() -> dict:
-    """The per-row solver arm that reaches the paper's objective (conf/solver/fista_rows40.yaml)."""
-    m = OmegaConf.load(CONF / "solver" / "fista_rows40.yaml").method
-    return dict(solver=m.solver, iters=m.iters, tol=m.tol)
+ROW_ARM = "fista_rows40"   # the per-row solver arm that reaches the paper's objective (conf/solver/)
 
 
 def _layer_with_holdout(seed: int, n_in: int = 128, n_out: int = 64, n: int = 1024):
@@ -63,13 +56,13 @@ def test_auto_beta_picks_the_lowest_held_out_error(seed):
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_screened_search_picks_the_full_searchs_beta(seed):
+def test_screened_search_picks_the_full_searchs_beta(seed, solver_arm):
     """On seeded layers whose answer is known (an independent cold-started run at every beta on every row: an
     interior beta by a margin of > 5%), the screened search on a quarter of the rows picks it, as the full search
     does, and its weights are those of the fixed-beta pipeline at that beta, bit for bit."""
     W, stats = _layer_with_holdout(seed)
     grid = QuantGrid(3, 32, False)
-    method = MethodConfig("astro_gptq", beta="auto", beta_grid=(1e-2, 1e-5, 1e-3, 1e-4), **row_solver())
+    method = MethodConfig("astro_gptq", beta="auto", beta_grid=(1e-2, 1e-5, 1e-3, 1e-4), **solver_arm(ROW_ARM))
     cold = [h_error(gptq(reconstruct(W, stats, method.regularize_config(32, b)).W, stats.H, grid).W_q - W,
                     stats.holdout.H) for b in method.betas]
     best = min(range(len(cold)), key=cold.__getitem__)
@@ -109,7 +102,7 @@ def test_screen_rows_sample():
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_warm_and_cold_candidates_agree_at_the_papers_objective(seed):
+def test_warm_and_cold_candidates_agree_at_the_papers_objective(seed, solver_arm):
     """The full search warm-starts each candidate from the previous beta's solution, so candidate i has run the
     iterations of all before it. With the per-row solver that reaches the paper's objective (fista_rows40) the
     warm- and cold-started candidates reach the same objective within 1% at every beta of the grid; at PGD's 40
@@ -126,7 +119,7 @@ def test_warm_and_cold_candidates_agree_at_the_papers_objective(seed):
             prev = warm.W
         return max(gaps)
 
-    assert worst_gap(**row_solver()) < 0.01
+    assert worst_gap(**solver_arm(ROW_ARM)) < 0.01
     assert worst_gap(solver="pgd", iters=40) > 0.015
 
 

@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from astro import regularize
 from astro.config import RunConfig, from_dict
@@ -14,7 +13,6 @@ from astro.methods import MethodConfig, process_linear
 from astro.quantizer import QuantGrid, pad_to_groups
 from astro.regularize import RegularizeConfig, prox_linf, reconstruct, stopping_iteration
 from astro.stats import LayerStats
-from experiments.grid import CONF
 
 SOLVERS = ["pgd", "fista"]
 ALL_SOLVERS = [*SOLVERS, "fista_rows", "fista_diag"]
@@ -206,16 +204,10 @@ def test_fista_rows_stops_each_row_by_its_own_rule():
     assert float(res.objective[-1]) == pytest.approx(rows, rel=1e-6)
 
 
-def solver_arm(name: str) -> dict:
-    """(solver, iters, tol) of a conf/solver arm, as a run composes it."""
-    m = OmegaConf.load(CONF / "solver" / f"{name}.yaml").method
-    return dict(solver=m.solver, iters=m.iters, tol=m.tol)
-
-
 @pytest.mark.parametrize("seed,sigma", [(0, 1.0), (1, 2.0), (3, 0.5)])
 @pytest.mark.parametrize("beta", [1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3])
 @pytest.mark.parametrize("arm", ["fista_rows40", "fista_diag32"])
-def test_per_row_arms_reach_the_papers_objective(seed, sigma, beta, arm):
+def test_per_row_arms_reach_the_papers_objective(seed, sigma, beta, arm, solver_arm):
     """The per-row solver arms (conf/solver/) end at or below the objective of the paper's 200 proximal-gradient
     iterations on seeded ill-conditioned layers, over 0.4x-2x of both embedded models' betas; 40 plain iterations
     end well above it."""

@@ -125,18 +125,57 @@ class RegularizeResult:
         return self.iters_used if self.row_iters is None else float(self.row_iters.double().mean())
 
 
+# top4 for vectors up to this long: short ones are where torch.topk's per-vector cost dominates (groups of 16-128);
+# a whole row (MagR's one group per row) is faster through topk's single pass than through the network's passes
+TOP4_NETWORK_MAX_G = 128
+
+
+def _compare_exchange(x: torch.Tensor, i: int, j: int) -> None:
+    """x[i], x[j] <- max, min of the two (elementwise, in place): a sorting network's step."""
+    hi = torch.maximum(x[i], x[j])
+    torch.minimum(x[i], x[j], out=x[j])
+    x[i] = hi
+
+
+def top4(a: torch.Tensor) -> torch.Tensor:
+    """The 4 largest entries of each a[..., :] (at least 4 long), sorted descending: exactly the values of
+    torch.topk(a, 4, sorted=True) (max and min only select entries, so ties and bits are kept), computed for all
+    vectors at once: each chunk of 4 sorted by a sorting network, then chunks merged pairwise, the 4 largest of
+    two sorted chunks being the bitonic max(A, reversed B), sorted again. On CPU several times faster than
+    topk on short vectors, whose per-vector cost dominates there."""
+    *batch, g = a.shape
+    c = -(-g // 4)
+    x = torch.nn.functional.pad(a, (0, 4 * c - g), value=float("-inf")) if 4 * c != g else a
+    x = x.reshape(-1, c, 4).permute(2, 1, 0).contiguous()        # [4, chunks, vectors]: each slab contiguous
+    for i, j in ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2)):        # sort every chunk
+        _compare_exchange(x, i, j)
+    while x.shape[1] > 1:
+        if x.shape[1] % 2:
+            x = torch.nn.functional.pad(x, (0, 0, 0, 1), value=float("-inf"))
+        h = x.shape[1] // 2
+        x = torch.maximum(x[:, :h], x[:, h:].flip(0))             # the 4 largest of both chunks, bitonic
+        for i, j in ((0, 2), (1, 3), (0, 1), (2, 3)):            # a bitonic sequence of 4, sorted
+            _compare_exchange(x, i, j)
+    return x[:, 0].T.reshape(*batch, 4)
+
+
 def l1_threshold(a: torch.Tensor, radius: torch.Tensor, topk: int | None = None) -> torch.Tensor:
     """theta >= 0 with sum_i max(a_i - theta, 0) = radius for each vector a[..., :] >= 0 outside the
     radius-ball, 0 for vectors inside it (sort-based rule of Alg. 1).
 
     theta = (sum of the rho largest a - radius) / rho, rho = max{j : u_j > (cumsum(u)_j - radius) / j} for
     u = a sorted descending; the condition holds exactly on a prefix of j. With topk=k only the k largest
-    entries are sorted; groups whose rho may exceed k (condition still true at j = k) are redone with the
-    full sort, so the result is the same as the full sort's.
+    entries are sorted (k = 4 on short vectors: by top4, topk's values); groups whose rho may exceed k (condition
+    still true at j = k) are redone with the full sort, so the result is the same as the full sort's.
     """
     g = a.shape[-1]
     k = g if topk is None else min(topk, g)
-    u = torch.topk(a, k, dim=-1, sorted=True).values if k < g else torch.sort(a, dim=-1, descending=True).values
+    if k == g:
+        u = torch.sort(a, dim=-1, descending=True).values
+    elif k == 4 and g <= TOP4_NETWORK_MAX_G:
+        u = top4(a)
+    else:
+        u = torch.topk(a, k, dim=-1, sorted=True).values
     css = torch.cumsum(u, dim=-1)
     j = torch.arange(1, k + 1, dtype=a.dtype, device=a.device)
     cond = u * j > css - radius.unsqueeze(-1)

@@ -11,6 +11,7 @@ from astro.regularize import (
     proj_l1_ball,
     prox_linf,
     reconstruct,
+    top4,
 )
 from astro.stats import LayerStats
 
@@ -95,6 +96,34 @@ def test_partial_sort_equals_full_sort_batched():
     for k in (1, 2, 4, 16):
         assert torch.allclose(prox_linf(V, tau, topk=k), full, atol=1e-6)
     assert torch.equal(l1_threshold(V.abs(), tau, 4) > 0, l1_threshold(V.abs(), tau) > 0)
+
+
+@pytest.mark.parametrize("g", [4, 5, 6, 9, 16, 20, 64, 100, 128])
+def test_top4_is_topk_bit_for_bit(g):
+    """top4 returns torch.topk's sorted values exactly (bits included) for any length, ties and zeros included:
+    chunk counts odd and even, a last chunk padded."""
+    torch.manual_seed(g)
+    a = torch.randn(300, 7, g).abs()
+    a = torch.where(torch.rand_like(a) < 0.3, torch.round(a * 4) / 4, a)   # many ties
+    a[0, 0] = 0.0
+    a[1, 0] = 1.5
+    a[2, 0, : g // 2] = 2.0
+    want = torch.topk(a, 4, dim=-1, sorted=True).values
+    got = top4(a)
+    assert got.shape == want.shape
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+def test_prox_step_same_with_topk_and_top4(monkeypatch):
+    """The prox step is bit-identical whether its partial sort runs by top4 or by torch.topk."""
+    import astro.regularize as reg
+    torch.manual_seed(5)
+    V = torch.randn(96, 256) * 0.02
+    V[:, :3] *= 40
+    tau = torch.rand(96, 4) * torch.logspace(-4, -1, 4)
+    fast = _prox_step(V, tau, 64)
+    monkeypatch.setattr(reg, "TOP4_NETWORK_MAX_G", 0)
+    assert torch.equal(fast.view(torch.int32), _prox_step(V, tau, 64).view(torch.int32))
 
 
 @pytest.mark.parametrize("tau", [1e-3, 0.1, 1.0, 10.0])

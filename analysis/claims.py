@@ -154,7 +154,7 @@ def main(argv=None) -> None:
     store, extra = store_of(a), tuple(a.overrides)
     g = table1.gather(a.scale, store, extra)
     parts = [table(table1.CLAIMS, g.by, g.settings, g.fp)]
-    by7, _ = table7.gather(cells("table7", a.scale, store, extra))
+    by7, _ = table7.gather(cells("table7", a.scale, store, extra, own_methods=True))
     parts.append(table(table7.CLAIMS, by7, list(dict.fromkeys(s for s, _ in by7)), g.fp))
     bs = cells("beyond_study", a.scale, store, extra)
     by_b = {(f"{c.choices['model']} {c.choices['quant']}", c.config.method.name): c for c in bs}

@@ -182,17 +182,19 @@ _REGIME: str | None = None   # the analysis command's --regime (parser): cells()
 
 
 def cells(experiment: str, scale: str, store: ResultStore, extra: tuple[str, ...] = (),
-          regime: str | None = None) -> list[Cell]:
+          regime: str | None = None, own_methods: bool = False) -> list[Cell]:
     """The experiment's grid points at `scale` (plus extra overrides), each with its records. The records of a
     setting (one model and quantization grid: what a paired comparison holds fixed) come from one numeric
     regime (record_regime, named by astro.numerics.regime_hash): `regime`, else the analysis command's
     --regime, else the regime that holds most of that setting's records. So no paired comparison mixes regimes;
     the records of other regimes a cell would have shown are left out, listed in Cell.excluded and named in the
     log (regime_caption counts them). A diverged run's record (astro.results) shows in its cell's `diverged`
-    for a seed without a result."""
+    for a seed without a result. own_methods: a `method=` filter in `extra` only narrows the experiment's own
+    methods (Composer.narrowed), for a table that reads some methods from another experiment's grid."""
     records = list(store.records(status=None))   # one pass: results, and the records of diverged runs
     with Composer() as c:
-        points = c.points(experiment, scale, extra)
+        extra = c.narrowed(experiment, scale, extra) if own_methods else extra
+        points = [] if extra is None else c.points(experiment, scale, extra)
     setting = [json.dumps([str(p.config.model), str(p.config.quant)]) for p in points]
     out: list[Cell] = []
     left: dict[str, dict] = {}

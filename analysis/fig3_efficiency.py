@@ -74,7 +74,7 @@ def gather_with_fp(scale: str, store, extra: tuple[str, ...] = ()) -> tuple[list
     setting = next((s for s in g.settings if s.split(" ")[1].startswith("w3")), None)
     if setting is None:
         raise SystemExit("Fig. 3: Table 1's grid has no W3 setting")
-    by7, _ = table7.gather(cells("table7", scale, store, extra))
+    by7, _ = table7.gather(cells("table7", scale, store, extra, own_methods=True))
     points = {m: c for (s, m), c in g.by.items() if s == setting and m != "fp"}
     points.update({m: c for (s, m), c in by7.items() if s == setting and m not in points})
     return [c for c in points.values() if c.config is not None], g.fp.get(setting)

@@ -69,7 +69,7 @@ def gather(scale: str, store: ResultStore, extra: tuple[str, ...] = ()) -> Grid:
     chosen: dict[tuple, selection.Choice] = {}
     tuned_cells = []
     for experiment, (key, methods) in TUNED.items():
-        cs = [c for c in cells(experiment, scale, store, extra) if c.config.method.name in methods]
+        cs = [c for c in cells(experiment, scale, store, extra, own_methods=True) if c.config.method.name in methods]
         tuned_cells += cs
         for (s, method), ch in selection.choose(cs, key).items():
             chosen[(s, method)] = ch

@@ -70,6 +70,23 @@ class Composer:
         """The sweep's axes as the basic sweeper reads them: one list of `key=value` per key."""
         return [_values(o) for o in _PARSER.parse_overrides(self.sweep_params(experiment, scale))]
 
+    def narrowed(self, experiment: str, scale: str, extra: tuple[str, ...]) -> tuple[str, ...] | None:
+        """`extra` with a `method=` override cut to the methods the experiment's own sweep runs (a table that reads
+        only some methods from an experiment does not compose the others' points), or None where it names none of
+        them. An experiment that sweeps no method axis, or an `extra` without `method=`, is left as it is."""
+        own = next((set(v.split("=", 1)[1] for v in axis) for axis in self.axes(experiment, scale)
+                    if axis and axis[0].split("=", 1)[0] == "method"), None)
+        out = []
+        for o in extra:
+            if own is not None and o.split("=", 1)[0] == "method":
+                keep = [v.split("=", 1)[1] for v in _values(_PARSER.parse_override(o))
+                        if v.split("=", 1)[1] in own]
+                if not keep:
+                    return None
+                o = f"method={','.join(keep)}"
+            out.append(o)
+        return tuple(out)
+
     def raw(self, overrides, config_name: str = "config") -> dict:
         """A primary config of conf/ (`config`, or e.g. `export`) composed with `overrides`, resolved."""
         return OmegaConf.to_container(compose(config_name=config_name, overrides=list(overrides)), resolve=True)

@@ -172,6 +172,20 @@ def test_grid_points_match_the_sweep(hydra_conf):
         hydra_conf.axes("table9", "embedded")
 
 
+def test_a_method_filter_narrows_an_experiments_own_methods(hydra_conf):
+    """A table reading only some methods from another experiment's grid composes only those: a `method=` filter is
+    cut to the methods the experiment sweeps, an experiment with none of them has no points, and the other
+    overrides are kept as they are."""
+    extra = ("model=smollm2-135m", "method=fp,astro_gptq,omniquant", "calib.seed=0")
+    assert hydra_conf.narrowed("table3", "embedded", extra) == ("model=smollm2-135m", "method=astro_gptq",
+                                                                "calib.seed=0")
+    assert hydra_conf.narrowed("tune_omniquant", "embedded", extra)[1] == "method=omniquant"
+    assert hydra_conf.narrowed("table7", "embedded", extra) is None
+    assert hydra_conf.narrowed("table3", "embedded", extra[:1]) == extra[:1]   # no filter: the whole grid
+    pts = hydra_conf.points("table3", "embedded", hydra_conf.narrowed("table3", "embedded", extra))
+    assert {p.config.method.name for p in pts} == {"astro_gptq"} and len(pts) == 3 * 4   # 3 settings x 4 betas
+
+
 # the paper-scale grids run in make test-all
 @pytest.mark.parametrize("scale", [pytest.param("paper", marks=pytest.mark.slow), "embedded"])
 @pytest.mark.parametrize("experiment", sorted(CLAIMS))
@@ -213,8 +227,14 @@ def test_table1_paper_grid_size(hydra_conf):
 def test_table3_tunes_beta_around_each_models_base(hydra_conf):
     """Table 3's candidates are tune.beta_factor x the model's base beta (SmolLM2's from the scale, Gemma3's from
     its model_beta file), and distinct grid points are distinct records."""
-    betas = {(over["model"], over["tune.beta_factor"]): _run_config(["experiment=table3", "scale=embedded", *j])
-             .method.beta for j in _grid("table3", "embedded") for over in [dict(o.split("=", 1) for o in j)]}
+    seen: dict[tuple, set] = {}   # (model, factor) -> the betas its points compose to, over settings and methods
+    for j in _grid("table3", "embedded"):
+        over = dict(o.split("=", 1) for o in j)
+        if over["calib.seed"] == "0":   # the seed reads no beta (a compose costs ~0.1-0.3 s)
+            beta = _run_config(["experiment=table3", "scale=embedded", *j]).method.beta
+            seen.setdefault((over["model"], over["tune.beta_factor"]), set()).add(beta)
+    assert all(len(v) == 1 for v in seen.values()), seen
+    betas = {k: v.pop() for k, v in seen.items()}
     assert betas[("smollm2-135m", "0.4")] == 1e-3 and betas[("gemma3-270m", "0.4")] == 1e-4
     assert betas[("smollm2-135m", "1")] == 2.5e-3 and betas[("gemma3-270m", "2")] == 5e-4
     sampled = _grid("table3", "embedded")[::7]

@@ -11,10 +11,12 @@ import logging
 
 import pandas as pd
 
+from . import selection
 from .common import (
     LABELS,
     MISSING,
     STAND_IN_MODEL,
+    Cell,
     cells,
     fmt_reported,
     markdown,
@@ -23,6 +25,8 @@ from .common import (
     store_of,
     write_table,
 )
+from .selection import CAPTION as SELECTION
+from .table1 import TUNED, tuned_value
 
 # (task, metric) columns in the paper's order; MMLU's categories come from the record's categories
 PAPER_COLUMNS = [("mmlu", "acc"), ("mmlu/stem", "acc"), ("mmlu/humanities", "acc"), ("mmlu/social_sciences", "acc"),
@@ -45,12 +49,45 @@ def task_rows(record: dict) -> dict[tuple[str, str], tuple[float, float | None, 
     return out
 
 
+def gather(table: str, scale: str, store, extra: tuple[str, ...] = ()) -> tuple[list[Cell], dict[int, str]]:
+    """The table's cells, each tuned method (table1.TUNED) at the value chosen on validation text on its tuning grid
+    for the same model and setting, and {id(cell): how its value was chosen}. A tuned method whose choice is
+    incomplete keeps an empty cell (read as missing), its note says what the choice lacks."""
+    keys = {key for key, _ in TUNED.values()}   # a tunable's value comes from its choice, not from `extra`
+    out, notes = [], {}
+    for c in cells(table, scale, store, tuple(o for o in extra if o.split("=", 1)[0] not in keys)):
+        method = c.config.method.name
+        tuning = next(((e, key) for e, (key, methods) in TUNED.items() if method in methods), None)
+        if tuning is None:
+            out.append(c)
+            continue
+        experiment, key = tuning
+        where = (f"model={c.choices['model']}", f"quant={c.choices['quant']}", f"method={method}")
+        grid = cells(experiment, scale, store, (*_tuning(extra), *where), own_methods=True)
+        ch = selection.choose(grid, key).get(((c.choices["model"], c.choices["quant"]), method))
+        if ch is None or ch.cell is None:
+            out.append(Cell(c.choices, c.config, c.key, []))
+            notes[id(out[-1])] = f"incomplete: {ch.why if ch else 'no tuning grid'}"
+            continue
+        at, = cells(table, scale, store, (*extra, *where, f"{key}={ch.value}"))
+        out.append(at)
+        notes[id(at)] = selection.describe(ch, lambda v, at=at, key=key: f"{tuned_value(at.config)} ({key}={v})")
+    return out, notes
+
+
+def _tuning(extra: tuple[str, ...]) -> tuple[str, ...]:
+    """`extra` for the tuning grid: without the task evaluation's overrides (`eval=`, `eval.lm_eval.*`), which only
+    the table's own runs read."""
+    return tuple(o for o in extra if not (o.split("=", 1)[0].lstrip("+~") == "eval"
+                                          or o.lstrip("+~").startswith("eval.lm_eval")))
+
+
 def _fmt(v, se, pct: bool) -> str:
     scale = 100 if pct else 1
     return f"{v * scale:.1f}" + (f" ± {se * scale:.1f}" if se is not None else "")
 
 
-def build(cs, scale: str, table: str) -> pd.DataFrame:
+def build(cs, scale: str, table: str, notes: dict[int, str] | None = None) -> pd.DataFrame:
     rep = reported()[table]
     seen = {}
     for c in cs:
@@ -61,7 +98,8 @@ def build(cs, scale: str, table: str) -> pd.DataFrame:
     rows = []
     for c in cs:
         res = task_rows(c.records[0]) if c.records else {}
-        row = {"model": c.choices["model"], "method": LABELS[c.config.method.name], "source": "measured"}
+        row = {"model": c.choices["model"], "method": LABELS[c.config.method.name], "source": "measured",
+               "chosen on validation": (notes or {}).get(id(c), "-")}
         for task, metric in columns:
             label = f"{task} {metric}" + (" (PROXY)" if seen.get((task, metric)) else "")
             if not c.records:
@@ -88,13 +126,14 @@ def main(argv=None) -> None:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--table", default="table2", choices=["table2", "table6"])
     a = ap.parse_args(argv)
-    cs = cells(a.table, a.scale, store_of(a), tuple(a.overrides))
-    df, rep = build(cs, a.scale, a.table)
+    cs, notes = gather(a.table, a.scale, store_of(a), tuple(a.overrides))
+    df, rep = build(cs, a.scale, a.table, notes)
     cfg = cs[0].config
     caption = (f"Accuracy in % (value ± stderr; perplexity as is), W{cfg.quant.bits} g{cfg.quant.group_size}. "
                + ("Tasks marked PROXY are offline stand-ins generated from held-out wiki_offline articles, not the "
                   "paper's benchmarks. " if a.scale == "embedded" else "")
-               + f"Items per task: {dict(cfg.eval.lm_eval.limit_per_task) or cfg.eval.lm_eval.limit or 'all'}.")
+               + f"Items per task: {dict(cfg.eval.lm_eval.limit_per_task) or cfg.eval.lm_eval.limit or 'all'}. "
+               + SELECTION)
     out = a.out or a.store.parent / "tables"
     write_table(df, a.table, a.scale, caption, out)
     if len(rep):

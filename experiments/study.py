@@ -7,7 +7,9 @@ The study file lists settings (model:quant) and steps; each step is a sweep of o
 setting (`experiments.run -m experiment=<e> scale=<s> model=<m> quant=<q> <overrides>`), or, with `chosen`, the
 sweep of each tuned method at the value chosen on validation text (analysis/selection.py) at further seeds: the
 choice is made on the seeds the tuning grid ran (0-2), then the chosen point alone gets the extra seeds the
-claims need. Every sweep resumes (a recorded point is skipped, a point another process holds is skipped), so two
+claims need. A `chosen` step with `choose_on: <tuning experiment>` runs its own experiment (e.g. Table 2's task
+evaluation) at the value chosen on that experiment's grid. Every sweep resumes (a recorded point is skipped, a point
+another process holds is skipped), so two
 `make study` processes side by side share the work, and a rerun continues where the last one stopped.
 """
 
@@ -71,10 +73,10 @@ def main(argv=None) -> None:
             if "chosen" not in step:
                 failed += _sweep(over, a.dry_run) != 0
                 continue
-            values = chosen_values(step["experiment"], scale, model, quant, step["chosen"],
+            values = chosen_values(step.get("choose_on", step["experiment"]), scale, model, quant, step["chosen"],
                                    tuple(step.get("overrides", [])), store)
             if values is None:
-                log.warning("study: %s %s: the choice on validation is incomplete; its extra seeds wait",
+                log.warning("study: %s %s: the choice on validation is incomplete; its chosen runs wait",
                             step["experiment"], setting)
                 continue
             for method, value in values.items():

@@ -10,7 +10,9 @@ from experiments import study
 STUDY = {"scale": "embedded", "settings": ["m1:w3g64", "m2:w2g16"],
          "steps": [{"experiment": "table1"}, {"experiment": "table7", "settings": ["m1:w3g64"]},
                    {"experiment": "table1", "overrides": ["calib.seed=3,4"]},
-                   {"experiment": "table3", "chosen": "tune.beta_factor", "seeds": [3, 4]}]}
+                   {"experiment": "table3", "chosen": "tune.beta_factor", "seeds": [3, 4]},
+                   {"experiment": "table2", "choose_on": "table3", "chosen": "tune.beta_factor", "seeds": [0],
+                    "settings": ["m1:w3g64"]}]}
 
 
 def _runs(tmp_path, monkeypatch, choices, *argv):
@@ -18,7 +20,9 @@ def _runs(tmp_path, monkeypatch, choices, *argv):
     path.write_text(yaml.safe_dump(STUDY))
     swept = []
     monkeypatch.setattr(study, "_sweep", lambda args, dry: swept.append(args) or 0)
-    monkeypatch.setattr(study, "chosen_values", lambda e, s, m, q, k, x, st: choices.get(f"{m}:{q}"))
+    # the choice is made on the tuning experiment's grid (table3 here), whichever experiment the step runs
+    monkeypatch.setattr(study, "chosen_values",
+                        lambda e, s, m, q, k, x, st: choices.get(f"{m}:{q}") if e == "table3" else None)
     study.main([str(path), *argv])
     return swept
 
@@ -28,7 +32,8 @@ def test_settings_run_in_order_and_extra_seeds_follow_the_choice(tmp_path, monke
     m1 = [a for a in swept if "model=m1" in a]
     assert swept.index(m1[-1]) < swept.index(next(a for a in swept if "model=m2" in a))   # m1 whole before m2
     assert [a[0] for a in m1] == ["experiment=table1", "experiment=table7", "experiment=table1",
-                                  "experiment=table3", "experiment=table3"]
+                                  "experiment=table3", "experiment=table3", "experiment=table2", "experiment=table2"]
+    assert m1[5][-3:] == ["method=astro_gptq", "tune.beta_factor=0.4", "calib.seed=0"]   # Table 2 at the choice
     assert m1[2][-1] == "calib.seed=3,4" and all("quant=w3g64" in a for a in m1)
     assert m1[3][-3:] == ["method=astro_gptq", "tune.beta_factor=0.4", "calib.seed=3,4"]
     assert m1[4][-3:] == ["method=magr_gptq", "tune.beta_factor=1", "calib.seed=3,4"]

@@ -356,8 +356,8 @@ def test_table2_proxy_tasks(store, tmp_path):
     assert "±" in v and 0 <= float(v.split(" ± ")[0]) <= 100
     # Astro+GPTQ's row is Table 2's run at the factor Table 3's grid chose on validation text: the lower validation
     # PPL of its two candidates; no Table 2 run at that factor yet, so its task cells are missing
-    val = {r["config"]["method"]["beta"]: r["metrics"]["sets"]["validation"]["ppl"] for r in ResultStore(store).records()
-           if r["experiment"] == "table3" and r["config"]["method"]["name"] == "astro_gptq"}
+    val = {r["config"]["method"]["beta"]: r["metrics"]["sets"]["validation"]["ppl"]
+           for r in _records(store, "table3", "astro_gptq")}
     beta = min(val, key=val.get)
     factor = {b: f for b, f in zip(sorted(val), ("0.4", "1"), strict=True)}[beta]
     row = df.loc["Astro+GPTQ"]

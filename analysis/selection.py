@@ -108,12 +108,19 @@ def describe(choice: Choice, fmt=lambda v: v) -> str:
     return f"{fmt(choice.value)} (validation PPL {choice.validation_ppl:.2f}{edge})"
 
 
-def tuned(scale: str, store, model: str, quant: str, method: str, extra: tuple[str, ...] = (),
-          experiment: str = "table3", key: str = "tune.beta_factor") -> Choice | None:
-    """The complete choice of `method`'s tunable in one model and setting (Table 3's sweep by default), read from
-    `store` (a results store or an analysis command's union with the archive); None while it is incomplete. For
-    runs and figures that show one tuned point (Fig. 1's probe)."""
+def choice(scale: str, store, model: str, quant: str, method: str, extra: tuple[str, ...] = (),
+           experiment: str = "table3", key: str = "tune.beta_factor") -> Choice | None:
+    """The choice of `method`'s tunable in one model and setting on `experiment`'s grid (Table 3's sweep by
+    default), read from `store` (a results store or an analysis command's union with the archive), complete or not
+    (Choice.why); None where the grid has no such point."""
     from .common import cells
     cs = cells(experiment, scale, store, (*extra, f"model={model}", f"quant={quant}", f"method={method}"))
-    ch = choose([c for c in cs if c.config.method.name == method], key).get(((model, quant), method))
+    return choose([c for c in cs if c.config.method.name == method], key).get(((model, quant), method))
+
+
+def tuned(scale: str, store, model: str, quant: str, method: str, extra: tuple[str, ...] = (),
+          experiment: str = "table3", key: str = "tune.beta_factor") -> Choice | None:
+    """The complete choice (`choice`), None while it is incomplete. For runs and figures that show one tuned point
+    (Fig. 1's probe)."""
+    ch = choice(scale, store, model, quant, method, extra, experiment, key)
     return ch if ch is not None and ch.cell is not None else None

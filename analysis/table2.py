@@ -62,14 +62,14 @@ def gather(table: str, scale: str, store, extra: tuple[str, ...] = ()) -> tuple[
             out.append(c)
             continue
         experiment, key = tuning
-        where = (f"model={c.choices['model']}", f"quant={c.choices['quant']}", f"method={method}")
-        grid = cells(experiment, scale, store, (*_tuning(extra), *where), own_methods=True)
-        ch = selection.choose(grid, key).get(((c.choices["model"], c.choices["quant"]), method))
+        model, quant = c.choices["model"], c.choices["quant"]
+        ch = selection.choice(scale, store, model, quant, method, _tuning(extra), experiment, key)
         if ch is None or ch.cell is None:
             out.append(Cell(c.choices, c.config, c.key, []))
             notes[id(out[-1])] = f"incomplete: {ch.why if ch else 'no tuning grid'}"
             continue
-        at, = cells(table, scale, store, (*extra, *where, f"{key}={ch.value}"))
+        at, = cells(table, scale, store, (*extra, f"model={model}", f"quant={quant}", f"method={method}",
+                                          f"{key}={ch.value}"))
         out.append(at)
         notes[id(at)] = selection.describe(ch, lambda v, at=at, key=key: f"{tuned_value(at.config)} ({key}={v})")
     return out, notes

@@ -21,9 +21,15 @@ def _git(*args: str) -> str | None:
         return None
 
 
+# The code a run computes with is the code this process imported: read its commit once, here, so that a sweep
+# records the version it runs even when HEAD moves (a pull, a new commit) while it is running.
+CODE_VERSION = {"git_commit": _git("rev-parse", "HEAD"),
+                "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
+
+
 def environment(device: str) -> dict:
-    """Where and with what a run was computed: code version, library versions, hardware, threads; under SLURM
-    the job (`slurm`: astro.slurm.slurm_job, absent outside SLURM)."""
+    """Where and with what a run was computed: code version (CODE_VERSION: as imported), library versions,
+    hardware, threads; under SLURM the job (`slurm`: astro.slurm.slurm_job, absent outside SLURM)."""
     import importlib.metadata as md
 
     import torch
@@ -33,9 +39,7 @@ def environment(device: str) -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    env = {"git_commit": _git("rev-parse", "HEAD"),
-           "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-           "python": platform.python_version(), "versions": versions, "hostname": socket.gethostname(),
+    env = {**CODE_VERSION, "python": platform.python_version(), "versions": versions, "hostname": socket.gethostname(),
            "platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():

@@ -361,6 +361,15 @@ def test_wandb_run_id_differs_between_machines():
     assert run_id(hosts[0]) != run_id(hosts[1]) != run_id(cpu)      # same hostname, different processors
 
 
+
+def test_a_record_names_the_commit_its_process_imported(monkeypatch):
+    """HEAD moving during a sweep (a pull, a commit) does not relabel the runs that follow: a record's
+    env.git_commit is the commit the process imported its code from, read once."""
+    from astro import environment as env_mod
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    monkeypatch.setattr(env_mod, "_git", lambda *args: "0" * 40)   # HEAD has moved since the import
+    env = env_mod.environment("cpu")
+    assert env["git_commit"] == head and env["git_commit"] != "0" * 40
 # 7. a new method is one PIPELINES entry and one method config: the loop, the run key and the tables follow
 
 def test_a_method_added_at_run_time_runs_keys_and_tabulates(tmp_path, monkeypatch):

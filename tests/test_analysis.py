@@ -26,7 +26,7 @@ from analysis.common import Cell, log_tick_label, machine_labels, machines_phras
 from analysis.paired import signed
 from astro.methods import MethodConfig
 from astro.results import ResultStore
-from experiments.grid import Composer
+from experiments.grid import Composer, reusing_points
 from experiments.run import run_job
 
 # calib.seed=0 pins the grids' seed axis (a third of the points to compose); seed statistics are
@@ -62,6 +62,14 @@ def embedded_method():
     the ablation's Astro/MagR run."""
     with Composer() as c:
         return c.points("table1", "embedded", (*TINY, "quant=w3g64", "method=astro_gptq"))[0].config.method
+
+
+@pytest.fixture(scope="module", autouse=True)
+def grids_composed_once():
+    """Each grid is composed once for this file's tests, as `make report` composes it once for all its tables:
+    nothing here changes conf/ or a model's files, which are all a point's key reads."""
+    with reusing_points():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -59,9 +59,9 @@ COMPONENTS: dict[str, Component] = {
     "spinquant": Component(2, ("method.rotation", "quant"), thread_invariant=False),
     "awq": Component(2, ("method.awq", "quant")),
     "omniquant": Component(1, ("method.omniquant", "quant")),   # learns clipping ranges per block (LWC)
-    "regularize": Component(1, ("method.beta", "method.beta_grid", "method.beta_screen", "method.iters",
-                                "method.alpha", "method.linf_group_size", "method.solver", "method.tol",
-                                "quant.group_size")),  # l_inf groups default to it
+    "regularize": Component(1, ("method.beta", "method.beta_grid", "method.beta_screen", "method.beta_screen_keep",
+                                "method.iters", "method.alpha", "method.linf_group_size", "method.solver",
+                                "method.tol", "quant.group_size")),  # l_inf groups default to it
     "rtn": Component(1, ("quant",), data=False),
     "gptq": Component(1, ("method.gptq", "quant")),
 }
@@ -170,7 +170,8 @@ def same_computation(name: str) -> str:
 AUTO = "auto"
 BETA_GRID = (5e-6, 1e-5, 3e-5, 5e-5, 1e-4, 5e-4)
 AUTO_HOLDOUT = 8   # the held-out windows beta=auto picks on when calib.holdout does not say (0)
-AUTO_FIELDS = ("beta_grid", "beta_screen")   # what only beta=auto reads: a fixed beta's key leaves them out
+# what only beta=auto reads: a fixed beta's key leaves them out
+AUTO_FIELDS = ("beta_grid", "beta_screen", "beta_screen_keep")
 SCREEN_MIN_ROWS = 16   # the fewest rows a screened beta=auto tries its candidates on (screen_rows)
 
 
@@ -189,12 +190,14 @@ class MethodConfig:
     error on held-out calibration tokens (calib.holdout windows, which the reconstruction never sees;
     select_beta). beta_grid: the candidates (default: the paper's Table 3 grid). beta_screen: 0 = every candidate
     on every row (the full search); s in (0, 1] = every candidate on a seeded sample of a share s of each linear's
-    rows (at least SCREEN_MIN_ROWS), then the chosen beta alone on every row (select_beta)."""
+    rows (at least SCREEN_MIN_ROWS), then the screen's beta_screen_keep best candidates on every row, the one of
+    lowest error there chosen (select_beta; 1: the screen's best alone)."""
 
     name: str = "astro_gptq"
     beta: float | int | str = 5e-5      # int: so that Hydra's schema takes `method.beta=0` (stored as a float)
     beta_grid: tuple[float, ...] = added_field(BETA_GRID)
     beta_screen: float = added_field(0.0)
+    beta_screen_keep: int = added_field(1)
     iters: int = 200
     alpha: str | None = None
     linf_group_size: int | None = None
@@ -215,6 +218,10 @@ class MethodConfig:
         if not (0 <= self.beta_screen <= 1):
             raise ValueError(f"method.beta_screen must be a share of rows in [0, 1] (0: the full search), "
                              f"got {self.beta_screen!r}")
+        if isinstance(self.beta_screen_keep, bool) or not isinstance(self.beta_screen_keep, int) \
+                or self.beta_screen_keep < 1:
+            raise ValueError(f"method.beta_screen_keep must be a whole number of candidates >= 1, "
+                             f"got {self.beta_screen_keep!r}")
         # a tuple, however given (Hydra gives lists), so the default compares equal and stays out of the key;
         # ascending and without repeats: the candidates are a set (a repeated one would be warm-started from itself)
         object.__setattr__(self, "beta_grid", tuple(sorted({float(b) for b in self.beta_grid})))
@@ -387,10 +394,11 @@ def select_beta(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: Me
     iters_per_beta records each one's own). method.beta_screen = s > 0, the screened search: every candidate runs
     on the same seeded sample of rows (screen_rows), each reconstruction started from W as a fixed-beta run's is
     and stopped by the same rule; the sampled rows of all candidates go through the quantizer in one call (GPTQ
-    and RTN quantize rows independently); then the chosen beta alone runs on every row, which is the fixed-beta
-    pipeline at that beta. With a row-separable solver (pgd and astro.regularize.ROW_SOLVERS) a screened
-    candidate's rows are those of the full solve at its beta. t_regularize / t_quantize hold the whole selection's
-    cost."""
+    and RTN quantize rows independently); then the screen's method.beta_screen_keep best candidates run on every
+    row, each the fixed-beta pipeline at its beta, and the one of lowest error over every row is chosen (a near-tie
+    on the sampled rows is settled on all of them). With a row-separable solver (pgd and
+    astro.regularize.ROW_SOLVERS) a screened candidate's rows are those of the full solve at its beta.
+    t_regularize / t_quantize hold the whole selection's cost."""
     if stats.holdout is None:
         raise ValueError("method.beta=auto needs held-out calibration tokens (calib.holdout >= 1)")
     H_sel = stats.holdout.H.to(W0.device)
@@ -405,11 +413,18 @@ def select_beta(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: Me
         return chosen, dict(err_select_per_beta=errors, iters_per_beta=[c.reg.iters_mean for c in cands],
                             beta_warm_start=True)
     screen = screen_betas(W0, stats, grid, method, lam, linear, H_sel)
-    chosen = _candidate(W0, stats, grid, method, method.betas[screen.best], lam, linear, None)
-    chosen.t_regularize += screen.t_regularize
-    chosen.t_quantize += screen.t_quantize
-    return chosen, dict(err_select_per_beta=screen.errors, iters_per_beta=screen.iters, select_rows=len(screen.rows),
-                        beta_warm_start=False)
+    kept = screen.ranked[:method.beta_screen_keep]
+    finals = [_candidate(W0, stats, grid, method, method.betas[i], lam, linear, None) for i in kept]
+    errors = [h_error(c.W_new - W0, H_sel) for c in finals] if len(finals) > 1 else [None]
+    best = min(range(len(finals)), key=lambda j: (errors[j] or 0.0, j))   # ties: the screen's better
+    chosen = finals[best]
+    chosen.t_regularize = screen.t_regularize + sum(c.t_regularize for c in finals)
+    chosen.t_quantize = screen.t_quantize + sum(c.t_quantize for c in finals)
+    row = dict(err_select_per_beta=screen.errors, iters_per_beta=screen.iters, select_rows=len(screen.rows),
+               beta_warm_start=False)
+    if len(finals) > 1:   # the kept candidates' errors over every row, in the screen's order: what chose beta
+        row.update(beta_kept=[method.betas[i] for i in kept], err_select_kept=errors)
+    return chosen, row
 
 
 class BetaScreen(NamedTuple):
@@ -422,8 +437,13 @@ class BetaScreen(NamedTuple):
     t_quantize: float
 
     @property
+    def ranked(self) -> list[int]:
+        """The candidates' indices from the lowest screened error up (the first of equal errors first)."""
+        return sorted(range(len(self.errors)), key=lambda i: (self.errors[i], i))
+
+    @property
     def best(self) -> int:
-        return min(range(len(self.errors)), key=lambda i: (self.errors[i], i))
+        return self.ranked[0]
 
 
 def screen_betas(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: MethodConfig, lam: float,

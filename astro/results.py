@@ -95,6 +95,8 @@ def canonical_config(cfg: RunConfig) -> dict:
     if cfg.method.beta != AUTO:   # the candidates of beta=auto and how they are tried: a fixed beta never reads them
         for f in AUTO_FIELDS:
             m.pop(f, None)
+    elif cfg.method.beta_screen == 0:   # the full search solves every candidate on every row: nothing is kept
+        m.pop("beta_screen_keep", None)
     _one_spelling(d)
     newer = {c: v for c, v in cfg.method.pipeline.numerics.items() if v > 1}
     if newer:   # numerics changed since records were first written (astro.methods.COMPONENTS)

@@ -81,6 +81,34 @@ def test_screened_search_picks_the_full_searchs_beta(seed, solver_arm):
         assert e == pytest.approx(h_error(Wq[rows] - W[rows], stats.holdout.H), rel=1e-4)
 
 
+@pytest.mark.parametrize(("seed", "keep"), [(33, 2), (20, 3)])
+def test_kept_candidates_settle_the_screen_on_every_row(seed, keep):
+    """The screen's best beta_screen_keep candidates run on every row, and the one of lowest error there is chosen.
+    On these seeded layers the screen's sample of rows ranks the full search's answer (known independently:
+    cold-started runs at every beta on every row, a margin of > 5%) only keep-th: keeping one fewer misses it,
+    keeping `keep` recovers it, and the weights are the fixed-beta pipeline's at that beta, bit for bit."""
+    W, stats = _layer_with_holdout(seed)
+    grid = QuantGrid(3, 32, False)
+    method = MethodConfig("astro_gptq", beta="auto", beta_grid=(1e-5, 1e-4, 1e-3, 1e-2), iters=40,
+                          beta_screen=0.25)
+    cold = [h_error(gptq(reconstruct(W, stats, method.regularize_config(32, b)).W, stats.H, grid).W_q - W,
+                    stats.holdout.H) for b in method.betas]
+    answer = min(range(len(cold)), key=cold.__getitem__)
+    assert sorted(cold)[1] > 1.05 * cold[answer]
+    rows = screen_rows(64, 0.25)
+    sampled = [h_error(gptq(reconstruct(W[rows], stats, method.regularize_config(32, b)).W, stats.H, grid).W_q
+                       - W[rows], stats.holdout.H) for b in method.betas]
+    ranked = sorted(range(len(sampled)), key=sampled.__getitem__)
+    assert ranked.index(answer) == keep - 1   # the sample ranks the answer keep-th
+    fewer = process_linear(W, stats, grid, dataclasses.replace(method, beta_screen_keep=keep - 1))
+    kept = process_linear(W, stats, grid, dataclasses.replace(method, beta_screen_keep=keep))
+    assert fewer.row["beta"] != method.betas[answer] and kept.row["beta"] == method.betas[answer]
+    assert kept.row["beta_kept"] == [method.betas[i] for i in ranked[:keep]]
+    assert kept.row["err_select_kept"] == pytest.approx([cold[i] for i in ranked[:keep]], rel=1e-4)
+    fixed = process_linear(W, stats, grid, dataclasses.replace(method, beta=method.betas[answer]))
+    assert torch.equal(kept.W, fixed.W) and kept.row["err"] == fixed.row["err"]
+
+
 @pytest.mark.parametrize("solver", ["pgd", "fista_rows"])
 def test_screened_rows_are_the_full_solves_rows(solver):
     """With a row-separable solver a row's solution does not depend on the rows solved beside it: the screen's
@@ -136,3 +164,10 @@ def test_beta_screen_config_and_key():
     # a fixed beta never reads it
     assert key(beta="auto") == key(beta="auto", beta_screen=0.0) != key(beta="auto", beta_screen=0.125)
     assert key(beta=1e-4) == key(beta=1e-4, beta_screen=0.125)
+    assert key(beta="auto", beta_screen=0.125) == key(beta="auto", beta_screen=0.125, beta_screen_keep=1) \
+        != key(beta="auto", beta_screen=0.125, beta_screen_keep=2)
+    assert key(beta=1e-4) == key(beta=1e-4, beta_screen_keep=3)
+    assert key(beta="auto") == key(beta="auto", beta_screen_keep=3)   # the full search keeps every candidate
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=r"method\.beta_screen_keep"):
+            MethodConfig(beta="auto", beta_screen_keep=bad)

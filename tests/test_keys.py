@@ -27,6 +27,7 @@ PINNED_ADDED_DEFAULTS = {
     ("eval", "sets"): {},
     ("method", "beta_grid"): (5e-06, 1e-05, 3e-05, 5e-05, 0.0001, 0.0005),
     ("method", "beta_screen"): 0.0,
+    ("method", "beta_screen_keep"): 1,
     ("method", "solver"): "pgd",
     ("method", "tol"): None,
     ("method", "awq", "grid"): 20,

@@ -133,7 +133,8 @@ def block_section(n_blocks: int, repeats: int, overrides=()) -> tuple[list[str],
     head = [f"## Whole blocks: {BLOCK_MODEL}'s first {n_blocks}, embedded configuration (W3 g64, calibration "
             f"{cfgs['fixed'].calib.n_samples} x {cfgs['fixed'].calib.seq_len}; method {method.solver}, {method.iters} "
             f"iterations, tol {method.tol}, beta {method.beta:g}; beta=auto over {len(cfgs['auto'].method.betas)} "
-            f"candidates, beta_screen {cfgs['auto'].method.beta_screen:g}, {cfgs['auto'].calib.holdout} selection "
+            f"candidates, beta_screen {cfgs['auto'].method.beta_screen:g} keeping "
+            f"{cfgs['auto'].method.beta_screen_keep}, {cfgs['auto'].calib.holdout} selection "
             "windows)", "",
             "Seconds per block of the block loop (capture, statistics, method, propagation: everything a run times as "
             f"the loop), median of {repeats} interleaved: GPTQ {t['gptq']:.2f}, Astro+GPTQ {t['fixed']:.2f}, "

@@ -147,6 +147,12 @@ def reusing_points():
         _POINTS = None
 
 
+def recorded(store: ResultStore, p: GridPoint, index: dict) -> bool:
+    """Whether the store answers a point: its own valid record, or one of the same computation (ResultStore.answering;
+    index: store.by_computation()). An invalid record (truncated, wrong shape) is missing: the next sweep redoes it."""
+    return store.load(store.path(p.key))[0] is not None or store.answering(p.config, index) is not None
+
+
 def _values(o: Override) -> list[str]:
     """One parsed override as the basic sweeper lists it: `key=value` for each value it sweeps."""
     key = o.get_key_element()

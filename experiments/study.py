@@ -2,6 +2,7 @@
 numeric regime, on one machine) and a study interrupted between settings leaves whole settings behind.
 
   python -m experiments.study conf/study/embedded_v2.yaml [--only smollm2-135m:w3g64] [--dry-run] [overrides]
+  python -m experiments.study conf/study/embedded_v2.yaml --status    # each sweep's recorded points, in order
 
 The study file lists settings (model:quant) and steps; each step is a sweep of one experiment restricted to the
 setting (`experiments.run -m experiment=<e> scale=<s> model=<m> quant=<q> <overrides>`), or, with `chosen`, the
@@ -49,40 +50,78 @@ def chosen_values(experiment: str, scale: str, model: str, quant: str, key: str,
     return {m: ch.value for m, ch in choices.items()}
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("study", type=Path)
-    ap.add_argument("--only", action="append", default=None, help="a setting (model:quant) to run (repeatable)")
-    ap.add_argument("--dry-run", action="store_true", help="print the sweeps, run nothing")
-    ap.add_argument("overrides", nargs="*", help="added to every sweep (e.g. store.root=...)")
-    a = ap.parse_intermixed_args(argv)   # overrides may follow --only
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    study = yaml.safe_load(a.study.read_text())
+def plan(study: dict, only: list[str] | None, overrides: list[str], store: Path):
+    """The study's sweeps in order, as (setting, step's experiment, sweep args), where args is None for a chosen
+    step whose choice on validation is still incomplete (its runs wait)."""
     scale = study.get("scale", "embedded")
-    store = Path(next((o.split("=", 1)[1] for o in a.overrides if o.startswith("store.root=")), "results/store"))
-    failed = 0
     for setting in study["settings"]:
-        if a.only is not None and setting not in a.only:
+        if only is not None and setting not in only:
             continue
         model, quant = setting.split(":")
         base = [f"scale={scale}", f"model={model}", f"quant={quant}"]
         for step in study["steps"]:
             if "settings" in step and setting not in step["settings"]:
                 continue
-            over = [f"experiment={step['experiment']}", *base, *step.get("overrides", []), *a.overrides]
+            over = [f"experiment={step['experiment']}", *base, *step.get("overrides", []), *overrides]
             if "chosen" not in step:
-                failed += _sweep(over, a.dry_run) != 0
+                yield setting, step["experiment"], over
                 continue
             values = chosen_values(step.get("choose_on", step["experiment"]), scale, model, quant, step["chosen"],
                                    tuple(step.get("overrides", [])), store)
             if values is None:
-                log.warning("study: %s %s: the choice on validation is incomplete; its chosen runs wait",
-                            step["experiment"], setting)
+                yield setting, step["experiment"], None
                 continue
+            seeds = ",".join(str(s) for s in step["seeds"])
             for method, value in values.items():
-                seeds = ",".join(str(s) for s in step["seeds"])
-                failed += _sweep([*over, f"method={method}", f"{step['chosen']}={value}", f"calib.seed={seeds}"],
-                                 a.dry_run) != 0
+                yield setting, step["experiment"], [*over, f"method={method}", f"{step['chosen']}={value}",
+                                                    f"calib.seed={seeds}"]
+
+
+def status(sweeps, store: Path) -> None:
+    """How many points of each sweep the store holds (experiments.grid.recorded), per setting, and in all."""
+    from astro.results import ResultStore
+    from astro.run import not_applicable
+    from experiments.grid import Composer, recorded
+    rs = ResultStore(store)
+    index = rs.by_computation()
+    total = [0, 0]
+    with Composer() as c:
+        for setting, experiment, args in sweeps:
+            if args is None:
+                print(f"{setting:22s} {experiment:16s} waits: its choice on validation is incomplete")
+                continue
+            scale = next(a.split("=", 1)[1] for a in args if a.startswith("scale="))
+            extra = tuple(a for a in args if not a.startswith(("experiment=", "scale=")))
+            points = [p for p in c.points(experiment, scale, extra) if not_applicable(p.config) is None]
+            done = sum(recorded(rs, p, index) for p in points)
+            total[0] += done
+            total[1] += len(points)
+            print(f"{setting:22s} {experiment:16s} {done:3d}/{len(points):<3d} {' '.join(extra)}")
+    print(f"study: {total[0]}/{total[1]} points recorded in {store} (chosen steps whose choice waits not counted)")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("study", type=Path)
+    ap.add_argument("--only", action="append", default=None, help="a setting (model:quant) to run (repeatable)")
+    ap.add_argument("--dry-run", action="store_true", help="print the sweeps, run nothing")
+    ap.add_argument("--status", action="store_true", help="count each sweep's recorded points, run nothing")
+    ap.add_argument("overrides", nargs="*", help="added to every sweep (e.g. store.root=...)")
+    a = ap.parse_intermixed_args(argv)   # overrides may follow --only
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    study = yaml.safe_load(a.study.read_text())
+    store = Path(next((o.split("=", 1)[1] for o in a.overrides if o.startswith("store.root=")), "results/store"))
+    sweeps = plan(study, a.only, a.overrides, store)
+    if a.status:
+        status(sweeps, store)
+        return
+    failed = 0
+    for setting, experiment, args in sweeps:
+        if args is None:
+            log.warning("study: %s %s: the choice on validation is incomplete; its chosen runs wait", experiment,
+                        setting)
+            continue
+        failed += _sweep(args, a.dry_run) != 0
     if failed:
         raise SystemExit(f"study: {failed} sweep(s) failed; rerun to continue (recorded points are skipped)")
 

@@ -45,3 +45,21 @@ def test_settings_run_in_order_and_extra_seeds_follow_the_choice(tmp_path, monke
 def test_only_and_overrides_reach_every_sweep(tmp_path, monkeypatch):
     swept = _runs(tmp_path, monkeypatch, {}, "--only", "m2:w2g16", "store.root=/tmp/x")
     assert swept and all("model=m2" in a and a[-1] == "store.root=/tmp/x" for a in swept)
+
+
+def test_status_counts_each_sweeps_recorded_points_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    """--status composes each sweep of the plan as the run would and counts the points the store answers; a
+    chosen step whose choice waits is named, not counted; nothing is swept."""
+    from experiments import grid
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"scale": "embedded", "settings": ["smollm2-135m:w3g64"], "steps": [
+        {"experiment": "table1", "overrides": ["method=gptq,awq", "calib.seed=0,1"]},
+        {"experiment": "table3", "chosen": "tune.beta_factor", "seeds": [3, 4]}]}))
+    monkeypatch.setattr(study, "_sweep", lambda args, dry: (_ for _ in ()).throw(AssertionError("swept")))
+    monkeypatch.setattr(study, "chosen_values", lambda *args: None)
+    monkeypatch.setattr(grid, "recorded", lambda store, p, index: p.config.method.name == "awq")
+    study.main([str(path), "--status", f"store.root={tmp_path / 'store'}"])
+    out = capsys.readouterr().out.splitlines()
+    assert "  2/4 " in out[0] and "table1" in out[0] and "method=gptq,awq" in out[0]
+    assert "table3" in out[1] and "waits" in out[1]
+    assert out[-1].startswith("study: 2/4 points recorded")

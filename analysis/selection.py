@@ -15,8 +15,14 @@ not finite is never chosen.
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from dataclasses import dataclass
+
+from omegaconf import OmegaConf
+
+from experiments.grid import CONF
 
 from .common import Cell, lookup
 
@@ -51,6 +57,32 @@ class Choice:
     @property
     def validation_ppl(self) -> float | None:
         return next((m for v, m, _ in self.candidates if v == self.value), None)
+
+
+@functools.cache
+def tune_targets() -> dict[str, tuple[str, ...]]:
+    """{tuning key: the run-config fields it sets}, e.g. tune.beta_factor -> (method.beta,), read from the
+    interpolations of conf/config.yaml, the one place that says which field a tuning axis moves."""
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml"), resolve=False)
+    out: dict[str, list[str]] = {}
+
+    def walk(node, path: tuple[str, ...]) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, (*path, str(k)))
+        elif isinstance(node, str) and "${" in node:
+            for name in dict.fromkeys(re.findall(r"\btune\.(\w+)", node)):
+                out.setdefault(f"tune.{name}", []).append(".".join(path))
+
+    walk({k: v for k, v in raw.items() if k != "tune"}, ())
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def tunes(method, key: str) -> bool:
+    """Whether the tuning axis `key` moves a field that `method` (a MethodConfig) reads, so that its points along
+    the axis are different runs: MagR's and Astro's beta, OmniQuant's learning rate; not RTN along the beta axis."""
+    reads = method.pipeline.reads
+    return any(t == r or t.startswith(r + ".") for t in tune_targets().get(key, ()) for r in reads)
 
 
 def validation_by_seed(cell: Cell) -> dict[int, float]:

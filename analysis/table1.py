@@ -36,10 +36,9 @@ from .paired import short_value
 # the paper's baselines: reported-only rows unless the grid runs them (awq, omniquant; spinquant_gptq reproduces
 # the paper's SpinQuant row)
 REPORTED_ONLY = ("awq", "omniquant", "spinquant")
-# experiment -> (its tuning axis, the methods it tunes): Table 3's sweep chooses MagR's and Astro's beta per
-# setting, tune_omniquant OmniQuant's learning rate
-TUNED = {"table3": ("tune.beta_factor", ("magr_gptq", "astro_gptq")),
-         "tune_omniquant": ("tune.lr_factor", ("omniquant",))}
+# tuning experiment -> its axis: Table 3's sweep chooses MagR's and Astro's beta per setting, tune_omniquant
+# OmniQuant's learning rate (the methods each tunes: those its axis reaches, selection.tunes)
+TUNED = {"table3": "tune.beta_factor", "tune_omniquant": "tune.lr_factor"}
 # the paper's claims from Table 1, each A vs B within one model and setting
 CLAIMS = [claims.Claim("astro_gptq", "magr_gptq"), claims.Claim("magr_gptq", "gptq"), claims.Claim("gptq", "rtn"),
           claims.Claim("astro_gptq", "spinquant_gptq", strict=False), claims.Claim("astro_gptq", "awq"),
@@ -68,8 +67,9 @@ def gather(scale: str, store: ResultStore, extra: tuple[str, ...] = ()) -> Grid:
     by = {(setting(c), c.config.method.name): c for c in own}
     chosen: dict[tuple, selection.Choice] = {}
     tuned_cells = []
-    for experiment, (key, methods) in TUNED.items():
-        cs = [c for c in cells(experiment, scale, store, extra, own_methods=True) if c.config.method.name in methods]
+    for experiment, key in TUNED.items():
+        cs = [c for c in cells(experiment, scale, store, extra, own_methods=True)
+              if selection.tunes(c.config.method, key)]
         tuned_cells += cs
         for (s, method), ch in selection.choose(cs, key).items():
             chosen[(s, method)] = ch
@@ -111,9 +111,9 @@ def build(g: Grid, scale: str, metric: str = "metrics.ppl", with_reported: bool 
 
 def tuned_value(cfg) -> str:
     """The value a tuning factor set: 'beta 1e-3', or OmniQuant's learning rate at the setting's bit width."""
-    if cfg.method.preprocess:
+    if selection.tunes(cfg.method, "tune.beta_factor"):
         return f"beta {short_value(str(cfg.method.beta))}"
-    if cfg.method.name == "omniquant":
+    if selection.tunes(cfg.method, "tune.lr_factor"):
         om = cfg.method.omniquant
         return f"lr {(om.lr_w4 if cfg.quant.bits >= 4 else om.lr):g}"
     return ""

@@ -53,11 +53,11 @@ def gather(table: str, scale: str, store, extra: tuple[str, ...] = ()) -> tuple[
     """The table's cells, each tuned method (table1.TUNED) at the value chosen on validation text on its tuning grid
     for the same model and setting, and {id(cell): how its value was chosen}. A tuned method whose choice is
     incomplete keeps an empty cell (read as missing), its note says what the choice lacks."""
-    keys = {key for key, _ in TUNED.values()}   # a tunable's value comes from its choice, not from `extra`
+    keys = set(TUNED.values())   # a tunable's value comes from its choice, not from `extra`
     out, notes = [], {}
     for c in cells(table, scale, store, tuple(o for o in extra if o.split("=", 1)[0] not in keys)):
         method = c.config.method.name
-        tuning = next(((e, key) for e, (key, methods) in TUNED.items() if method in methods), None)
+        tuning = next(((e, key) for e, key in TUNED.items() if selection.tunes(c.config.method, key)), None)
         if tuning is None:
             out.append(c)
             continue

@@ -31,11 +31,11 @@ CLAIMS = [claims.Claim("astro_rtn", "magr_rtn"), claims.Claim("magr_rtn", "rtn")
 
 def gather(cs) -> tuple[dict, dict]:
     """({(setting, method): cell} with the tuned methods at their chosen beta, {(setting, method): Choice})."""
-    chosen = {k: ch for k, ch in selection.choose([c for c in cs if c.config.method.preprocess], KEY).items()}
+    chosen = selection.choose([c for c in cs if selection.tunes(c.config.method, KEY)], KEY)
     by = {}
     for c in cs:
         s = selection.setting_of(c, KEY)
-        if not c.config.method.preprocess:
+        if not selection.tunes(c.config.method, KEY):   # RTN: one run along the beta axis
             by.setdefault((" ".join(s), c.config.method.name), c)
     for (s, method), ch in chosen.items():
         by[(" ".join(s), method)] = ch.cell if ch.cell is not None else type(cs[0])({}, None, "", [])

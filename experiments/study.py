@@ -40,11 +40,10 @@ def chosen_values(experiment: str, scale: str, model: str, quant: str, key: str,
     """{method: chosen value of `key`} of the experiment's tuned methods in one setting, or None while a choice is
     incomplete (the tuning sweep has not finished its seeds)."""
     from analysis.common import cells
-    from analysis.selection import choose
+    from analysis.selection import choose, tunes
     from astro.results import ResultStore
     cs = cells(experiment, scale, ResultStore(store), (f"model={model}", f"quant={quant}", *extra))
-    choices = {m: ch for (_, m), ch in choose([c for c in cs if c.config.method.preprocess or
-                                                c.config.method.name == "omniquant"], key).items()}
+    choices = {m: ch for (_, m), ch in choose([c for c in cs if tunes(c.config.method, key)], key).items()}
     if not choices or any(ch.cell is None for ch in choices.values()):
         return None
     return {m: ch.value for m, ch in choices.items()}

@@ -85,3 +85,18 @@ def test_the_choice_is_made_on_the_grids_seeds_and_further_seeds_of_the_chosen_p
     (after,) = choose(grid, "tune.beta_factor").values()
     assert before.value == after.value == "0.4" and after.validation_ppl == pytest.approx(30.0)
     assert len(after.cell.records) == 5   # the cell the tables show holds every seed of the chosen point
+
+
+@pytest.mark.parametrize("key", ["tune.beta_factor", "tune.lr_factor"])
+def test_a_tuning_axis_tunes_exactly_the_methods_whose_runs_it_changes(key):
+    """selection.tunes (read from conf/config.yaml's interpolations and each pipeline's fields) says a method is
+    tuned by an axis exactly when two values of the axis compose two different runs (run keys)."""
+    from analysis.selection import tune_targets, tunes
+    from astro.results import run_key
+    from experiments.grid import Composer
+    assert tune_targets()["tune.beta_factor"] == ("method.beta",)
+    with Composer() as c:
+        for method in ("fp", "rtn", "gptq", "magr_rtn", "astro_rtn", "astro_gptq", "awq_astro_gptq", "omniquant"):
+            a, b = (c.run_config(["scale=embedded", "model=smollm2-135m", "quant=w3g64", f"method={method}",
+                                  f"{key}={v}"]) for v in (1, 2))
+            assert tunes(a.method, key) == (run_key(a) != run_key(b)), method

@@ -84,18 +84,18 @@ def status(sweeps, store: Path) -> None:
     rs = ResultStore(store)
     index = rs.by_computation()
     total = [0, 0]
-    with Composer() as c:
-        for setting, experiment, args in sweeps:
-            if args is None:
-                print(f"{setting:22s} {experiment:16s} waits: its choice on validation is incomplete")
-                continue
-            scale = next(a.split("=", 1)[1] for a in args if a.startswith("scale="))
-            extra = tuple(a for a in args if not a.startswith(("experiment=", "scale=")))
+    for setting, experiment, args in sweeps:   # the plan composes too (a choice): one Composer per sweep, not nested
+        if args is None:
+            print(f"{setting:22s} {experiment:16s} waits: its choice on validation is incomplete")
+            continue
+        scale = next(a.split("=", 1)[1] for a in args if a.startswith("scale="))
+        extra = tuple(a for a in args if not a.startswith(("experiment=", "scale=")))
+        with Composer() as c:
             points = [p for p in c.points(experiment, scale, extra) if not_applicable(p.config) is None]
-            done = sum(recorded(rs, p, index) for p in points)
-            total[0] += done
-            total[1] += len(points)
-            print(f"{setting:22s} {experiment:16s} {done:3d}/{len(points):<3d} {' '.join(extra)}")
+        done = sum(recorded(rs, p, index) for p in points)
+        total[0] += done
+        total[1] += len(points)
+        print(f"{setting:22s} {experiment:16s} {done:3d}/{len(points):<3d} {' '.join(extra)}")
     print(f"study: {total[0]}/{total[1]} points recorded in {store} (chosen steps whose choice waits not counted)")
 
 

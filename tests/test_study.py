@@ -49,17 +49,26 @@ def test_only_and_overrides_reach_every_sweep(tmp_path, monkeypatch):
 
 def test_status_counts_each_sweeps_recorded_points_and_runs_nothing(tmp_path, monkeypatch, capsys):
     """--status composes each sweep of the plan as the run would and counts the points the store answers; a
-    chosen step whose choice waits is named, not counted; nothing is swept."""
+    chosen step whose choice waits is named, not counted; a choice that composes grids of its own does not
+    disturb the count's; nothing is swept."""
     from experiments import grid
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({"scale": "embedded", "settings": ["smollm2-135m:w3g64"], "steps": [
-        {"experiment": "table1", "overrides": ["method=gptq,awq", "calib.seed=0,1"]},
-        {"experiment": "table3", "chosen": "tune.beta_factor", "seeds": [3, 4]}]}))
+        {"experiment": "table3", "chosen": "tune.beta_factor", "seeds": [3, 4]},
+        {"experiment": "tune_omniquant", "chosen": "tune.lr_factor", "seeds": [3, 4]},
+        {"experiment": "table1", "overrides": ["method=gptq,awq", "calib.seed=0,1"]}]}))
+
+    def choice(experiment, scale, model, *args):   # composes, as the real choice does (analysis.common.cells)
+        with grid.Composer() as c:
+            c.raw([f"experiment={experiment}", f"scale={scale}", f"model={model}"])
+        return {"astro_gptq": "1"} if experiment == "table3" else None
+
     monkeypatch.setattr(study, "_sweep", lambda args, dry: (_ for _ in ()).throw(AssertionError("swept")))
-    monkeypatch.setattr(study, "chosen_values", lambda *args: None)
+    monkeypatch.setattr(study, "chosen_values", choice)
     monkeypatch.setattr(grid, "recorded", lambda store, p, index: p.config.method.name == "awq")
     study.main([str(path), "--status", f"store.root={tmp_path / 'store'}"])
     out = capsys.readouterr().out.splitlines()
-    assert "  2/4 " in out[0] and "table1" in out[0] and "method=gptq,awq" in out[0]
-    assert "table3" in out[1] and "waits" in out[1]
-    assert out[-1].startswith("study: 2/4 points recorded")
+    assert "table3" in out[0] and "  0/2 " in out[0] and "calib.seed=3,4" in out[0]
+    assert "tune_omniquant" in out[1] and "waits" in out[1]
+    assert "table1" in out[2] and "  2/4 " in out[2] and "method=gptq,awq" in out[2]
+    assert out[-1].startswith("study: 2/6 points recorded")

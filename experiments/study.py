@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -76,14 +77,26 @@ def plan(study: dict, only: list[str] | None, overrides: list[str], store: Path)
                                                     f"calib.seed={seeds}"]
 
 
+def run_times(records) -> dict[tuple[str, str], float]:
+    """{(model, method): the median whole-run time (timings.total, seconds) of its records}: what a missing point
+    of that model and method is expected to take on the machine and threads that made them."""
+    by: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        by.setdefault((r["config"]["model"]["source"], r["config"]["method"]["name"]), []).append(r["timings"]["total"])
+    return {k: statistics.median(v) for k, v in by.items()}
+
+
 def status(sweeps, store: Path) -> None:
-    """How many points of each sweep the store holds (experiments.grid.recorded), per setting, and in all."""
+    """How many points of each sweep the store holds (experiments.grid.recorded), per setting, and in all; and
+    the hours the missing points would take at their model's and method's median recorded run time (run_times;
+    points of a model and method not yet recorded are counted apart)."""
     from astro.results import ResultStore
     from astro.run import not_applicable
     from experiments.grid import Composer, recorded
     rs = ResultStore(store)
     index = rs.by_computation()
-    total = [0, 0]
+    times = run_times(rs.records())
+    total, hours, unpriced = [0, 0], 0.0, 0
     for setting, experiment, args in sweeps:   # the plan composes too (a choice): one Composer per sweep, not nested
         if args is None:
             print(f"{setting:22s} {experiment:16s} waits: its choice on validation is incomplete")
@@ -92,11 +105,16 @@ def status(sweeps, store: Path) -> None:
         extra = tuple(a for a in args if not a.startswith(("experiment=", "scale=")))
         with Composer() as c:
             points = [p for p in c.points(experiment, scale, extra) if not_applicable(p.config) is None]
-        done = sum(recorded(rs, p, index) for p in points)
-        total[0] += done
+        missing = [p for p in points if not recorded(rs, p, index)]
+        total[0] += len(points) - len(missing)
         total[1] += len(points)
-        print(f"{setting:22s} {experiment:16s} {done:3d}/{len(points):<3d} {' '.join(extra)}")
-    print(f"study: {total[0]}/{total[1]} points recorded in {store} (chosen steps whose choice waits not counted)")
+        priced = [times[k] for p in missing if (k := (p.config.model.source, p.config.method.name)) in times]
+        hours += sum(priced) / 3600
+        unpriced += len(missing) - len(priced)
+        print(f"{setting:22s} {experiment:16s} {len(points) - len(missing):3d}/{len(points):<3d} {' '.join(extra)}")
+    print(f"study: {total[0]}/{total[1]} points recorded in {store} (chosen steps whose choice waits not counted); "
+          f"the missing ones: {hours:.1f} h of runs at their recorded medians, one process"
+          + (f", and {unpriced} of a model and method with no record yet" if unpriced else ""))
 
 
 def main(argv=None) -> None:

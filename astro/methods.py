@@ -415,15 +415,15 @@ def select_beta(W0: torch.Tensor, stats: LayerStats, grid: QuantGrid, method: Me
     screen = screen_betas(W0, stats, grid, method, lam, linear, H_sel)
     kept = screen.ranked[:method.beta_screen_keep]
     finals = [_candidate(W0, stats, grid, method, method.betas[i], lam, linear, None) for i in kept]
-    errors = [h_error(c.W_new - W0, H_sel) for c in finals] if len(finals) > 1 else [None]
-    best = min(range(len(finals)), key=lambda j: (errors[j] or 0.0, j))   # ties: the screen's better
-    chosen = finals[best]
-    chosen.t_regularize = screen.t_regularize + sum(c.t_regularize for c in finals)
-    chosen.t_quantize = screen.t_quantize + sum(c.t_quantize for c in finals)
     row = dict(err_select_per_beta=screen.errors, iters_per_beta=screen.iters, select_rows=len(screen.rows),
                beta_warm_start=False)
-    if len(finals) > 1:   # the kept candidates' errors over every row, in the screen's order: what chose beta
+    chosen = finals[0]
+    if len(finals) > 1:   # settled on every row; the kept candidates' errors, in the screen's order, are recorded
+        errors = [h_error(c.W_new - W0, H_sel) for c in finals]
+        chosen = finals[min(range(len(finals)), key=lambda j: (errors[j], j))]   # ties: the screen's better
         row.update(beta_kept=[method.betas[i] for i in kept], err_select_kept=errors)
+    chosen.t_regularize = screen.t_regularize + sum(c.t_regularize for c in finals)
+    chosen.t_quantize = screen.t_quantize + sum(c.t_quantize for c in finals)
     return chosen, row
 
 

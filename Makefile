@@ -35,10 +35,10 @@ help:  ## [inspect] this list, grouped (experiment targets take SCALE=embedded|p
 	touch $@
 
 setup: .venv/.installed  ## [develop] .venv, pinned requirements, the embedded model and texts, checked by sha256 (fresh clone: 3.5 min)
-	$(PY) -m astro.assets fetch
+	$(PY) -m experiments.fetch
 
 setup-gemma: setup  ## [develop] fetch + convert gemma3-270m (Gemma terms; the embedded second model of Tables 1-4, 6)
-	$(PY) -m astro.assets fetch gemma3-gguf
+	$(PY) -m experiments.fetch gemma3-gguf
 
 quickstart: setup  ## [run] FP/RTN/GPTQ/MagR+GPTQ/Astro+GPTQ, SmolLM2 W3 g64, reduced calibration, beside Table 1's cells (~10 min)
 	$(PY) -m experiments.quickstart $(ARGS)

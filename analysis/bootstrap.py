@@ -14,7 +14,7 @@ and recomputes the reported statistic, the mean over seeds of the PPL difference
 (PPL = exp of the mean per-window NLL, astro.evaluate). The interval is D*'s (1-level)/2 and (1+level)/2
 quantiles. The pigeonhole bootstrap's variance estimate counts the seed-by-window interaction more than once, so it
 over-covers mildly, the side that resolves less; with 3 seeds its seed draws are coarse (10 distinct multisets),
-which is why the t-interval stays beside it and a verdict needs both (analysis/claims.py).
+which is why the t-interval stays beside it and a verdict needs both (analysis/verdicts.py).
 """
 
 from __future__ import annotations

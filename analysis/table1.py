@@ -1,5 +1,5 @@
 """Table 1: test perplexity per method x model x setting, ours beside the paper's reported numbers; each tuned
-method at its value chosen on validation text (analysis/selection.py), the claims it supports (analysis/claims.py).
+method at its value chosen on validation text (analysis/selection.py), the claims it supports (analysis/verdicts.py).
 
   python -m analysis.table1 --scale embedded      (make reproduce-table1 reads the archive, then this)
 """
@@ -14,7 +14,7 @@ import pandas as pd
 from astro.results import ResultStore
 from astro.run import not_applicable
 
-from . import claims, selection
+from . import selection, verdicts
 from .common import (
     LABELS,
     NOT_APPLICABLE,
@@ -40,9 +40,9 @@ REPORTED_ONLY = ("awq", "omniquant", "spinquant")
 # OmniQuant's learning rate (the methods each tunes: those its axis reaches, selection.tunes)
 TUNED = {"table3": "tune.beta_factor", "tune_omniquant": "tune.lr_factor"}
 # the paper's claims from Table 1, each A vs B within one model and setting
-CLAIMS = [claims.Claim("astro_gptq", "magr_gptq"), claims.Claim("magr_gptq", "gptq"), claims.Claim("gptq", "rtn"),
-          claims.Claim("astro_gptq", "spinquant_gptq", strict=False), claims.Claim("astro_gptq", "awq"),
-          claims.Claim("astro_gptq", "omniquant")]
+CLAIMS = [verdicts.Claim("astro_gptq", "magr_gptq"), verdicts.Claim("magr_gptq", "gptq"), verdicts.Claim("gptq", "rtn"),
+          verdicts.Claim("astro_gptq", "spinquant_gptq", strict=False), verdicts.Claim("astro_gptq", "awq"),
+          verdicts.Claim("astro_gptq", "omniquant")]
 
 
 @dataclass
@@ -161,11 +161,11 @@ def main(argv=None) -> None:
     df = build(g, a.scale)
     write_table(df, "table1", a.scale, captions(g, a.scale, "Test perplexity (lower is better)."), out)
     print(markdown(df))
-    ood = build(g, a.scale, claims.CORPORA["test_ood"][0], with_reported=False)
+    ood = build(g, a.scale, verdicts.CORPORA["test_ood"][0], with_reported=False)
     write_table(ood, "table1_ood", a.scale, captions(g, a.scale, "Perplexity on the out-of-domain test corpus."), out)
     write_table(build_choices(g), "table1_choices", a.scale, selection.CAPTION, out)
-    cl = claims.table(CLAIMS, g.by, g.settings, g.fp)
-    write_table(cl, "table1_claims", a.scale, "Table 1's claims. " + claims.CAPTION + " " + selection.CAPTION, out)
+    cl = verdicts.table(CLAIMS, g.by, g.settings, g.fp)
+    write_table(cl, "table1_claims", a.scale, "Table 1's claims. " + verdicts.CAPTION + " " + selection.CAPTION, out)
     print(markdown(cl))
 
 

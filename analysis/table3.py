@@ -12,7 +12,6 @@ import logging
 import pandas as pd
 
 from . import selection
-from .claims import CORPORA
 from .common import (
     LABELS,
     cells,
@@ -27,6 +26,7 @@ from .common import (
     write_table,
 )
 from .paired import short_value
+from .verdicts import CORPORA
 
 KEY = "tune.beta_factor"
 

@@ -10,7 +10,7 @@ import logging
 
 import pandas as pd
 
-from . import claims, selection
+from . import selection, verdicts
 from .common import (
     LABELS,
     STAND_IN_MODEL,
@@ -24,9 +24,10 @@ from .common import (
     write_table,
 )
 from .paired import short_value
+from .verdicts import CORPORA, Claim
 
 KEY = "tune.beta_factor"
-CLAIMS = [claims.Claim("astro_rtn", "magr_rtn"), claims.Claim("magr_rtn", "rtn"), claims.Claim("astro_rtn", "rtn")]
+CLAIMS = [Claim("astro_rtn", "magr_rtn"), Claim("magr_rtn", "rtn"), Claim("astro_rtn", "rtn")]
 
 
 def gather(cs) -> tuple[dict, dict]:
@@ -52,7 +53,7 @@ def build(by: dict, chosen: dict, scale: str) -> pd.DataFrame:
         rows.append({"method": LABELS[method], "setting": s,
                      "beta (chosen on validation)": "-" if ch is None else selection.describe(
                          ch, lambda v, ch=ch: f"{short_value(str(ch.cell.config.method.beta))} ({KEY}={v})"),
-                     "test PPL": c.fmt(claims.CORPORA["test"][0]), "test_ood PPL": c.fmt(claims.CORPORA["test_ood"][0]),
+                     "test PPL": c.fmt(CORPORA["test"][0]), "test_ood PPL": c.fmt(CORPORA["test_ood"][0]),
                      "method time (s)": c.fmt_time("timings.method", list(by.values())),
                      "reported (llama2-7b W3 g128)": fmt_reported(rep.get(paper_model or "", {}).get(method))})
     return pd.DataFrame(rows)
@@ -67,8 +68,8 @@ def main(argv=None) -> None:
     write_table(df, "table7", a.scale, "Astro on RTN. " + selection.CAPTION + " " + data_caption(cs, a.scale), out)
     print(markdown(df))
     settings = list(dict.fromkeys(s for s, _ in by))
-    cl = claims.table(CLAIMS, by, settings)
-    write_table(cl, "table7_claims", a.scale, "Table 7's claims. " + claims.CAPTION, out)
+    cl = verdicts.table(CLAIMS, by, settings)
+    write_table(cl, "table7_claims", a.scale, "Table 7's claims. " + verdicts.CAPTION, out)
     print(markdown(cl))
 
 

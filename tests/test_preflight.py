@@ -157,3 +157,16 @@ def test_a_gguf_files_shape_is_read_from_its_header():
     assert dataclasses.replace(shape, source="") == dataclasses.replace(converted, source="")
     assert shape.layer_widths == (576, 1536) and shape.max_positions == 8192
 
+
+
+def test_an_unknown_asset_is_refused_in_one_line_before_anything_is_fetched(monkeypatch, capsys):
+    """`python -m experiments.fetch NAME`: a name that is not an asset exits 2 naming it and the known ones, and
+    fetches nothing, not even the valid names given before it."""
+    from experiments import fetch
+    fetched = []
+    monkeypatch.setattr(fetch, "fetch", fetched.append)
+    with pytest.raises(SystemExit) as exit_:
+        fetch.main(["wiki-offline", "wikitext-2"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and fetched == []
+    assert "unknown asset 'wikitext-2'" in err and "smollm2-gguf" in err

@@ -32,6 +32,7 @@ from .common import (
     write_table,
 )
 from .paired import short_value
+from .verdicts import CORPORA, Claim
 
 # the paper's baselines: reported-only rows unless the grid runs them (awq, omniquant; spinquant_gptq reproduces
 # the paper's SpinQuant row)
@@ -40,9 +41,9 @@ REPORTED_ONLY = ("awq", "omniquant", "spinquant")
 # OmniQuant's learning rate (the methods each tunes: those its axis reaches, selection.tunes)
 TUNED = {"table3": "tune.beta_factor", "tune_omniquant": "tune.lr_factor"}
 # the paper's claims from Table 1, each A vs B within one model and setting
-CLAIMS = [verdicts.Claim("astro_gptq", "magr_gptq"), verdicts.Claim("magr_gptq", "gptq"), verdicts.Claim("gptq", "rtn"),
-          verdicts.Claim("astro_gptq", "spinquant_gptq", strict=False), verdicts.Claim("astro_gptq", "awq"),
-          verdicts.Claim("astro_gptq", "omniquant")]
+CLAIMS = [Claim("astro_gptq", "magr_gptq"), Claim("magr_gptq", "gptq"), Claim("gptq", "rtn"),
+          Claim("astro_gptq", "spinquant_gptq", strict=False), Claim("astro_gptq", "awq"),
+          Claim("astro_gptq", "omniquant")]
 
 
 @dataclass
@@ -161,7 +162,7 @@ def main(argv=None) -> None:
     df = build(g, a.scale)
     write_table(df, "table1", a.scale, captions(g, a.scale, "Test perplexity (lower is better)."), out)
     print(markdown(df))
-    ood = build(g, a.scale, verdicts.CORPORA["test_ood"][0], with_reported=False)
+    ood = build(g, a.scale, CORPORA["test_ood"][0], with_reported=False)
     write_table(ood, "table1_ood", a.scale, captions(g, a.scale, "Perplexity on the out-of-domain test corpus."), out)
     write_table(build_choices(g), "table1_choices", a.scale, selection.CAPTION, out)
     cl = verdicts.table(CLAIMS, g.by, g.settings, g.fp)

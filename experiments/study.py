@@ -95,7 +95,7 @@ def status(sweeps, store: Path) -> None:
     from experiments.grid import Composer, recorded
     rs = ResultStore(store)
     index = rs.by_computation()
-    times = run_times(rs.records())
+    times = run_times(r for same in index.values() for r in same)   # the records index already read
     total, hours, unpriced = [0, 0], 0.0, 0
     for setting, experiment, args in sweeps:   # the plan composes too (a choice): one Composer per sweep, not nested
         if args is None:
